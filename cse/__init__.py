@@ -1,0 +1,1 @@
+"""A lightweight oneM2M Common Services Entity: resource tree, storage and bindings."""

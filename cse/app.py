@@ -1,0 +1,175 @@
+"""Composition of a runnable CSE: config → storage → core → bindings, run until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tomllib
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cse.bindings.http import HttpClient, HttpSender, HttpServer
+from cse.core.config import CSESettings
+from cse.core.handler import CommonServicesEntity
+from cse.storage.base import Storage
+from cse.storage.memory import MemoryStorage
+from cse.storage.sqlite import SQLiteStorage
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "GRIDM2M_CSE__"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("GRIDM2M_DATA_DIR")
+    if base:
+        return Path(base)
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "gridm2m"
+
+
+class HttpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_size: int = Field(1 << 20, ge=1024)
+
+
+class CSEConfig(BaseModel):
+    """The [cse] section of a config file; every field can also come from a flag or env var."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["in", "mn"] = "in"
+    cse_id: str = "/id-in"
+    cse_name: str = "cse-in"
+    admin_originator: str = "CAdmin"
+    sp_id: str | None = None
+    db: str | None = None  # SQLite path, ":memory:" for a throwaway one
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    cache_size: int = Field(8192, ge=0)
+    default_lifetime: float = Field(5 * 365 * 24 * 3600.0, gt=0)
+    http: HttpConfig = HttpConfig()
+
+    @field_validator("cse_id")
+    @classmethod
+    def _cse_id_form(cls, value: str) -> str:
+        if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
+            raise ValueError("cse_id must look like /id-in")
+        return value
+
+    @field_validator("cse_name")
+    @classmethod
+    def _cse_name_form(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError("cse_name must be a single name such as cse-in")
+        return value
+
+    def settings(self, points_of_access: tuple[str, ...] = ()) -> CSESettings:
+        return CSESettings(
+            cse_id=self.cse_id,
+            cse_name=self.cse_name,
+            role=self.role,
+            admin_originator=self.admin_originator,
+            sp_id=self.sp_id,
+            points_of_access=points_of_access,
+            default_lifetime=self.default_lifetime,
+        )
+
+    def database_path(self) -> str:
+        return self.db or str(default_data_dir() / f"{self.cse_id.lstrip('/')}.db")
+
+
+class ConfigError(Exception):
+    """A config file or flag that cannot be used; the message says which and why."""
+
+
+def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:
+    for key in dotted[:-1]:
+        target = target.setdefault(key, {})
+    target[dotted[-1]] = value
+
+
+def load_cse_config(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CSEConfig:
+    """File, then GRIDM2M_CSE__* environment variables, then flags (`http.port` style keys)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle).get("cse", {})
+        except OSError as error:
+            raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config {path} is not valid TOML: {error}") from error
+    for name, value in (environ if environ is not None else os.environ).items():
+        if name.startswith(ENV_PREFIX):
+            _set_path(data, name[len(ENV_PREFIX) :].lower().split("__"), value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted.split("."), value)
+    try:
+        return CSEConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise ConfigError(f"invalid CSE config: {problems}") from error
+
+
+def open_storage(config: CSEConfig) -> Storage:
+    path = config.database_path()
+    if path == ":memory:":
+        return MemoryStorage()
+    return SQLiteStorage(path, cache_size=config.cache_size, synchronous=config.synchronous)
+
+
+@dataclass
+class RunningCSE:
+    cse: CommonServicesEntity
+    http: HttpServer
+    client: HttpClient
+
+
+@contextlib.asynccontextmanager
+async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
+    """Start storage, core and HTTP; stop them in reverse order on exit."""
+    client = HttpClient()
+    cse = CommonServicesEntity(
+        open_storage(config),
+        config.settings(),
+        senders={"http": HttpSender(client), "https": HttpSender(client)},
+    )
+    server = HttpServer(
+        cse, config.http.host, config.http.port, max_body_size=config.http.max_body_size
+    )
+    await cse.start()
+    try:
+        await server.start()
+        cse.settings = config.settings(points_of_access=(server.url,))
+        try:
+            yield RunningCSE(cse, server, client)
+        finally:
+            await server.stop()
+    finally:
+        await cse.stop()
+        await client.close()
+
+
+async def serve_until_stopped(config: CSEConfig, stop: asyncio.Event) -> None:
+    async with running_cse(config) as running:
+        print(
+            f"gridm2m cse {config.cse_id} ({config.cse_name}) listening on {running.http.url}"
+            f" (db {config.database_path()})",
+            flush=True,
+        )
+        await stop.wait()
+    logger.info("stopped")

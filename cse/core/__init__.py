@@ -1,0 +1,1 @@
+"""The transport-free core: primitives in, primitives out."""

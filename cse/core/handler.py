@@ -1,0 +1,292 @@
+"""The transport-free core: a request primitive goes in, a response primitive comes out.
+
+`CommonServicesEntity.handle()` checks what every request must carry, finds the target and
+hands over to one function per operation. Every M2MError becomes a response here and only
+here; anything else is logged and answered with 5000, never propagated to a binding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from cse.core import create, delete, discovery, retrieve, update
+from cse.core.access import AccessControl
+from cse.core.addressing import Address, normalize_originator, parse_address
+from cse.core.clock import Clock, SystemClock, format_timestamp, parse_timestamp
+from cse.core.config import CSESettings
+from cse.core.errors import (
+    BadRequest,
+    M2MError,
+    NotFound,
+    OriginatorNotRegistered,
+    ReleaseVersionNotSupported,
+    RequestTimeout,
+    TargetNotReachable,
+)
+from cse.core.expiry import ExpirySweeper
+from cse.core.notifications import Notifier, Sender
+from cse.core.primitives import Request, Response, error_content
+from cse.core.registry import SPECS
+from cse.core.types import Operation, ResponseStatusCode
+from cse.core.types import ResourceType as T
+from cse.storage.base import Change, Put, Resource, Storage, StorageError
+
+logger = logging.getLogger(__name__)
+
+
+class Forwarder:
+    """Sends a request to another CSE (retargeting); bindings or the gateway provide one."""
+
+    async def forward(self, remote_cse: Resource, request: Request) -> Response:
+        raise TargetNotReachable(f"no route to {remote_cse.attributes.get('csi')}")
+
+
+class CommonServicesEntity:
+    def __init__(
+        self,
+        storage: Storage,
+        settings: CSESettings | None = None,
+        *,
+        clock: Clock | None = None,
+        senders: dict[str, Sender] | None = None,
+        forwarder: Forwarder | None = None,
+    ) -> None:
+        self.storage = storage
+        self.settings = settings or CSESettings()
+        self.clock = clock or SystemClock()
+        self.access = AccessControl(storage, self.settings)
+        self.notifier = Notifier(self, senders or {})
+        self.forwarder = forwarder or Forwarder()
+        self.expiry = ExpirySweeper(self)
+        # Decide-and-apply sections of writes run one at a time; acknowledgement (waiting
+        # for the commit) happens outside the lock so many writes share one fsync.
+        self.write_lock = asyncio.Lock()
+        self._started = False
+
+    # ---- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.storage.open()
+        await self._ensure_cse_base()
+        await self.notifier.start()
+        self.expiry.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        await self.expiry.stop()
+        await self.notifier.stop()
+        await self.storage.close()
+
+    async def __aenter__(self) -> CommonServicesEntity:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def _ensure_cse_base(self) -> None:
+        settings = self.settings
+        existing = await self.storage.get(settings.cse_ri)
+        now = self.timestamp()
+        attributes: dict[str, Any] = {
+            "ty": int(T.CSE_BASE),
+            "ri": settings.cse_ri,
+            "rn": settings.cse_name,
+            "pi": "",
+            "ct": existing.attributes["ct"] if existing else now,
+            "lt": now,
+            "cst": settings.cse_type,
+            "csi": settings.cse_id,
+            "srt": sorted(int(t) for t in SPECS),
+            "poa": list(settings.points_of_access),
+            "srv": sorted(settings.release_versions - {"2"}),
+            "csz": [f"application/{name}" for name in settings.supported_serializations],
+            "acpi": existing.attributes.get("acpi", []) if existing else [],
+        }
+        if existing is not None and existing.path != settings.cse_name:
+            raise StorageError(
+                f"database belongs to CSEBase {existing.path!r}, not {settings.cse_name!r}"
+            )
+        base = Resource(
+            attributes,
+            settings.cse_name,
+            settings.admin_originator,
+            existing.seq if existing else 0,
+        )
+        await self.storage.apply([Put(base)])
+        await self.storage.sync()
+
+    # ---- helpers used by the operation modules --------------------------------------------
+
+    def timestamp(self, offset: float = 0.0) -> str:
+        return format_timestamp(self.clock.now() + offset)
+
+    def new_resource_id(self, prefix: str) -> str:
+        return prefix + os.urandom(6).hex()
+
+    async def durable(self, changes: Sequence[Change]) -> None:
+        """Wait until applied changes are on disk, then release their notifications."""
+        await self.storage.sync()
+        self.notifier.accept(changes)
+
+    def is_expired(self, resource: Resource) -> bool:
+        et = resource.et
+        return et is not None and et < self.timestamp()
+
+    async def lookup(self, address: Address) -> Resource:
+        if address.path is not None:
+            resource = await self.storage.get_by_path(address.path)
+        else:
+            assert address.ri is not None
+            resource = await self.storage.get(address.ri)
+        if resource is None or self.is_expired(resource):
+            raise NotFound(f"resource {address.path or address.ri} does not exist")
+        return resource
+
+    async def find(self, target_id: str) -> Resource | None:
+        """Resolve an ID as found in attributes (mid, acpi, nu): any form, local only."""
+        try:
+            address = parse_address(
+                target_id,
+                cse_id=self.settings.cse_id,
+                cse_name=self.settings.cse_name,
+                sp_id=self.settings.sp_id,
+            )
+        except M2MError:
+            return None
+        if address.remote_cse is not None or address.virtual is not None:
+            return None
+        try:
+            return await self.lookup(address)
+        except NotFound:
+            return None
+
+    # ---- the entry point -----------------------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except M2MError as error:
+            return self.error_response(request, error.status, error.message)
+        except StorageError as error:
+            logger.error("storage failure on %s: %s", request.request_id, error)
+            return self.error_response(
+                request, ResponseStatusCode.INTERNAL_SERVER_ERROR, "storage failure"
+            )
+        except Exception:
+            logger.exception("unexpected failure handling request %s", request.request_id)
+            return self.error_response(
+                request, ResponseStatusCode.INTERNAL_SERVER_ERROR, "internal error"
+            )
+
+    def error_response(
+        self, request: Request, status: ResponseStatusCode, message: str
+    ) -> Response:
+        return Response(
+            status=status,
+            request_id=request.request_id,
+            release_version=request.release_version,
+            content=error_content(message),
+            originator=self.settings.cse_id,
+        )
+
+    def response(
+        self,
+        request: Request,
+        status: ResponseStatusCode,
+        content: Any = None,
+        location: str | None = None,
+    ) -> Response:
+        return Response(
+            status=status,
+            request_id=request.request_id,
+            release_version=request.release_version,
+            content=content,
+            originator=self.settings.cse_id,
+            location=location,
+        )
+
+    async def _handle(self, request: Request) -> Response:
+        settings = self.settings
+        if not request.release_version:
+            raise ReleaseVersionNotSupported(
+                "release version (rvi) missing: release 1 is not supported; send 2a, 3, 4 or 5"
+            )
+        if request.release_version not in settings.release_versions:
+            raise ReleaseVersionNotSupported(
+                f"release version {request.release_version} is not supported"
+            )
+        if not request.request_id:
+            raise BadRequest("request identifier (rqi) missing")
+        if request.request_expiration is not None:
+            self._check_expiration(request.request_expiration)
+        address = parse_address(
+            request.to, cse_id=settings.cse_id, cse_name=settings.cse_name, sp_id=settings.sp_id
+        )
+        originator = await self._check_originator(request)
+        if address.remote_cse is not None:
+            return await self._forward(address, request)
+        operation = request.operation
+        if operation == Operation.CREATE:
+            return await create.handle_create(self, request, originator, address)
+        if operation == Operation.RETRIEVE:
+            if request.filter_criteria is not None and request.filter_criteria.is_discovery:
+                return await discovery.handle_discovery(self, request, originator, address)
+            return await retrieve.handle_retrieve(self, request, originator, address)
+        if operation == Operation.UPDATE:
+            return await update.handle_update(self, request, originator, address)
+        if operation == Operation.DELETE:
+            return await delete.handle_delete(self, request, originator, address)
+        if operation == Operation.NOTIFY:
+            return await self.notifier.handle_incoming(request, originator, address)
+        raise BadRequest(f"operation {operation} is not supported")
+
+    def _check_expiration(self, value: str) -> None:
+        now = self.clock.now()
+        try:
+            deadline = float(parse_timestamp(value)) if not value.lstrip("-").isdigit() else None
+        except ValueError:
+            raise BadRequest(f"request expiration {value!r} is not a timestamp") from None
+        if deadline is not None and deadline < now:
+            raise RequestTimeout("the request expired before it could be served")
+        # A relative rqet (milliseconds) counts from arrival, so it cannot be late yet.
+
+    async def _check_originator(self, request: Request) -> str:
+        """Normalise the originator and make sure it is someone this CSE knows."""
+        settings = self.settings
+        raw = request.originator or ""
+        is_registration = request.operation == Operation.CREATE and request.resource_type in (
+            T.AE,
+            T.REMOTE_CSE,
+        )
+        if not raw:
+            if is_registration and request.resource_type == T.AE:
+                return ""
+            raise BadRequest("originator (fr) missing")
+        originator = normalize_originator(raw, settings.cse_id)
+        if is_registration or self.access.is_privileged(originator):
+            return originator
+        if originator.startswith("/"):
+            csi = originator[1:].split("/", 1)[0]
+            remote = await self.storage.get(csi)
+            if remote is not None and remote.ty == T.REMOTE_CSE:
+                return originator
+            raise OriginatorNotRegistered(f"originator {raw} is not a registered CSE")
+        entity = await self.storage.get(originator)
+        if entity is None or entity.ty != T.AE or self.is_expired(entity):
+            raise OriginatorNotRegistered(f"originator {raw} is not registered")
+        return originator
+
+    async def _forward(self, address: Address, request: Request) -> Response:
+        assert address.remote_cse is not None
+        remote = await self.storage.get(address.remote_cse.lstrip("/"))
+        if remote is None or remote.ty != T.REMOTE_CSE:
+            raise TargetNotReachable(f"CSE {address.remote_cse} is not registered here")
+        return await self.forwarder.forward(remote, request)

@@ -1,0 +1,161 @@
+"""The storage interface the core talks to, and the records it stores.
+
+A backend keeps resources (with their structured path, so a hierarchical address is one
+lookup) and the notification outbox. Writes come as one batch of changes that is applied
+atomically and is visible at once; `sync()` returns when everything applied so far is durable.
+The core acknowledges a request only after `sync()`: that is where group commit happens.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class Resource:
+    """One stored resource: its wire attributes plus what the CSE keeps beside them."""
+
+    __slots__ = ("attributes", "owner", "path", "seq")
+
+    def __init__(self, attributes: dict[str, Any], path: str, owner: str, seq: int = 0) -> None:
+        self.attributes = attributes  # short names, as on the wire; never mutated once stored
+        self.path = path  # structured CSE-relative ID, e.g. "cse-in/meter1/reading"
+        self.owner = owner  # originator that created it (the default access rule)
+        self.seq = seq  # insertion order, assigned by the storage
+
+    @property
+    def ri(self) -> str:
+        return str(self.attributes["ri"])
+
+    @property
+    def pi(self) -> str:
+        return str(self.attributes.get("pi", ""))
+
+    @property
+    def ty(self) -> int:
+        return int(self.attributes["ty"])
+
+    @property
+    def rn(self) -> str:
+        return str(self.attributes["rn"])
+
+    @property
+    def et(self) -> str | None:
+        value = self.attributes.get("et")
+        return None if value is None else str(value)
+
+    @property
+    def depth(self) -> int:
+        return self.path.count("/")
+
+    def with_attributes(self, **changes: Any) -> Resource:
+        """A copy with some attributes replaced (None removes one)."""
+        attributes = dict(self.attributes)
+        for name, value in changes.items():
+            if value is None:
+                attributes.pop(name, None)
+            else:
+                attributes[name] = value
+        return Resource(attributes, self.path, self.owner, self.seq)
+
+    def __repr__(self) -> str:
+        return f"Resource({self.path!r}, ty={self.attributes.get('ty')}, ri={self.ri!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedNotification:
+    """A notification waiting in the durable outbox."""
+
+    id: int
+    target: str  # a URL (http://…, coap://…, mqtt://…)
+    subscription: str  # ri of the subscription it belongs to
+    created: float
+    body: dict[str, Any]  # the NOTIFY request: {"op":5, "to":…, "pc":{"m2m:sgn":…}, …}
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Create or replace a resource."""
+
+    resource: Resource
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTree:
+    """Delete a resource and everything below it."""
+
+    resource: Resource
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Add a notification to the outbox (its id is chosen by the caller)."""
+
+    notification: QueuedNotification
+
+
+@dataclass(frozen=True, slots=True)
+class Dequeue:
+    """Remove notifications from the outbox (delivered, superseded or given up)."""
+
+    ids: tuple[int, ...]
+
+
+Change = Put | DeleteTree | Enqueue | Dequeue
+
+
+class StorageError(Exception):
+    """The backend could not read or persist; requests fail with 5000."""
+
+
+class Storage(ABC):
+    """What the core needs from a backend. All reads see every applied change."""
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the backend (create tables, recover state)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def get(self, ri: str) -> Resource | None: ...
+
+    @abstractmethod
+    async def get_by_path(self, path: str) -> Resource | None: ...
+
+    @abstractmethod
+    async def children(
+        self, pi: str, types: Iterable[int] | None = None, limit: int | None = None
+    ) -> list[Resource]:
+        """Direct children in creation order."""
+
+    @abstractmethod
+    async def count_children(self, pi: str, resource_type: int) -> int: ...
+
+    @abstractmethod
+    async def descendants(
+        self, path: str, types: Iterable[int] | None = None, max_depth: int | None = None
+    ) -> list[Resource]:
+        """Everything below `path` (not itself), up to `max_depth` levels, in creation order."""
+
+    @abstractmethod
+    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
+        """contentInstances of a container from the newest or the oldest end."""
+
+    @abstractmethod
+    async def expired(self, now: str, limit: int) -> list[Resource]:
+        """Resources whose et is before `now` (a oneM2M timestamp), soonest first."""
+
+    @abstractmethod
+    async def queued_notifications(self, limit: int) -> list[QueuedNotification]:
+        """The outbox, oldest first."""
+
+    @abstractmethod
+    async def apply(self, changes: Sequence[Change]) -> None:
+        """Apply all changes atomically; they are visible at once, durable after sync()."""
+
+    @abstractmethod
+    async def sync(self) -> None:
+        """Return when every change applied so far is durable."""

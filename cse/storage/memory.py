@@ -1,0 +1,126 @@
+"""The reference backend: dictionaries in memory. Used by most tests; nothing survives exit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from itertools import count
+
+from cse.storage.base import (
+    Change,
+    DeleteTree,
+    Dequeue,
+    Enqueue,
+    Put,
+    QueuedNotification,
+    Resource,
+    Storage,
+)
+
+_CONTENT_INSTANCE = 4
+
+
+class MemoryStorage(Storage):
+    def __init__(self) -> None:
+        self._by_ri: dict[str, Resource] = {}
+        self._by_path: dict[str, str] = {}
+        # pi -> ri -> None: an insertion-ordered set of child IDs
+        self._children: dict[str, dict[str, None]] = {}
+        self._outbox: dict[int, QueuedNotification] = {}
+        self._seq = count(1)
+
+    async def close(self) -> None:
+        pass
+
+    async def get(self, ri: str) -> Resource | None:
+        return self._by_ri.get(ri)
+
+    async def get_by_path(self, path: str) -> Resource | None:
+        ri = self._by_path.get(path)
+        return None if ri is None else self._by_ri[ri]
+
+    def _child_resources(self, pi: str) -> list[Resource]:
+        return [self._by_ri[ri] for ri in self._children.get(pi, {})]
+
+    async def children(
+        self, pi: str, types: Iterable[int] | None = None, limit: int | None = None
+    ) -> list[Resource]:
+        wanted = None if types is None else set(types)
+        found = [r for r in self._child_resources(pi) if wanted is None or r.ty in wanted]
+        return found if limit is None else found[:limit]
+
+    async def count_children(self, pi: str, resource_type: int) -> int:
+        return sum(1 for r in self._child_resources(pi) if r.ty == resource_type)
+
+    async def descendants(
+        self, path: str, types: Iterable[int] | None = None, max_depth: int | None = None
+    ) -> list[Resource]:
+        root = await self.get_by_path(path)
+        if root is None:
+            return []
+        wanted = None if types is None else set(types)
+        found: list[Resource] = []
+        frontier = [root]
+        level = 0
+        while frontier and (max_depth is None or level < max_depth):
+            level += 1
+            next_frontier: list[Resource] = []
+            for parent in frontier:
+                next_frontier.extend(self._child_resources(parent.ri))
+            found.extend(r for r in next_frontier if wanted is None or r.ty in wanted)
+            frontier = next_frontier
+        found.sort(key=lambda r: r.seq)
+        return found
+
+    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
+        ids = self._children.get(pi, {})
+        ordered = reversed(ids) if newest else iter(ids)
+        found: list[Resource] = []
+        for ri in ordered:
+            resource = self._by_ri[ri]
+            if resource.ty == _CONTENT_INSTANCE:
+                found.append(resource)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def expired(self, now: str, limit: int) -> list[Resource]:
+        found = [r for r in self._by_ri.values() if r.et is not None and r.et < now]
+        found.sort(key=lambda r: str(r.et))
+        return found[:limit]
+
+    async def queued_notifications(self, limit: int) -> list[QueuedNotification]:
+        return list(self._outbox.values())[:limit]
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        for change in changes:
+            if isinstance(change, Put):
+                self._put(change.resource)
+            elif isinstance(change, DeleteTree):
+                self._delete_tree(change.resource.ri)
+            elif isinstance(change, Enqueue):
+                self._outbox[change.notification.id] = change.notification
+            elif isinstance(change, Dequeue):
+                for number in change.ids:
+                    self._outbox.pop(number, None)
+
+    def _put(self, resource: Resource) -> None:
+        existing = self._by_ri.get(resource.ri)
+        resource.seq = existing.seq if existing is not None else next(self._seq)
+        self._by_ri[resource.ri] = resource
+        self._by_path[resource.path] = resource.ri
+        if existing is None and resource.pi:
+            self._children.setdefault(resource.pi, {})[resource.ri] = None
+
+    def _delete_tree(self, ri: str) -> None:
+        resource = self._by_ri.pop(ri, None)
+        if resource is None:
+            return
+        self._by_path.pop(resource.path, None)
+        siblings = self._children.get(resource.pi)
+        if siblings is not None:
+            siblings.pop(ri, None)
+        for child in list(self._children.pop(ri, {})):
+            self._delete_tree(child)
+
+    async def sync(self) -> None:
+        pass

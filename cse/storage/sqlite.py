@@ -1,0 +1,376 @@
+"""The real backend: one SQLite file in WAL mode, with group commit.
+
+Writes run on the event loop inside one open transaction, so every read sees them at once.
+A committer task closes that transaction when the loop has nothing more to add, running the
+COMMIT (and its fsync) on a worker thread while the loop keeps parsing and encoding other
+requests; all requests that wrote in the meantime are acknowledged by the same fsync.
+While a COMMIT is in flight, database calls from the loop wait for it instead of blocking.
+Non-instance resources are kept in a bounded LRU cache; contentInstances are read by index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from cse.storage.base import (
+    Change,
+    DeleteTree,
+    Dequeue,
+    Enqueue,
+    Put,
+    QueuedNotification,
+    Resource,
+    Storage,
+    StorageError,
+)
+
+logger = logging.getLogger(__name__)
+
+_CONTENT_INSTANCE = 4
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    seq   INTEGER PRIMARY KEY,
+    ri    TEXT NOT NULL UNIQUE,
+    pi    TEXT NOT NULL,
+    path  TEXT NOT NULL UNIQUE,
+    ty    INTEGER NOT NULL,
+    depth INTEGER NOT NULL,
+    et    TEXT,
+    owner TEXT NOT NULL,
+    body  BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (pi, ty, seq);
+CREATE INDEX IF NOT EXISTS resources_by_expiry ON resources (et) WHERE et IS NOT NULL;
+CREATE TABLE IF NOT EXISTS outbox (
+    id           INTEGER PRIMARY KEY,
+    target       TEXT NOT NULL,
+    subscription TEXT NOT NULL,
+    created      REAL NOT NULL,
+    body         BLOB NOT NULL
+);
+"""
+
+_COLUMNS = "seq, path, owner, body"
+
+
+def _subtree_bounds(path: str) -> tuple[str, str]:
+    # Every descendant path starts with "path/"; '0' is the character after '/'.
+    return path + "/", path + "0"
+
+
+class SQLiteStorage(Storage):
+    def __init__(
+        self, path: str | Path, *, cache_size: int = 8192, synchronous: str = "FULL"
+    ) -> None:
+        self._path = str(path)
+        self._cache_size = cache_size
+        self._synchronous = synchronous
+        self._conn: sqlite3.Connection | None = None
+        self._cache: OrderedDict[str, Resource] = OrderedDict()
+        self._path_cache: OrderedDict[str, str] = OrderedDict()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sqlite-commit")
+        self._in_transaction = False
+        self._applied = 0  # generation of the newest applied change batch
+        self._durable = 0  # generation covered by the last COMMIT
+        self._dirty = asyncio.Event()
+        self._commit_in_flight: asyncio.Future[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.commits = 0  # counters for benchmarks and metrics
+        self.batches = 0
+
+    async def open(self) -> None:
+        if self._path != ":memory:":
+            Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+        self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
+
+    async def close(self) -> None:
+        if self._conn is None:
+            return
+        await self.sync()
+        if self._committer is not None:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        self._conn.close()
+        self._conn = None
+        self._executor.shutdown(wait=True)
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def _ready(self) -> sqlite3.Connection:
+        while self._commit_in_flight is not None:
+            await asyncio.shield(self._commit_in_flight)
+        if self._conn is None:
+            raise StorageError("storage is closed")
+        return self._conn
+
+    def _row_to_resource(self, row: tuple[Any, ...]) -> Resource:
+        seq, path, owner, body = row
+        return Resource(orjson.loads(body), path, owner, seq)
+
+    def _remember(self, resource: Resource) -> None:
+        if resource.ty == _CONTENT_INSTANCE:
+            return
+        self._cache[resource.ri] = resource
+        self._cache.move_to_end(resource.ri)
+        self._path_cache[resource.path] = resource.ri
+        self._path_cache.move_to_end(resource.path)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        while len(self._path_cache) > self._cache_size:
+            self._path_cache.popitem(last=False)
+
+    def _forget(self, resource: Resource) -> None:
+        self._cache.pop(resource.ri, None)
+        self._path_cache.pop(resource.path, None)
+
+    async def get(self, ri: str) -> Resource | None:
+        cached = self._cache.get(ri)
+        if cached is not None:
+            return cached
+        conn = await self._ready()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM resources WHERE ri = ?", (ri,)).fetchone()
+        if row is None:
+            return None
+        resource = self._row_to_resource(row)
+        self._remember(resource)
+        return resource
+
+    async def get_by_path(self, path: str) -> Resource | None:
+        ri = self._path_cache.get(path)
+        if ri is not None:
+            cached = self._cache.get(ri)
+            if cached is not None:
+                return cached
+        conn = await self._ready()
+        row = conn.execute(f"SELECT {_COLUMNS} FROM resources WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        resource = self._row_to_resource(row)
+        self._remember(resource)
+        return resource
+
+    async def children(
+        self, pi: str, types: Iterable[int] | None = None, limit: int | None = None
+    ) -> list[Resource]:
+        conn = await self._ready()
+        sql = f"SELECT {_COLUMNS} FROM resources WHERE pi = ?"
+        params: list[Any] = [pi]
+        if types is not None:
+            wanted = list(types)
+            sql += f" AND ty IN ({','.join('?' * len(wanted))})"
+            params.extend(wanted)
+        sql += " ORDER BY seq"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [self._row_to_resource(row) for row in conn.execute(sql, params)]
+
+    async def count_children(self, pi: str, resource_type: int) -> int:
+        conn = await self._ready()
+        row = conn.execute(
+            "SELECT count(*) FROM resources WHERE pi = ? AND ty = ?", (pi, resource_type)
+        ).fetchone()
+        return int(row[0])
+
+    async def descendants(
+        self, path: str, types: Iterable[int] | None = None, max_depth: int | None = None
+    ) -> list[Resource]:
+        conn = await self._ready()
+        low, high = _subtree_bounds(path)
+        sql = f"SELECT {_COLUMNS} FROM resources WHERE path > ? AND path < ?"
+        params: list[Any] = [low, high]
+        if types is not None:
+            wanted = list(types)
+            sql += f" AND ty IN ({','.join('?' * len(wanted))})"
+            params.extend(wanted)
+        if max_depth is not None:
+            sql += " AND depth <= ?"
+            params.append(path.count("/") + max_depth)
+        sql += " ORDER BY seq"
+        return [self._row_to_resource(row) for row in conn.execute(sql, params)]
+
+    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
+        conn = await self._ready()
+        order = "DESC" if newest else "ASC"
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM resources WHERE pi = ? AND ty = {_CONTENT_INSTANCE} "
+            f"ORDER BY seq {order} LIMIT ?",
+            (pi, limit),
+        )
+        return [self._row_to_resource(row) for row in rows]
+
+    async def expired(self, now: str, limit: int) -> list[Resource]:
+        conn = await self._ready()
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM resources WHERE et IS NOT NULL AND et < ? ORDER BY et LIMIT ?",
+            (now, limit),
+        )
+        return [self._row_to_resource(row) for row in rows]
+
+    async def queued_notifications(self, limit: int) -> list[QueuedNotification]:
+        conn = await self._ready()
+        rows = conn.execute(
+            "SELECT id, target, subscription, created, body FROM outbox ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [
+            QueuedNotification(number, target, sub, created, orjson.loads(body))
+            for number, target, sub, created, body in rows
+        ]
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def apply(self, changes: Sequence[Change]) -> None:
+        conn = await self._ready()
+        if not self._in_transaction:
+            conn.execute("BEGIN")
+            self._in_transaction = True
+        conn.execute("SAVEPOINT batch")
+        touched: list[tuple[Resource, bool]] = []
+        try:
+            for change in changes:
+                if isinstance(change, Put):
+                    self._put(conn, change.resource)
+                    touched.append((change.resource, True))
+                elif isinstance(change, DeleteTree):
+                    self._delete_tree(conn, change.resource)
+                    touched.append((change.resource, False))
+                elif isinstance(change, Enqueue):
+                    item = change.notification
+                    conn.execute(
+                        "INSERT INTO outbox (id, target, subscription, created, body) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (
+                            item.id,
+                            item.target,
+                            item.subscription,
+                            item.created,
+                            orjson.dumps(item.body),
+                        ),
+                    )
+                elif isinstance(change, Dequeue):
+                    conn.executemany("DELETE FROM outbox WHERE id = ?", [(n,) for n in change.ids])
+        except sqlite3.Error as error:
+            conn.execute("ROLLBACK TO batch")
+            conn.execute("RELEASE batch")
+            raise StorageError(str(error)) from error
+        conn.execute("RELEASE batch")
+        for resource, present in touched:
+            if present:
+                self._remember(resource)
+            else:
+                self._forget_tree(resource)
+        self._applied += 1
+        self.batches += 1
+        self._dirty.set()
+
+    def _put(self, conn: sqlite3.Connection, resource: Resource) -> None:
+        body = orjson.dumps(resource.attributes)
+        if resource.seq:
+            conn.execute(
+                "UPDATE resources SET et = ?, body = ? WHERE seq = ?",
+                (resource.et, body, resource.seq),
+            )
+            return
+        cursor = conn.execute(
+            "INSERT INTO resources (ri, pi, path, ty, depth, et, owner, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                resource.ri,
+                resource.pi,
+                resource.path,
+                resource.ty,
+                resource.depth,
+                resource.et,
+                resource.owner,
+                body,
+            ),
+        )
+        resource.seq = int(cursor.lastrowid or 0)
+
+    def _delete_tree(self, conn: sqlite3.Connection, resource: Resource) -> None:
+        low, high = _subtree_bounds(resource.path)
+        conn.execute(
+            "DELETE FROM resources WHERE path = ? OR (path > ? AND path < ?)",
+            (resource.path, low, high),
+        )
+
+    def _forget_tree(self, resource: Resource) -> None:
+        low, high = _subtree_bounds(resource.path)
+        for path in [p for p in self._path_cache if p == resource.path or low < p < high]:
+            ri = self._path_cache.pop(path)
+            self._cache.pop(ri, None)
+        self._cache.pop(resource.ri, None)
+
+    async def sync(self) -> None:
+        target = self._applied
+        if self._durable >= target:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        await waiter
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._dirty.wait()
+            # Let every request that is ready to run add its writes to this transaction.
+            await asyncio.sleep(0)
+            self._dirty.clear()
+            generation = self._applied
+            self._commit_in_flight = loop.create_future()
+            error: BaseException | None = None
+            try:
+                conn = self._conn
+                assert conn is not None
+                await loop.run_in_executor(self._executor, conn.execute, "COMMIT")
+                self.commits += 1
+            except sqlite3.Error as exc:
+                error = exc
+                logger.error("commit failed, rolling back: %s", exc)
+                await loop.run_in_executor(self._executor, self._rollback)
+            finally:
+                self._in_transaction = False
+                in_flight, self._commit_in_flight = self._commit_in_flight, None
+                in_flight.set_result(None)
+            self._durable = generation
+            self._wake_waiters(generation, error)
+
+    def _rollback(self) -> None:
+        assert self._conn is not None
+        try:
+            self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            logger.exception("rollback failed")
+        # The cache may hold changes that never reached the disk.
+        self._cache.clear()
+        self._path_cache.clear()
+
+    def _wake_waiters(self, generation: int, error: BaseException | None) -> None:
+        still_waiting: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._waiters:
+            if target > generation:
+                still_waiting.append((target, waiter))
+            elif not waiter.done():
+                if error is None:
+                    waiter.set_result(None)
+                else:
+                    waiter.set_exception(StorageError(f"commit failed: {error}"))
+        self._waiters = still_waiting

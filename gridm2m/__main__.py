@@ -1,0 +1,3 @@
+from gridm2m.cli import main
+
+raise SystemExit(main())
