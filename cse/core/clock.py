@@ -33,10 +33,21 @@ class ManualClock:
         self._now += seconds
 
 
+_second_cache: tuple[int, str] = (-1, "")
+
+
 def format_timestamp(epoch: float) -> str:
     """oneM2M timestamp: YYYYMMDDThhmmss,ffffff in UTC (sorts as text in time order)."""
-    moment = datetime.fromtimestamp(epoch, UTC)
-    return f"{moment.strftime(_FORMAT)},{moment.microsecond:06d}"
+    global _second_cache
+    second = int(epoch // 1)
+    micro = int(round((epoch - second) * 1_000_000))
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    cached_second, text = _second_cache
+    if cached_second != second:  # strftime is slow; most calls fall in the same second
+        text = datetime.fromtimestamp(second, UTC).strftime(_FORMAT)
+        _second_cache = (second, text)
+    return f"{text},{micro:06d}"
 
 
 def parse_timestamp(text: str) -> float:

@@ -66,6 +66,8 @@ class CommonServicesEntity:
         # for the commit) happens outside the lock so many writes share one fsync.
         self.write_lock = asyncio.Lock()
         self._started = False
+        self._id_stem = os.urandom(4).hex()
+        self._id_counter = 0
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -129,7 +131,9 @@ class CommonServicesEntity:
         return format_timestamp(self.clock.now() + offset)
 
     def new_resource_id(self, prefix: str) -> str:
-        return prefix + os.urandom(6).hex()
+        # A random per-process stem plus a counter: unique across restarts, no syscall each.
+        self._id_counter += 1
+        return f"{prefix}{self._id_stem}{self._id_counter:x}"
 
     async def durable(self, changes: Sequence[Change]) -> None:
         """Wait until applied changes are on disk, then release their notifications."""

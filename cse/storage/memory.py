@@ -14,6 +14,7 @@ from cse.storage.base import (
     QueuedNotification,
     Resource,
     Storage,
+    StorageError,
 )
 
 _CONTENT_INSTANCE = 4
@@ -23,8 +24,9 @@ class MemoryStorage(Storage):
     def __init__(self) -> None:
         self._by_ri: dict[str, Resource] = {}
         self._by_path: dict[str, str] = {}
-        # pi -> ri -> None: an insertion-ordered set of child IDs
+        # pi -> ri -> None: an insertion-ordered set of child IDs, and the same per type
         self._children: dict[str, dict[str, None]] = {}
+        self._children_by_type: dict[tuple[str, int], dict[str, None]] = {}
         self._outbox: dict[int, QueuedNotification] = {}
         self._seq = count(1)
 
@@ -44,12 +46,19 @@ class MemoryStorage(Storage):
     async def children(
         self, pi: str, types: Iterable[int] | None = None, limit: int | None = None
     ) -> list[Resource]:
-        wanted = None if types is None else set(types)
-        found = [r for r in self._child_resources(pi) if wanted is None or r.ty in wanted]
+        if types is None:
+            found = self._child_resources(pi)
+        else:
+            found = [
+                self._by_ri[ri]
+                for ty in set(types)
+                for ri in self._children_by_type.get((pi, ty), {})
+            ]
+            found.sort(key=lambda r: r.seq)
         return found if limit is None else found[:limit]
 
     async def count_children(self, pi: str, resource_type: int) -> int:
-        return sum(1 for r in self._child_resources(pi) if r.ty == resource_type)
+        return len(self._children_by_type.get((pi, resource_type), {}))
 
     async def descendants(
         self, path: str, types: Iterable[int] | None = None, max_depth: int | None = None
@@ -72,15 +81,13 @@ class MemoryStorage(Storage):
         return found
 
     async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
-        ids = self._children.get(pi, {})
+        ids = self._children_by_type.get((pi, _CONTENT_INSTANCE), {})
         ordered = reversed(ids) if newest else iter(ids)
         found: list[Resource] = []
         for ri in ordered:
-            resource = self._by_ri[ri]
-            if resource.ty == _CONTENT_INSTANCE:
-                found.append(resource)
-                if len(found) >= limit:
-                    break
+            found.append(self._by_ri[ri])
+            if len(found) >= limit:
+                break
         return found
 
     async def expired(self, now: str, limit: int) -> list[Resource]:
@@ -92,6 +99,15 @@ class MemoryStorage(Storage):
         return list(self._outbox.values())[:limit]
 
     async def apply(self, changes: Sequence[Change]) -> None:
+        # Check first so a batch is applied whole or not at all (as SQLite's savepoint does).
+        claimed: dict[str, str] = {}
+        for change in changes:
+            if isinstance(change, Put):
+                resource = change.resource
+                holder = claimed.get(resource.path, self._by_path.get(resource.path))
+                if holder is not None and holder != resource.ri:
+                    raise StorageError(f"path {resource.path} is taken by {holder}")
+                claimed[resource.path] = resource.ri
         for change in changes:
             if isinstance(change, Put):
                 self._put(change.resource)
@@ -110,15 +126,19 @@ class MemoryStorage(Storage):
         self._by_path[resource.path] = resource.ri
         if existing is None and resource.pi:
             self._children.setdefault(resource.pi, {})[resource.ri] = None
+            self._children_by_type.setdefault((resource.pi, resource.ty), {})[resource.ri] = None
 
     def _delete_tree(self, ri: str) -> None:
         resource = self._by_ri.pop(ri, None)
         if resource is None:
             return
         self._by_path.pop(resource.path, None)
-        siblings = self._children.get(resource.pi)
-        if siblings is not None:
-            siblings.pop(ri, None)
+        for siblings in (
+            self._children.get(resource.pi),
+            self._children_by_type.get((resource.pi, resource.ty)),
+        ):
+            if siblings is not None:
+                siblings.pop(ri, None)
         for child in list(self._children.pop(ri, {})):
             self._delete_tree(child)
 

@@ -1,0 +1,165 @@
+"""One suite every storage backend must pass (run against memory and SQLite)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from cse.storage.base import (
+    DeleteTree,
+    Dequeue,
+    Enqueue,
+    Put,
+    QueuedNotification,
+    Resource,
+    StorageError,
+)
+
+
+def res(path: str, ty: int, ri: str, pi: str, et: str | None = None, **attrs: Any) -> Resource:
+    attributes = {"ty": ty, "ri": ri, "rn": path.rsplit("/", 1)[-1], "pi": pi, **attrs}
+    if et is not None:
+        attributes["et"] = et
+    return Resource(attributes, path, "Cowner")
+
+
+async def _tree(storage: Any) -> dict[str, Resource]:
+    items = {
+        "cb": res("cse-in", 5, "id-in", ""),
+        "ae": res("cse-in/ae", 2, "Cae", "id-in", et="20300101T000000,000000"),
+        "cnt": res("cse-in/ae/cnt", 3, "cnt1", "Cae", et="20290101T000000,000000"),
+        "i1": res("cse-in/ae/cnt/i1", 4, "cin1", "cnt1", et="20270101T000000,000000", con="1"),
+        "i2": res("cse-in/ae/cnt/i2", 4, "cin2", "cnt1", et="20280101T000000,000000", con="2"),
+        "sub": res("cse-in/ae/cnt/s", 23, "sub1", "cnt1"),
+        "other": res("cse-in/ae2", 2, "Cae2", "id-in"),
+        # a sibling whose name shares the prefix: must never count as a descendant
+        "prefix": res("cse-in/ae-x", 2, "Caex", "id-in"),
+    }
+    await storage.apply([Put(r) for r in items.values()])
+    await storage.sync()
+    return items
+
+
+async def test_get_by_id_and_path(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    items = await _tree(storage)
+    assert (await storage.get("cnt1")).path == "cse-in/ae/cnt"
+    assert (await storage.get_by_path("cse-in/ae/cnt/i2")).attributes["con"] == "2"
+    assert await storage.get("nothing") is None
+    assert await storage.get_by_path("cse-in/none") is None
+    assert items["i1"].seq < items["i2"].seq
+    await storage.close()
+
+
+async def test_children_in_creation_order_with_type_filter(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    assert [r.ri for r in await storage.children("cnt1")] == ["cin1", "cin2", "sub1"]
+    assert [r.ri for r in await storage.children("cnt1", [23])] == ["sub1"]
+    assert [r.ri for r in await storage.children("cnt1", limit=1)] == ["cin1"]
+    assert await storage.count_children("cnt1", 4) == 2
+    await storage.close()
+
+
+async def test_descendants_respect_depth_and_prefix(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    below_ae = [r.ri for r in await storage.descendants("cse-in/ae")]
+    assert below_ae == ["cnt1", "cin1", "cin2", "sub1"]
+    assert [r.ri for r in await storage.descendants("cse-in/ae", max_depth=1)] == ["cnt1"]
+    assert [r.ri for r in await storage.descendants("cse-in", types=[2])] == ["Cae", "Cae2", "Caex"]
+    await storage.close()
+
+
+async def test_instances_from_either_end(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    assert [r.ri for r in await storage.instances("cnt1", newest=True, limit=1)] == ["cin2"]
+    assert [r.ri for r in await storage.instances("cnt1", newest=False, limit=5)] == [
+        "cin1",
+        "cin2",
+    ]
+    await storage.close()
+
+
+async def test_update_keeps_identity_and_order(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    items = await _tree(storage)
+    changed = items["i1"].with_attributes(lbl=["x"])
+    await storage.apply([Put(changed)])
+    assert (await storage.get("cin1")).attributes["lbl"] == ["x"]
+    assert [r.ri for r in await storage.instances("cnt1", newest=False, limit=1)] == ["cin1"]
+    await storage.close()
+
+
+async def test_delete_tree_removes_exactly_the_subtree(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    items = await _tree(storage)
+    await storage.apply([DeleteTree(items["ae"])])
+    await storage.sync()
+    for ri in ("Cae", "cnt1", "cin1", "cin2", "sub1"):
+        assert await storage.get(ri) is None, ri
+    assert await storage.get_by_path("cse-in/ae/cnt") is None
+    assert (await storage.get("Caex")) is not None
+    assert (await storage.get("Cae2")) is not None
+    assert [r.ri for r in await storage.children("id-in")] == ["Cae2", "Caex"]
+    await storage.close()
+
+
+async def test_expired_soonest_first(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    found = await storage.expired("20281231T000000,000000", limit=10)
+    assert [r.ri for r in found] == ["cin1", "cin2"]
+    assert [r.ri for r in await storage.expired("20281231T000000,000000", limit=1)] == ["cin1"]
+    await storage.close()
+
+
+async def test_outbox(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    items = [QueuedNotification(n, "http://x", "sub1", 1.0 * n, {"n": n}) for n in (1, 2, 3)]
+    await storage.apply([Enqueue(item) for item in items])
+    await storage.apply([Dequeue((2,))])
+    await storage.sync()
+    queued = await storage.queued_notifications(limit=10)
+    assert [(q.id, q.body) for q in queued] == [(1, {"n": 1}), (3, {"n": 3})]
+    await storage.close()
+
+
+async def test_a_batch_is_atomic(storage_factory: Any) -> None:
+    """A batch that fails half-way leaves nothing of itself behind."""
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    clash = res("cse-in/ae/cnt", 3, "cnt-other", "Cae")  # same path as an existing resource
+    fresh = res("cse-in/fresh", 3, "fresh", "id-in")
+    with pytest.raises(StorageError):
+        await storage.apply([Put(fresh), Put(clash)])
+    assert await storage.get("fresh") is None
+    assert await storage.get("cnt-other") is None
+    assert (await storage.get_by_path("cse-in/ae/cnt")).ri == "cnt1"
+    await storage.sync()
+    await storage.close()
+
+
+async def test_sqlite_survives_reopen(tmp_path: Any) -> None:
+    from cse.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "x.db")
+    await storage.open()
+    await _tree(storage)
+    await storage.close()
+    again = SQLiteStorage(tmp_path / "x.db")
+    await again.open()
+    assert (await again.get_by_path("cse-in/ae/cnt/i2")).attributes["con"] == "2"
+    assert [r.ri for r in await again.instances("cnt1", newest=True, limit=1)] == ["cin2"]
+    await again.close()
