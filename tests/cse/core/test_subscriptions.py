@@ -227,3 +227,18 @@ async def test_pending_notifications_are_sent_in_order_when_the_target_returns(
         "3",
     ]
     assert meter.notifier.pending_count() == 0
+
+
+async def test_notify_to_an_ae_is_relayed_to_its_point_of_access(
+    cse: CommonServicesEntity,
+) -> None:
+    from cse.core.types import Operation
+    from tests.helpers import request
+
+    async with NotificationReceiver() as receiver:
+        await cse.handle(create("cse-in", 2, ae_body("app", poa=[receiver.url]), "Capp"))
+        sgn = {"m2m:sgn": {"nev": {"rep": {"m2m:uri": "x"}, "net": 1}, "sur": "/id-in/s"}}
+        response = await cse.handle(request(Operation.NOTIFY, "cse-in/app", "CAdmin", pc=sgn))
+        (relayed,) = await receiver.wait_for(1)
+    assert response.status == RSC.OK
+    assert relayed["body"] == sgn

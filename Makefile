@@ -1,0 +1,35 @@
+# The few verbs people type. Each creates the virtualenv (.venv) on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: run a CSE on http://127.0.0.1:8080 with its database in the data directory
+demo: $(STAMP)
+	$(BIN)/gridm2m cse
+
+## test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## lint: ruff (lint and format check) and mypy (strict)
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## bench: the HTTP benchmark against GridM2M and ACME side by side, then the scale benchmark
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_http --acme
+	$(BIN)/python -m bench.bench_scale
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
