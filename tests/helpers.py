@@ -91,9 +91,7 @@ class NotificationReceiver:
     async def _on_notify(self, http_request: web.Request) -> web.Response:
         body = await http_request.json()
         async with self._arrived:
-            self.received.append(
-                {"headers": dict(http_request.headers), "body": body}
-            )
+            self.received.append({"headers": dict(http_request.headers), "body": body})
             self._arrived.notify_all()
         return web.Response(status=200, headers={"X-M2M-RSC": str(self.status)})
 

@@ -20,7 +20,13 @@ class CSEProcess:
 
     async def start(self, timeout: float = 20.0) -> str:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gridm2m", "cse", "--http-port", "0", *self.args,
+            sys.executable,
+            "-m",
+            "gridm2m",
+            "cse",
+            "--http-port",
+            "0",
+            *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )

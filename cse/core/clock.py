@@ -34,13 +34,15 @@ class ManualClock:
 
 
 _second_cache: tuple[int, str] = (-1, "")
+_LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last second the format can hold
 
 
 def format_timestamp(epoch: float) -> str:
     """oneM2M timestamp: YYYYMMDDThhmmss,ffffff in UTC (sorts as text in time order)."""
     global _second_cache
+    epoch = min(epoch, _LATEST)  # a huge offset (et, mia) means "never", not a crash
     second = int(epoch // 1)
-    micro = int(round((epoch - second) * 1_000_000))
+    micro = round((epoch - second) * 1_000_000)
     if micro >= 1_000_000:
         second, micro = second + 1, micro - 1_000_000
     cached_second, text = _second_cache

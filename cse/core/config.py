@@ -22,6 +22,8 @@ class CSESettings:
     notification_timeout: float = 5.0
     notification_retry_max: float = 60.0
     expiry_check_interval: float = 1.0
+    # How long a CREATE's originator + request ID is remembered against redelivery (seconds).
+    request_log_retention: float = 24 * 3600.0
     supported_serializations: tuple[str, ...] = ("json", "cbor")
     release_versions: frozenset[str] = field(
         default_factory=lambda: frozenset({"2", "2a", "3", "4", "5"})

@@ -24,7 +24,7 @@ from cse.core.representation import check_result_content, wrap
 from cse.core.types import Operation, ResponseStatusCode
 from cse.core.types import ResourceType as T
 from cse.core.types import ResultContent as RCN
-from cse.storage.base import Change, DeleteTree, Put, Resource
+from cse.storage.base import Change, DeleteTree, Put, RecordRequest, Resource
 
 if TYPE_CHECKING:
     from cse.core.handler import CommonServicesEntity
@@ -82,10 +82,37 @@ async def handle_create(
         _apply_container_defaults(cse, attributes)
 
     async with cse.write_lock:
+        key = f"{originator}\n{request.request_id}" if request.deduplicate else None
+        if key is not None:
+            earlier = await cse.storage.recorded_request(key)
+            if earlier is not None:
+                return await _replay(cse, request, earlier, result_content, requested)
         resource, changes = await _build(cse, spec, parent, attributes, owner, resource_id, request)
+        if key is not None:
+            changes.append(RecordRequest(key, resource.ri, cse.clock.now()))
         changes.extend(await cse.notifier.on_child_created(parent, resource))
         await cse.storage.apply(changes)
     await cse.durable(changes)
+    return cse.response(
+        request,
+        ResponseStatusCode.CREATED,
+        _render_created(resource, result_content, requested),
+        location=resource.path,
+    )
+
+
+async def _replay(
+    cse: CommonServicesEntity,
+    request: Request,
+    resource_id: str,
+    result_content: RCN,
+    requested: dict[str, Any],
+) -> Response:
+    """A redelivered CREATE: answer as the first time, create nothing."""
+    await cse.storage.sync()  # the first one's answer waited for this too
+    resource = await cse.storage.get(resource_id)
+    if resource is None:  # created, then deleted or expired since
+        return cse.response(request, ResponseStatusCode.CREATED)
     return cse.response(
         request,
         ResponseStatusCode.CREATED,

@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from cse.core.delete import deletion_changes
+from cse.storage.base import ForgetRequests
 
 if TYPE_CHECKING:
     from cse.core.handler import CommonServicesEntity
@@ -59,5 +60,7 @@ class ExpirySweeper:
             await cse.storage.sync()
             if len(expired) < batch:
                 break
+        retention = cse.settings.request_log_retention
+        await cse.storage.apply([ForgetRequests(cse.clock.now() - retention)])
         self.removed += removed
         return removed

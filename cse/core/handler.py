@@ -22,6 +22,7 @@ from cse.core.errors import (
     BadRequest,
     M2MError,
     NotFound,
+    NotImplementedOperation,
     OriginatorNotRegistered,
     ReleaseVersionNotSupported,
     RequestTimeout,
@@ -231,6 +232,8 @@ class CommonServicesEntity:
             raise BadRequest("request identifier (rqi) missing")
         if request.request_expiration is not None:
             self._check_expiration(request.request_expiration)
+        if request.response_type in (1, 2):
+            raise NotImplementedOperation("non-blocking requests (rt 1, 2) are not supported")
         address = parse_address(
             request.to, cse_id=settings.cse_id, cse_name=settings.cse_name, sp_id=settings.sp_id
         )

@@ -83,6 +83,10 @@ class Request:
     group_request_id: str | None = None  # gid
     attribute_list: tuple[str, ...] = ()  # atrl: partial retrieve
     vendor_information: str | None = None  # vsi
+    response_type: int | None = None  # rt (rtv): 1/2 non-blocking, 3 blocking, 5 no response
+    # Set by bindings with at-least-once delivery (MQTT QoS 1): a CREATE seen again with the
+    # same originator and request ID returns the first result instead of creating twice.
+    deduplicate: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retarget(self, to: str, **changes: Any) -> Request:

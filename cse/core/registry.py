@@ -299,7 +299,7 @@ def check_attributes(spec: ResourceSpec, attributes: dict[str, Any], *, create: 
             # null in an UPDATE deletes an optional attribute; in a CREATE only cr may be null.
             if create and name != "cr":
                 raise BadRequest(f"attribute {name} must not be null")
-            if not create and rule == M:
+            if not create and M in (rule, policy.create):
                 raise BadRequest(f"attribute {name} is mandatory and cannot be removed")
             continue
         if name == "cr":

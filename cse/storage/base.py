@@ -103,7 +103,23 @@ class Dequeue:
     ids: tuple[int, ...]
 
 
-Change = Put | DeleteTree | Enqueue | Dequeue
+@dataclass(frozen=True, slots=True)
+class RecordRequest:
+    """Remember that the request `key` (originator + request ID) created `resource_id`."""
+
+    key: str
+    resource_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetRequests:
+    """Drop request records older than `before` (epoch seconds)."""
+
+    before: float
+
+
+Change = Put | DeleteTree | Enqueue | Dequeue | RecordRequest | ForgetRequests
 
 
 class StorageError(Exception):
@@ -151,6 +167,10 @@ class Storage(ABC):
     @abstractmethod
     async def queued_notifications(self, limit: int) -> list[QueuedNotification]:
         """The outbox, oldest first."""
+
+    @abstractmethod
+    async def recorded_request(self, key: str) -> str | None:
+        """The resource a remembered CREATE made, for answering a redelivered request."""
 
     @abstractmethod
     async def apply(self, changes: Sequence[Change]) -> None:

@@ -10,8 +10,10 @@ from cse.storage.base import (
     DeleteTree,
     Dequeue,
     Enqueue,
+    ForgetRequests,
     Put,
     QueuedNotification,
+    RecordRequest,
     Resource,
     Storage,
     StorageError,
@@ -28,6 +30,7 @@ class MemoryStorage(Storage):
         self._children: dict[str, dict[str, None]] = {}
         self._children_by_type: dict[tuple[str, int], dict[str, None]] = {}
         self._outbox: dict[int, QueuedNotification] = {}
+        self._requests: dict[str, tuple[str, float]] = {}
         self._seq = count(1)
 
     async def close(self) -> None:
@@ -98,6 +101,10 @@ class MemoryStorage(Storage):
     async def queued_notifications(self, limit: int) -> list[QueuedNotification]:
         return list(self._outbox.values())[:limit]
 
+    async def recorded_request(self, key: str) -> str | None:
+        found = self._requests.get(key)
+        return None if found is None else found[0]
+
     async def apply(self, changes: Sequence[Change]) -> None:
         # Check first so a batch is applied whole or not at all (as SQLite's savepoint does).
         claimed: dict[str, str] = {}
@@ -118,6 +125,10 @@ class MemoryStorage(Storage):
             elif isinstance(change, Dequeue):
                 for number in change.ids:
                     self._outbox.pop(number, None)
+            elif isinstance(change, RecordRequest):
+                self._requests[change.key] = (change.resource_id, change.at)
+            elif isinstance(change, ForgetRequests):
+                self._requests = {k: v for k, v in self._requests.items() if v[1] >= change.before}
 
     def _put(self, resource: Resource) -> None:
         existing = self._by_ri.get(resource.ri)

@@ -29,8 +29,10 @@ from cse.storage.base import (
     DeleteTree,
     Dequeue,
     Enqueue,
+    ForgetRequests,
     Put,
     QueuedNotification,
+    RecordRequest,
     Resource,
     Storage,
     StorageError,
@@ -54,6 +56,12 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (pi, ty, seq);
 CREATE INDEX IF NOT EXISTS resources_by_expiry ON resources (et) WHERE et IS NOT NULL;
+CREATE TABLE IF NOT EXISTS request_log (
+    key TEXT PRIMARY KEY,
+    ri  TEXT NOT NULL,
+    at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_log_by_age ON request_log (at);
 CREATE TABLE IF NOT EXISTS outbox (
     id           INTEGER PRIMARY KEY,
     target       TEXT NOT NULL,
@@ -233,6 +241,11 @@ class SQLiteStorage(Storage):
             for number, target, sub, created, body in rows
         ]
 
+    async def recorded_request(self, key: str) -> str | None:
+        conn = await self._ready()
+        row = conn.execute("SELECT ri FROM request_log WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
     # ---- writes ------------------------------------------------------------------------
 
     async def apply(self, changes: Sequence[Change]) -> None:
@@ -265,6 +278,13 @@ class SQLiteStorage(Storage):
                     )
                 elif isinstance(change, Dequeue):
                     conn.executemany("DELETE FROM outbox WHERE id = ?", [(n,) for n in change.ids])
+                elif isinstance(change, RecordRequest):
+                    conn.execute(
+                        "INSERT OR REPLACE INTO request_log (key, ri, at) VALUES (?, ?, ?)",
+                        (change.key, change.resource_id, change.at),
+                    )
+                elif isinstance(change, ForgetRequests):
+                    conn.execute("DELETE FROM request_log WHERE at < ?", (change.before,))
         except (sqlite3.Error, TypeError, ValueError) as error:
             # TypeError/ValueError: a value the encoder refused; undo the batch either way.
             conn.execute("ROLLBACK TO batch")

@@ -34,7 +34,9 @@ async def _post_instances(
         number += 1
         body = {"m2m:cin": {"rn": f"r{number}-{id(stop) % 1000}", "con": str(number)}}
         try:
-            async with session.post(f"{url}/cse-in/meter/reads", json=body, headers=_headers(4)) as r:
+            async with session.post(
+                f"{url}/cse-in/meter/reads", json=body, headers=_headers(4)
+            ) as r:
                 if r.status == 201:
                     acknowledged.append((await r.json())["m2m:cin"]["rn"])
                     if len(acknowledged) >= 300:
@@ -74,9 +76,7 @@ async def test_acknowledged_resources_survive_sigkill(tmp_path: Path) -> None:
     try:
         async with aiohttp.ClientSession() as session:
             for name in acknowledged:
-                async with session.get(
-                    f"{url}/cse-in/meter/reads/{name}", headers=_headers()
-                ) as r:
+                async with session.get(f"{url}/cse-in/meter/reads/{name}", headers=_headers()) as r:
                     assert r.status == 200, name
             async with session.get(f"{url}/cse-in/meter/reads", headers=_headers()) as r:
                 container = (await r.json())["m2m:cnt"]

@@ -70,10 +70,12 @@ async def test_policy_grants_by_wildcard_and_operation_bits(
     two_meters: CommonServicesEntity,
 ) -> None:
     cse = two_meters
-    policy = await _policy(cse, "Cm2", [{"acor": ["Cm*"], "acop": 2}, {"acor": ["Cm2"], "acop": 63}])
-    assert (await cse.handle(update("cse-in/m2/reads", {"m2m:cnt": {"acpi": [policy]}}, "Cm2"))).status == (
-        RSC.UPDATED
+    policy = await _policy(
+        cse, "Cm2", [{"acor": ["Cm*"], "acop": 2}, {"acor": ["Cm2"], "acop": 63}]
     )
+    assert (
+        await cse.handle(update("cse-in/m2/reads", {"m2m:cnt": {"acpi": [policy]}}, "Cm2"))
+    ).status == (RSC.UPDATED)
     await cse.handle(create("cse-in/m2/reads", 4, {"m2m:cin": {"con": "7"}}, "Cm2"))
     # m1 matches Cm* for RETRIEVE (2) only
     assert (await cse.handle(retrieve("cse-in/m2/reads/la", "Cm1"))).status == RSC.OK
@@ -87,7 +89,9 @@ async def test_all_keyword_and_discover_bit(two_meters: CommonServicesEntity) ->
     cse = two_meters
     policy = await _policy(cse, "Cm2", [{"acor": ["all"], "acop": 32}])
     await cse.handle(update("cse-in/m2/reads", {"m2m:cnt": {"acpi": [policy]}}, "Cm2"))
-    found = await cse.handle(retrieve("cse-in", "Cm1", fc=FilterCriteria(filter_usage=1, resource_types=(3,))))
+    found = await cse.handle(
+        retrieve("cse-in", "Cm1", fc=FilterCriteria(filter_usage=1, resource_types=(3,)))
+    )
     assert found.content["m2m:uril"] == ["cse-in/m1/reads", "cse-in/m2/reads"]
     assert (await cse.handle(retrieve("cse-in/m2/reads", "Cm1"))).status == (
         RSC.ORIGINATOR_HAS_NO_PRIVILEGE

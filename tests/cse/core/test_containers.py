@@ -141,9 +141,7 @@ async def test_every_address_form_reaches_the_same_resource(meter: CommonService
 
 async def test_nested_containers_and_subtree_delete(meter: CommonServicesEntity) -> None:
     await _container(meter)
-    inner = await meter.handle(
-        create("cse-in/meter/reads", 3, {"m2m:cnt": {"rn": "inner"}}, AE)
-    )
+    inner = await meter.handle(create("cse-in/meter/reads", 3, {"m2m:cnt": {"rn": "inner"}}, AE))
     assert inner.status == RSC.CREATED
     cin = await _post(meter, "x", to="cse-in/meter/reads/inner")
     assert (await meter.handle(delete("cse-in/meter/reads", AE))).status == RSC.DELETED
@@ -259,12 +257,38 @@ async def test_expired_ae_disappears_with_its_children(
     meter: CommonServicesEntity, clock: ManualClock
 ) -> None:
     soon = "20260101T000100"  # the manual clock starts at 2026-01-01T00:00:00
-    assert (await meter.handle(create("cse-in", 2, ae_body("brief", et=soon), "Cbrief"))).status == (
-        RSC.CREATED
-    )
+    assert (
+        await meter.handle(create("cse-in", 2, ae_body("brief", et=soon), "Cbrief"))
+    ).status == (RSC.CREATED)
     child = await meter.handle(create("cse-in/brief", 3, {"m2m:cnt": {"rn": "c"}}, "Cbrief"))
     assert child.content["m2m:cnt"]["et"] <= soon + ",000000"  # clamped to the parent
     clock.advance(120)
     assert await meter.expiry.sweep() == 2
     assert (await meter.handle(retrieve("cse-in/brief", "CAdmin"))).status == RSC.NOT_FOUND
     assert (await meter.handle(retrieve("cse-in/brief/c", "CAdmin"))).status == RSC.NOT_FOUND
+
+
+async def test_redelivered_create_is_answered_without_creating_twice(
+    meter: CommonServicesEntity,
+) -> None:
+    from dataclasses import replace
+
+    await _container(meter)
+    first = create("cse-in/meter/reads", 4, {"m2m:cin": {"con": "1"}}, AE, deduplicate=True)
+    again = replace(first)  # the same originator and request ID, delivered a second time
+    one, two = await meter.handle(first), await meter.handle(again)
+    assert one.status == two.status == RSC.CREATED
+    assert one.content["m2m:cin"]["ri"] == two.content["m2m:cin"]["ri"]
+    cnt = (await meter.handle(retrieve("cse-in/meter/reads", AE))).content["m2m:cnt"]
+    assert cnt["cni"] == 1
+    # without the flag (plain HTTP clients often reuse request IDs) both are created
+    plain = create("cse-in/meter/reads", 4, {"m2m:cin": {"con": "2"}}, AE)
+    await meter.handle(plain)
+    await meter.handle(replace(plain))
+    cnt = (await meter.handle(retrieve("cse-in/meter/reads", AE))).content["m2m:cnt"]
+    assert cnt["cni"] == 3
+
+
+async def test_non_blocking_requests_are_refused(meter: CommonServicesEntity) -> None:
+    response = await meter.handle(retrieve("cse-in/meter", AE, response_type=2))
+    assert response.status == RSC.NOT_IMPLEMENTED

@@ -21,7 +21,11 @@ async def tree(cse: CommonServicesEntity, clock: ManualClock) -> CommonServicesE
             await cse.handle(create(f"cse-in/{name}", 3, body, f"C{name}"))
             clock.advance(10)
         for value in range(3):
-            await cse.handle(create(f"cse-in/{name}/reads", 4, {"m2m:cin": {"con": "x" * (value + 1)}}, f"C{name}"))
+            await cse.handle(
+                create(
+                    f"cse-in/{name}/reads", 4, {"m2m:cin": {"con": "x" * (value + 1)}}, f"C{name}"
+                )
+            )
     return cse
 
 
@@ -45,7 +49,9 @@ async def test_by_type_and_label(tree: CommonServicesEntity) -> None:
 
 
 async def test_or_combines_conditions(tree: CommonServicesEntity) -> None:
-    found = await _discover(tree, resource_types=(2,), labels=("family:events",), filter_operation=2)
+    found = await _discover(
+        tree, resource_types=(2,), labels=("family:events",), filter_operation=2
+    )
     assert found == ["cse-in/m1", "cse-in/m1/events", "cse-in/m2", "cse-in/m2/events"]
 
 
@@ -58,7 +64,7 @@ async def test_limit_offset_and_level(tree: CommonServicesEntity) -> None:
 
 
 async def test_created_and_modified_windows(tree: CommonServicesEntity, clock: ManualClock) -> None:
-    start = clock.now() - 40  # the fixture advanced the clock 4 × 10 s
+    start = clock.now() - 40  # the fixture advanced the clock 4 times 10 s
     early = await _discover(tree, resource_types=(3,), created_before=ts(start + 15))
     assert early == ["cse-in/m1/reads", "cse-in/m1/events"]
     late = await _discover(tree, resource_types=(3,), created_after=ts(start + 15))
@@ -76,7 +82,9 @@ async def test_size_and_attribute_conditions(tree: CommonServicesEntity) -> None
 
 
 async def test_unstructured_results_and_references(tree: CommonServicesEntity) -> None:
-    response = await tree.handle(retrieve("cse-in", fc=fc(resource_types=(2,)), discovery_result_type=2))
+    response = await tree.handle(
+        retrieve("cse-in", fc=fc(resource_types=(2,)), discovery_result_type=2)
+    )
     assert response.content["m2m:uril"] == ["Cm1", "Cm2"]
     refs = await tree.handle(retrieve("cse-in", fc=fc(resource_types=(2,)), rcn=6))
     assert [r["nm"] for r in refs.content["m2m:rrl"]["rrf"]] == ["m1", "m2"]
@@ -128,6 +136,13 @@ async def test_group_size_limit(tree: CommonServicesEntity) -> None:
 
 
 async def test_fan_out_respects_each_members_access(tree: CommonServicesEntity) -> None:
-    await tree.handle(create("cse-in/m1", 9, {"m2m:grp": {"rn": "g", "mnm": 5, "mid": ["cse-in/m1/reads", "cse-in/m2/reads"]}}, "Cm1"))
+    await tree.handle(
+        create(
+            "cse-in/m1",
+            9,
+            {"m2m:grp": {"rn": "g", "mnm": 5, "mid": ["cse-in/m1/reads", "cse-in/m2/reads"]}},
+            "Cm1",
+        )
+    )
     response = await tree.handle(retrieve("cse-in/m1/g/fopt", "Cm1"))
     assert [r["rsc"] for r in response.content["m2m:agr"]["m2m:rsp"]] == [2000, 4103]

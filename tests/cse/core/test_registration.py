@@ -92,8 +92,15 @@ async def test_cse_base_cannot_be_created_updated_or_deleted(cse: CommonServices
 
 
 def _csr(csi: str = "/id-mn") -> dict[str, object]:
-    return {"m2m:csr": {"csi": csi, "cb": f"{csi}/cse-mn", "rr": True, "srv": ["3"],
-                        "poa": ["http://127.0.0.1:1"]}}
+    return {
+        "m2m:csr": {
+            "csi": csi,
+            "cb": f"{csi}/cse-mn",
+            "rr": True,
+            "srv": ["3"],
+            "poa": ["http://127.0.0.1:1"],
+        }
+    }
 
 
 async def test_remote_cse_registration(cse: CommonServicesEntity) -> None:

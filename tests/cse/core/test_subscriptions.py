@@ -82,9 +82,7 @@ async def test_resource_id_content_type(meter: CommonServicesEntity) -> None:
         await _subscribe(meter, receiver.url, enc={"net": [3]}, nct=3)
         await _post(meter, "1")
         received = await receiver.wait_for(2)
-    assert received[1]["body"]["m2m:sgn"]["nev"]["rep"]["m2m:uri"].startswith(
-        "cse-in/meter/reads/"
-    )
+    assert received[1]["body"]["m2m:sgn"]["nev"]["rep"]["m2m:uri"].startswith("cse-in/meter/reads/")
 
 
 async def test_expiration_counter_ends_the_subscription(meter: CommonServicesEntity) -> None:
@@ -205,8 +203,6 @@ async def test_send_latest_keeps_only_the_newest(meter: CommonServicesEntity) ->
     await meter.notifier.wait_until(lambda: meter.notifier.failed_attempts >= 1)
     await meter.notifier.wait_until(lambda: meter.notifier.pending_count() == 1)
     assert meter.notifier.dropped == 2
-
-
 
 
 async def test_pending_notifications_are_sent_in_order_when_the_target_returns(

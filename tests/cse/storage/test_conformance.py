@@ -163,3 +163,19 @@ async def test_sqlite_survives_reopen(tmp_path: Any) -> None:
     assert (await again.get_by_path("cse-in/ae/cnt/i2")).attributes["con"] == "2"
     assert [r.ri for r in await again.instances("cnt1", newest=True, limit=1)] == ["cin2"]
     await again.close()
+
+
+async def test_request_log(storage_factory: Any) -> None:
+    from cse.storage.base import ForgetRequests, RecordRequest
+
+    storage = storage_factory()
+    await storage.open()
+    await storage.apply(
+        [RecordRequest("Ca\nr1", "cin1", 10.0), RecordRequest("Ca\nr2", "cin2", 20.0)]
+    )
+    assert await storage.recorded_request("Ca\nr1") == "cin1"
+    await storage.apply([ForgetRequests(15.0)])
+    await storage.sync()
+    assert await storage.recorded_request("Ca\nr1") is None
+    assert await storage.recorded_request("Ca\nr2") == "cin2"
+    await storage.close()
