@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from cse.core import groups, subscriptions
 from cse.core.addressing import Address, is_valid_name
-from cse.core.clock import parse_timestamp
+from cse.core.clock import format_timestamp, parse_timestamp
 from cse.core.errors import (
     BadRequest,
     Conflict,
@@ -193,7 +193,7 @@ def _expiration(cse: CommonServicesEntity, requested: str | None, parent: Resour
     else:
         if parse_timestamp(requested) <= cse.clock.now():
             raise BadRequest("expiration time (et) is in the past")
-        value = cse.timestamp(parse_timestamp(requested) - cse.clock.now())
+        value = format_timestamp(parse_timestamp(requested))
     # A child never outlives its parent.
     return value if limit is None or value < limit else limit
 

@@ -93,7 +93,8 @@ async def handle_discovery(
     if criteria.filter_operation == 2 and criteria.has_conditions:
         types = None  # with OR, a type condition alone must not narrow the search
     candidates = await cse.storage.descendants(root.path, types=types, max_depth=criteria.level)
-    limit = min(criteria.limit or MAX_DISCOVERY_RESULTS, MAX_DISCOVERY_RESULTS)
+    limit = MAX_DISCOVERY_RESULTS if criteria.limit is None else criteria.limit
+    limit = min(limit, MAX_DISCOVERY_RESULTS)
     skip = max(0, (criteria.offset or 1) - 1) if criteria.offset is not None else 0
     found: list[Resource] = []
     for resource in candidates:
@@ -104,9 +105,9 @@ async def handle_discovery(
         if skip:
             skip -= 1
             continue
-        found.append(resource)
         if len(found) >= limit:
             break
+        found.append(resource)
     await cse.storage.sync()
     if result_content == RCN.CHILD_REFERENCES:
         content: dict[str, Any] = {"m2m:rrl": {"rrf": [child_reference(r) for r in found]}}

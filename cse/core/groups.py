@@ -58,6 +58,9 @@ async def prepare(cse: CommonServicesEntity, attributes: dict[str, Any]) -> None
 async def fan_out(
     cse: CommonServicesEntity, request: Request, originator: str, address: Address
 ) -> Response:
+    if request.extra.get("fan_out"):
+        # Groups of groups would multiply requests at every level; one level is served.
+        raise BadRequest("nested fan-out (a group member that is itself a fopt) is not supported")
     group = await cse.lookup(Address(path=address.path, ri=address.ri))
     if group.ty != T.GROUP:
         raise NotFound(f"{group.path} is not a group")
@@ -70,6 +73,7 @@ async def fan_out(
             to=member + suffix,
             request_id=f"{request.request_id}:{index}",
             group_request_id=request.request_id,
+            extra={**request.extra, "fan_out": True},
         )
         for index, member in enumerate(members)
     ]

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from cse.core import groups, subscriptions
 from cse.core.addressing import Address
-from cse.core.clock import parse_timestamp
+from cse.core.clock import format_timestamp, parse_timestamp
 from cse.core.create import check_privileges
 from cse.core.errors import BadRequest, MaxMembersExceeded, NotAcceptable, OperationNotAllowed
 from cse.core.primitives import Request, Response
@@ -91,8 +91,10 @@ async def _build(
 ) -> tuple[Resource, dict[str, Any], list[Change]]:
     values = dict(requested)
     if values.get("et") is not None:
-        if parse_timestamp(values["et"]) <= cse.clock.now():
+        moment = parse_timestamp(values["et"])
+        if moment <= cse.clock.now():
             raise BadRequest("expiration time (et) is in the past")
+        values["et"] = format_timestamp(moment)  # stored normalised: et is compared as text
         parent = await cse.storage.get(resource.pi)
         if parent is not None and parent.et is not None and values["et"] > parent.et:
             values["et"] = parent.et

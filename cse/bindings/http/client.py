@@ -8,7 +8,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from cse.bindings.http.mapping import rsc_from_http, status_code, target_to_path
+from cse.bindings.http.mapping import request_query, rsc_from_http, status_code, target_to_path
+from cse.core.errors import BadRequest
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response
 from cse.core.types import Operation, ResponseStatusCode
@@ -51,35 +52,54 @@ class HttpClient:
     async def send(self, base_url: str, request: Request) -> Response:
         """Send a request primitive to the CSE at base_url (http://host:port)."""
         serialization = self._serialization
-        content_type = CONTENT_TYPES[serialization]
-        if request.operation == Operation.CREATE:
-            content_type += f";ty={int(request.resource_type or 0)}"
         headers = {
             "X-M2M-Origin": request.originator or "",
             "X-M2M-RI": request.request_id,
             "X-M2M-RVI": request.release_version or "3",
             "Accept": CONTENT_TYPES[serialization],
         }
-        body = encode(request.content, serialization)
-        if body:
-            headers["Content-Type"] = content_type
-        params: dict[str, str] = {}
-        if request.result_content is not None:
-            params["rcn"] = str(int(request.result_content))
+        optional = {
+            "X-M2M-RET": request.request_expiration,
+            "X-M2M-OT": request.originating_timestamp,
+            "X-M2M-EC": None if request.event_category is None else str(request.event_category),
+            "X-M2M-GID": request.group_request_id,
+            "X-M2M-VSI": request.vendor_information,
+        }
+        headers.update({name: value for name, value in optional.items() if value is not None})
         url = base_url.rstrip("/") + target_to_path(request.to)
         try:
+            body = encode(request.content, serialization)
+        except (TypeError, ValueError) as error:
+            raise DeliveryError(f"{url}: content cannot be sent as {serialization}") from error
+        if request.operation == Operation.CREATE:
+            # The ty parameter is what makes a POST a CREATE, so it goes even without a body.
+            resource_type = int(request.resource_type or 0)
+            headers["Content-Type"] = f"{CONTENT_TYPES[serialization]};ty={resource_type}"
+        elif body:
+            headers["Content-Type"] = CONTENT_TYPES[serialization]
+        try:
             async with self._open().request(
-                _METHODS[request.operation], url, data=body, headers=headers, params=params
+                _METHODS[request.operation],
+                url,
+                data=body or None,
+                headers=headers,
+                params=request_query(request),
             ) as reply:
                 payload = await reply.read()
                 rsc = status_code(reply.headers.get("X-M2M-RSC"))
                 reply_serialization = CBOR if "cbor" in reply.content_type else JSON
-                content = decode(payload, reply_serialization) if payload else None
+                try:
+                    content = decode(payload, reply_serialization) if payload else None
+                except BadRequest as error:
+                    raise DeliveryError(f"{url}: unreadable reply: {error.message}") from None
+                location = reply.headers.get("Content-Location")
                 return Response(
                     rsc or ResponseStatusCode(rsc_from_http(reply.status)),
                     reply.headers.get("X-M2M-RI", request.request_id),
                     reply.headers.get("X-M2M-RVI"),
                     content,
+                    to=request.originator,
+                    location=location.lstrip("/") if location else None,
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise DeliveryError(f"{url}: {error}") from error
@@ -103,10 +123,12 @@ class HttpSender:
             "Content-Type": CONTENT_TYPES[serialization],
         }
         try:
+            body = encode(primitive.get("pc"), serialization)
+        except (TypeError, ValueError) as error:
+            raise DeliveryError(f"{url}: content cannot be sent as {serialization}") from error
+        try:
             session = self._client._open()
-            async with session.post(
-                target, data=encode(primitive.get("pc"), serialization), headers=headers
-            ) as reply:
+            async with session.post(target, data=body, headers=headers) as reply:
                 await reply.read()
                 rsc = status_code(reply.headers.get("X-M2M-RSC"))
                 return int(rsc) if rsc is not None else rsc_from_http(reply.status)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cse.bindings.http.mapping import REQUEST_QUERY, filter_from_query, http_status, path_to_target
+from cse.bindings.http.mapping import (
+    REQUEST_QUERY,
+    filter_from_query,
+    http_status,
+    path_to_target,
+    rsc_from_http,
+)
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
 from cse.core.primitives import Request, Response, error_content
 from cse.core.types import Operation, ResponseStatusCode, ResultContent
@@ -29,6 +37,33 @@ logger = logging.getLogger(__name__)
 _METHODS = {"GET": Operation.RETRIEVE, "PUT": Operation.UPDATE, "DELETE": Operation.DELETE}
 
 
+def _text(value: str | None) -> str | None:
+    """A header, path or query value as clean Unicode.
+
+    aiohttp keeps bytes that are not UTF-8 as lone surrogates; those cannot be encoded again
+    (in a JSON or CBOR reply, or in a header), so they become U+FFFD here.
+    """
+    if value is None or value.isascii():
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def _reply_serialization(headers: Mapping[str, str]) -> str:
+    """Best guess for answering a request that failed before it was understood."""
+    default = JSON
+    content_type = headers.get("Content-Type")
+    if content_type:
+        with contextlib.suppress(M2MError):
+            default = serialization_of(content_type.split(";", 1)[0])
+    try:
+        return accepted_serialization(headers.get("Accept"), default)
+    except M2MError:
+        return default
+
+
 def _content_type(header: str | None) -> tuple[str | None, int | None]:
     """(serialization, ty) from e.g. 'application/json;ty=4'."""
     if not header:
@@ -38,10 +73,10 @@ def _content_type(header: str | None) -> tuple[str | None, int | None]:
     for parameter in parameters:
         name, _, value = parameter.strip().partition("=")
         if name.strip().lower() == "ty":
-            try:
-                resource_type = int(value.strip())
-            except ValueError:
-                raise BadRequest(f"ty={value!r} in Content-Type is not a number") from None
+            value = value.strip()
+            if not (value.isascii() and value.isdigit()) or len(value) > 9:
+                raise BadRequest(f"ty={value[:20]!r} in Content-Type is not a number")
+            resource_type = int(value)
     return serialization_of(media), resource_type
 
 
@@ -49,10 +84,33 @@ def _integer_query(request: web.Request, name: str) -> int | None:
     value = request.query.get(name)
     if value is None:
         return None
-    try:
-        return int(value)
-    except ValueError:
-        raise BadRequest(f"query parameter {name} must be an integer") from None
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise BadRequest(f"query parameter {name} must be a non-negative integer")
+    return int(value)
+
+
+def _discovery_result_type(request: web.Request) -> int | None:
+    value = _integer_query(request, "drt")
+    if value not in (None, 1, 2):
+        raise BadRequest("drt must be 1 (structured) or 2 (unstructured)")
+    return value
+
+
+def _response_type(request: web.Request) -> int | None:
+    value = _integer_query(request, "rt")
+    if value is not None and not 1 <= value <= 5:
+        raise BadRequest("rt must be a response type 1..5")
+    return value
+
+
+def _event_category(header: str | None) -> int | None:
+    if header is None:
+        return None
+    value = header.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise BadRequest("X-M2M-EC must be an event category number")
+    return int(value)
 
 
 class HttpServer:
@@ -78,7 +136,7 @@ class HttpServer:
         return f"http://{self._host}:{self.port}"
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self._max_body_size)
+        app = web.Application(client_max_size=self._max_body_size, middlewares=[self._http_errors])
         app.router.add_route("*", "/{tail:.*}", self._on_request)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -101,27 +159,55 @@ class HttpServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
-    async def _on_request(self, http_request: web.Request) -> web.StreamResponse:
+    @web.middleware
+    async def _http_errors(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """What aiohttp itself refuses (no route, say) still gets an X-M2M-RSC and a dbg."""
+        try:
+            return await handler(request)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            status = ResponseStatusCode(rsc_from_http(error.status))
+            if error.status < 500 and not 4000 <= status < 5000:
+                status = ResponseStatusCode.BAD_REQUEST
+            return self._error(request, status, error.reason, http_status=error.status)
+
+    def _error(
+        self,
+        http_request: web.Request,
+        status: ResponseStatusCode,
+        message: str,
+        *,
+        http_status: int | None = None,
+    ) -> web.Response:
         headers = http_request.headers
-        request_id = headers.get("X-M2M-RI", "")
-        release = headers.get("X-M2M-RVI")
-        serialization = JSON
+        response = Response(
+            status,
+            _text(headers.get("X-M2M-RI")) or "",
+            _text(headers.get("X-M2M-RVI")),
+            error_content(message),
+        )
+        return self._reply(response, _reply_serialization(headers), http_status)
+
+    async def _on_request(self, http_request: web.Request) -> web.StreamResponse:
         try:
             primitive, serialization = await self._to_primitive(http_request)
-            reply_in = accepted_serialization(headers.get("Accept"), serialization)
+            reply_in = accepted_serialization(http_request.headers.get("Accept"), serialization)
         except web.HTTPRequestEntityTooLarge:
             message = f"body exceeds the limit of {self._max_body_size} bytes"
-            return self._reply(
-                Response(
-                    ResponseStatusCode.BAD_REQUEST, request_id, release, error_content(message)
-                ),
-                serialization,
-                http_status_override=413,
+            return self._error(
+                http_request, ResponseStatusCode.BAD_REQUEST, message, http_status=413
             )
         except M2MError as error:
-            return self._reply(
-                Response(error.status, request_id, release, error_content(error.message)),
-                serialization,
+            return self._error(http_request, error.status, error.message)
+        except Exception:
+            logger.exception("could not read the HTTP request %s", http_request.path)
+            return self._error(
+                http_request, ResponseStatusCode.INTERNAL_SERVER_ERROR, "internal error"
             )
         response = await self._cse.handle(primitive)
         return self._reply(response, reply_in)
@@ -142,7 +228,9 @@ class HttpServer:
         if resource_type is not None and operation != Operation.CREATE:
             raise BadRequest("ty is only allowed in a CREATE")
         serialization = serialization or JSON
-        query = {name: http_request.query.getall(name) for name in http_request.query}
+        query: dict[str, list[str]] = {}
+        for name, value in http_request.query.items():
+            query.setdefault(_text(name) or "", []).append(_text(value) or "")
         result_content = _integer_query(http_request, "rcn")
         try:
             rcn = None if result_content is None else ResultContent(result_content)
@@ -156,23 +244,24 @@ class HttpServer:
         )
         primitive = Request(
             operation=operation,
-            to=path_to_target(http_request.path),
-            originator=headers.get("X-M2M-Origin"),
-            request_id=headers.get("X-M2M-RI", ""),
-            release_version=headers.get("X-M2M-RVI"),
+            to=path_to_target(_text(http_request.path) or "/"),
+            originator=_text(headers.get("X-M2M-Origin")),
+            request_id=_text(headers.get("X-M2M-RI")) or "",
+            release_version=_text(headers.get("X-M2M-RVI")),
             resource_type=resource_type,
             content=decode(body, serialization),
             result_content=rcn,
             filter_criteria=filter_from_query(
                 {k: v for k, v in query.items() if k not in REQUEST_QUERY}
             ),
-            discovery_result_type=_integer_query(http_request, "drt"),
-            request_expiration=headers.get("X-M2M-RET"),
-            originating_timestamp=headers.get("X-M2M-OT"),
-            event_category=None,
-            group_request_id=headers.get("X-M2M-GID"),
+            discovery_result_type=_discovery_result_type(http_request),
+            request_expiration=_text(headers.get("X-M2M-RET")),
+            originating_timestamp=_text(headers.get("X-M2M-OT")),
+            event_category=_event_category(headers.get("X-M2M-EC")),
+            group_request_id=_text(headers.get("X-M2M-GID")),
             attribute_list=attribute_list,
-            vendor_information=headers.get("X-M2M-VSI"),
+            vendor_information=_text(headers.get("X-M2M-VSI")),
+            response_type=_response_type(http_request),
         )
         return primitive, serialization
 
@@ -187,11 +276,18 @@ class HttpServer:
             headers["X-M2M-RVI"] = response.release_version
         if response.location is not None:
             headers["Content-Location"] = "/" + response.location
-        body = encode(response.content, serialization)
+        try:
+            body = encode(response.content, serialization)
+        except Exception:  # the core produced content that cannot be serialized: a bug
+            logger.exception("cannot serialize the response to %s", response.request_id)
+            headers["X-M2M-RSC"] = str(int(ResponseStatusCode.INTERNAL_SERVER_ERROR))
+            headers.pop("Content-Location", None)
+            body = encode(error_content("response could not be serialized"), serialization)
+            http_status_override = 500
         if body:
             headers["Content-Type"] = CONTENT_TYPES[serialization]
         return web.Response(
-            status=http_status_override or http_status(int(response.status)),
+            status=http_status_override or http_status(int(headers["X-M2M-RSC"])),
             body=body,
             headers=headers,
         )

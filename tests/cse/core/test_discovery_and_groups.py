@@ -146,3 +146,15 @@ async def test_fan_out_respects_each_members_access(tree: CommonServicesEntity) 
     )
     response = await tree.handle(retrieve("cse-in/m1/g/fopt", "Cm1"))
     assert [r["rsc"] for r in response.content["m2m:agr"]["m2m:rsp"]] == [2000, 4103]
+
+
+async def test_nested_fan_out_is_refused_per_member(tree: CommonServicesEntity) -> None:
+    await _group(tree, ["cse-in/m1/reads"])
+    outer = {"m2m:grp": {"rn": "outer", "mnm": 5, "mid": ["cse-in/g"]}}
+    assert (await tree.handle(create("cse-in", 9, outer))).status == RSC.CREATED
+    response = await tree.handle(retrieve("cse-in/outer/fopt/fopt"))
+    assert [r["rsc"] for r in response.content["m2m:agr"]["m2m:rsp"]] == [4000]
+
+
+async def test_zero_limit_finds_nothing(tree: CommonServicesEntity) -> None:
+    assert await _discover(tree, limit=0) == []
