@@ -14,6 +14,7 @@ from cse.core.errors import (
     Conflict,
     InvalidChildResourceType,
     NotAcceptable,
+    NotFound,
     OperationNotAllowed,
     OriginatorAlreadyRegistered,
     TargetNotSubscribable,
@@ -87,6 +88,11 @@ async def handle_create(
             earlier = await cse.storage.recorded_request(key)
             if earlier is not None:
                 return await _replay(cse, request, earlier, result_content, requested)
+        # Re-read the parent under the lock: a concurrent CREATE may have changed its counters.
+        current = await cse.storage.get(parent.ri)
+        if current is None or cse.is_expired(current):
+            raise NotFound(f"{parent.path} was deleted")
+        parent = current
         resource, changes = await _build(cse, spec, parent, attributes, owner, resource_id, request)
         if key is not None:
             changes.append(RecordRequest(key, resource.ri, cse.clock.now()))

@@ -292,3 +292,22 @@ async def test_redelivered_create_is_answered_without_creating_twice(
 async def test_non_blocking_requests_are_refused(meter: CommonServicesEntity) -> None:
     response = await meter.handle(retrieve("cse-in/meter", AE, response_type=2))
     assert response.status == RSC.NOT_IMPLEMENTED
+
+
+async def test_concurrent_creates_keep_counters_exact(meter: CommonServicesEntity) -> None:
+    import asyncio
+
+    await _container(meter, mni=50)
+    # The write lock is held by someone else while all 200 requests read the container.
+    async with meter.write_lock:
+        tasks = [
+            asyncio.create_task(
+                meter.handle(create("cse-in/meter/reads", 4, {"m2m:cin": {"con": "ab"}}, AE))
+            )
+            for _ in range(200)
+        ]
+        await asyncio.sleep(0)  # let every request run up to the lock
+    responses = await asyncio.gather(*tasks)
+    assert all(r.status == RSC.CREATED for r in responses)
+    cnt = (await meter.handle(retrieve("cse-in/meter/reads", AE))).content["m2m:cnt"]
+    assert (cnt["cni"], cnt["cbs"], cnt["st"]) == (50, 100, 200)
