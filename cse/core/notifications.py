@@ -102,7 +102,7 @@ class Notifier:
             "op": int(Operation.NOTIFY),
             "to": to,
             "fr": settings.cse_id,
-            "rqi": f"ntf-{int(time.time() * 1000)}-{self._counter}",
+            "rqi": f"ntf-{int(self._cse.clock.now() * 1000)}-{self._counter}",
             "rvi": "3",
             "pc": content,
         }

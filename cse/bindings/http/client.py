@@ -8,7 +8,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 
-from cse.bindings.http.mapping import request_query, rsc_from_http, status_code, target_to_path
+from cse.bindings.http.mapping import rsc_from_http, status_code, target_to_path
+from cse.bindings.query import request_query
 from cse.core.errors import BadRequest
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response

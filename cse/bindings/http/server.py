@@ -10,16 +10,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from cse.bindings.http.mapping import (
-    REQUEST_QUERY,
-    filter_from_query,
-    http_status,
-    path_to_target,
-    rsc_from_http,
-)
+from cse.bindings.http.mapping import http_status, path_to_target, rsc_from_http
+from cse.bindings.query import parameters_from_query
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
 from cse.core.primitives import Request, Response, error_content
-from cse.core.types import Operation, ResponseStatusCode, ResultContent
+from cse.core.types import Operation, ResponseStatusCode
 from cse.serialization import (
     CONTENT_TYPES,
     JSON,
@@ -78,30 +73,6 @@ def _content_type(header: str | None) -> tuple[str | None, int | None]:
                 raise BadRequest(f"ty={value[:20]!r} in Content-Type is not a number")
             resource_type = int(value)
     return serialization_of(media), resource_type
-
-
-def _integer_query(request: web.Request, name: str) -> int | None:
-    value = request.query.get(name)
-    if value is None:
-        return None
-    value = value.strip()
-    if not (value.isascii() and value.isdigit()) or len(value) > 9:
-        raise BadRequest(f"query parameter {name} must be a non-negative integer")
-    return int(value)
-
-
-def _discovery_result_type(request: web.Request) -> int | None:
-    value = _integer_query(request, "drt")
-    if value not in (None, 1, 2):
-        raise BadRequest("drt must be 1 (structured) or 2 (unstructured)")
-    return value
-
-
-def _response_type(request: web.Request) -> int | None:
-    value = _integer_query(request, "rt")
-    if value is not None and not 1 <= value <= 5:
-        raise BadRequest("rt must be a response type 1..5")
-    return value
 
 
 def _event_category(header: str | None) -> int | None:
@@ -231,17 +202,7 @@ class HttpServer:
         query: dict[str, list[str]] = {}
         for name, value in http_request.query.items():
             query.setdefault(_text(name) or "", []).append(_text(value) or "")
-        result_content = _integer_query(http_request, "rcn")
-        try:
-            rcn = None if result_content is None else ResultContent(result_content)
-        except ValueError:
-            raise BadRequest(f"result content {result_content} is not defined") from None
-        attribute_list = tuple(
-            part
-            for value in query.get("atrl", [])
-            for part in value.replace(" ", "+").split("+")
-            if part
-        )
+        parameters = parameters_from_query(query)
         primitive = Request(
             operation=operation,
             to=path_to_target(_text(http_request.path) or "/"),
@@ -250,18 +211,16 @@ class HttpServer:
             release_version=_text(headers.get("X-M2M-RVI")),
             resource_type=resource_type,
             content=decode(body, serialization),
-            result_content=rcn,
-            filter_criteria=filter_from_query(
-                {k: v for k, v in query.items() if k not in REQUEST_QUERY}
-            ),
-            discovery_result_type=_discovery_result_type(http_request),
+            result_content=parameters.result_content,
+            filter_criteria=parameters.filter_criteria,
+            discovery_result_type=parameters.discovery_result_type,
             request_expiration=_text(headers.get("X-M2M-RET")),
             originating_timestamp=_text(headers.get("X-M2M-OT")),
             event_category=_event_category(headers.get("X-M2M-EC")),
             group_request_id=_text(headers.get("X-M2M-GID")),
-            attribute_list=attribute_list,
+            attribute_list=parameters.attribute_list,
             vendor_information=_text(headers.get("X-M2M-VSI")),
-            response_type=_response_type(http_request),
+            response_type=parameters.response_type,
         )
         return primitive, serialization
 

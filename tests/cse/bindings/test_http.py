@@ -14,13 +14,12 @@ import pytest
 
 from cse.bindings.http import HttpClient, HttpServer
 from cse.bindings.http.mapping import (
-    filter_from_query,
-    filter_to_query,
     http_status,
     path_to_target,
     rsc_from_http,
     target_to_path,
 )
+from cse.bindings.query import filter_from_query, filter_to_query
 from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
 from cse.core.primitives import FilterCriteria, Request

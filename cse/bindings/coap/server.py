@@ -1,0 +1,191 @@
+"""CoAP server binding: an aiocoap context whose one resource turns CoAP requests into primitives.
+
+aiocoap's message layer acknowledges CONs and answers a retransmitted CON (same message ID and
+peer) from its cache instead of passing it on twice; its block-wise layer, driven by the
+resource base class, reassembles Block1 uploads and serves large answers in Block2. The
+resource itself only decodes (codec.py), calls `CommonServicesEntity.handle()` and encodes.
+What aiocoap leaves to resources is checked here on every block, before anything is stored:
+unknown critical options (4.02) and the body size limit (4.13); a Block1 sequence with a hole
+becomes 4.08 instead of aiocoap's 5.00.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiocoap  # type: ignore[import-untyped]
+from aiocoap import resource
+from aiocoap.blockwise import Block1Spool, IncompleteException  # type: ignore[import-untyped]
+
+from cse.bindings.coap.codec import (
+    OptionRejected,
+    check_options,
+    decode_request,
+    encode_response,
+    error_reply,
+)
+from cse.bindings.coap.mapping import Code
+from cse.bindings.coap.messages import raw_options, to_aiocoap
+from cse.core.errors import M2MError
+from cse.core.types import ResponseStatusCode as RSC
+
+if TYPE_CHECKING:
+    from cse.core.handler import CommonServicesEntity
+
+logger = logging.getLogger(__name__)
+
+
+class _Refused(Exception):
+    """A request the binding answers itself, before any block is stored or the core is asked."""
+
+    def __init__(self, code: Code, message: str, size1: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.size1 = size1
+
+
+class _Block1Assembly(Block1Spool):  # type: ignore[misc]
+    """aiocoap's Block1 reassembly, but a gap or an overlap is 4.08 (aiocoap lets a 5.00 out)."""
+
+    def feed_and_take(self, request: aiocoap.Message) -> aiocoap.Message:
+        try:
+            return super().feed_and_take(request)
+        except ValueError:
+            raise IncompleteException from None
+
+
+class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[misc]
+    """The whole URI space of the CSE: every path is a oneM2M target, decoded by the codec."""
+
+    def __init__(self, cse: CommonServicesEntity, max_body_size: int) -> None:
+        super().__init__()
+        self._cse = cse
+        self._max_body_size = max_body_size
+        self._block1 = _Block1Assembly()
+
+    async def render_to_pipe(self, pipe: Any) -> None:
+        request = pipe.request
+        try:
+            self._admit(request)
+            await super().render_to_pipe(pipe)
+            return
+        except _Refused as error:
+            refusal = error
+        except IncompleteException:
+            refusal = _Refused(Code.REQUEST_ENTITY_INCOMPLETE, "block-wise transfer incomplete")
+        except aiocoap.error.BadRequest as error:  # a block whose size contradicts its Block1
+            refusal = _Refused(Code.BAD_REQUEST, str(error) or "malformed block-wise transfer")
+        pipe.add_response(self._refusal(request, refusal), is_last=True)
+
+    def _admit(self, request: aiocoap.Message) -> None:
+        try:
+            check_options(raw_options(request))
+        except OptionRejected as error:
+            raise _Refused(Code.BAD_OPTION, error.message) from None
+        block1 = request.opt.block1
+        size = len(request.payload)
+        if block1 is not None:
+            size = max(block1.start + size, request.opt.size1 or 0)
+        if size > self._max_body_size:
+            message = f"body exceeds the limit of {self._max_body_size} bytes"
+            raise _Refused(Code.REQUEST_ENTITY_TOO_LARGE, message, self._max_body_size)
+
+    def _refusal(self, request: aiocoap.Message, refusal: _Refused) -> aiocoap.Message:
+        reply = error_reply(raw_options(request), RSC.BAD_REQUEST, refusal.message, refusal.code)
+        message = to_aiocoap(reply)
+        if refusal.size1 is not None:
+            message.opt.size1 = refusal.size1  # RFC 7959 §2.9.3: the largest body accepted
+        return message
+
+    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+        options = raw_options(request)
+        try:
+            primitive, serialization = decode_request(int(request.code), options, request.payload)
+        except M2MError as error:
+            code = error.coap if isinstance(error, OptionRejected) else None
+            return to_aiocoap(error_reply(options, error.status, error.message, code))
+        except Exception:
+            logger.exception("could not read the CoAP request %r", request)
+            status = RSC.INTERNAL_SERVER_ERROR
+            return to_aiocoap(error_reply(options, status, "internal error"))
+        response = await self._cse.handle(primitive)
+        return to_aiocoap(encode_response(response, primitive.operation, serialization))
+
+
+def udp_endpoint(context: aiocoap.Context) -> Any:
+    """The udp6 message interface of an aiocoap context (under its token and message managers)."""
+    for interface in context.request_interfaces:
+        endpoint = getattr(getattr(interface, "token_interface", None), "message_interface", None)
+        if endpoint is not None:
+            return endpoint
+    raise RuntimeError("aiocoap opened no UDP endpoint")
+
+
+def bound_port(context: aiocoap.Context) -> int:
+    """The UDP port an aiocoap server context listens on (what port 0 became)."""
+    port: int = udp_endpoint(context).transport.get_extra_info("socket").getsockname()[1]
+    return port
+
+
+def _drop_undecodable(endpoint: Any) -> None:
+    """Drop datagrams whose string options are not UTF-8 quietly, like other unparsable ones.
+
+    aiocoap 0.4.17 only catches UnparsableMessage while decoding; a UnicodeDecodeError from a
+    Uri-Path escapes into the event loop's exception handler with a traceback per datagram.
+    """
+    receive = endpoint.datagram_msg_received
+
+    def guarded(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        try:
+            receive(data, ancdata, flags, address)
+        except UnicodeDecodeError:
+            logger.debug("dropped a CoAP datagram with a non-UTF-8 option from %s", address)
+
+    endpoint.datagram_msg_received = guarded
+
+
+class CoapServer:
+    """Serves one CSE over CoAP/UDP; an async context manager that reports its bound port."""
+
+    def __init__(
+        self,
+        cse: CommonServicesEntity,
+        host: str = "127.0.0.1",
+        port: int = 5683,
+        *,
+        max_body_size: int = 64 * 1024,
+    ) -> None:
+        self._cse = cse
+        self._host = host
+        self._port = port
+        self._max_body_size = max_body_size
+        self._context: aiocoap.Context | None = None
+        self.port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"coap://{host}:{self.port}"
+
+    async def start(self) -> None:
+        site = _CseResource(self._cse, self._max_body_size)
+        self._context = await aiocoap.Context.create_server_context(
+            site, bind=(self._host, self._port), transports=["udp6"]
+        )
+        endpoint = udp_endpoint(self._context)
+        _drop_undecodable(endpoint)
+        self.port = bound_port(self._context)
+
+    async def stop(self) -> None:
+        if self._context is not None:
+            await self._context.shutdown()
+            self._context = None
+
+    async def __aenter__(self) -> CoapServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
