@@ -1,0 +1,310 @@
+"""The MQTT binding (TS-0010), receiving side: broker → request primitive → core → response.
+
+`answer()` is the whole protocol step without I/O: a topic and a payload in, the response
+topic and payload out (or nothing, when no topic can be derived). `MqttBinding` owns the
+broker connection around it: one persistent session (clean session false, a stable client
+ID), QoS 1 subscriptions to the request and registration topics addressed to this CSE, a
+PUBACK only after the answer (see acks.py), and reconnection with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import aiomqtt
+
+from cse.bindings.mqtt.acks import AckSequence, PendingAck, acknowledge_manually
+from cse.bindings.mqtt.primitives import (
+    Rejected,
+    decode_primitive,
+    encode_primitive,
+    error_primitive,
+    request_from_primitive,
+    response_to_primitive,
+)
+from cse.bindings.mqtt.settings import MqttSettings, open_client
+from cse.bindings.mqtt.topics import (
+    FORMATS,
+    REGISTRATION_REQUEST,
+    RequestTopic,
+    parse_request_topic,
+    request_filters,
+    topic_id,
+)
+from cse.core.errors import M2MError
+from cse.core.primitives import Request
+from cse.core.types import Operation
+from cse.core.types import ResourceType as T
+from cse.core.types import ResponseStatusCode as RSC
+from cse.serialization import JSON
+
+if TYPE_CHECKING:
+    from cse.core.handler import CommonServicesEntity
+
+logger = logging.getLogger(__name__)
+
+NO_RESPONSE = 5  # rt.rtv: the originator wants no response at all
+_ECHO = (("rqi", "rqi"), ("rvi", "rvi"), ("to", "fr"))
+
+
+class Reply(NamedTuple):
+    topic: str
+    payload: bytes
+
+
+def _read_request(topic: RequestTopic, payload: bytes, max_payload: int) -> Request:
+    serialization = topic.serialization
+    if serialization is None:
+        message = f"serialization {topic.format[:20]!r} is not supported: use /json or /cbor"
+        raise Rejected(RSC.UNSUPPORTED_MEDIA_TYPE, message)
+    if len(payload) > max_payload:
+        raise Rejected(
+            RSC.BAD_REQUEST, f"request of {len(payload)} bytes exceeds the limit of {max_payload}"
+        )
+    try:
+        primitive = decode_primitive(payload, serialization, "m2m:rqp")
+    except M2MError as error:
+        raise Rejected(error.status, error.message) from None
+    request = request_from_primitive(primitive)
+    if topic.kind == REGISTRATION_REQUEST and not (
+        request.operation == Operation.CREATE and request.resource_type in (T.AE, T.REMOTE_CSE)
+    ):
+        echo = {"rqi": request.request_id, "rvi": request.release_version, "fr": request.originator}
+        raise Rejected(
+            RSC.OPERATION_NOT_ALLOWED,
+            "reg_req carries registrations only (CREATE of an AE or remoteCSE)",
+            {name: value for name, value in echo.items() if value},
+        )
+    return request
+
+
+def _encode(primitive: dict[str, Any], serialization: str, cse_id: str) -> bytes:
+    try:
+        return encode_primitive(primitive, serialization)
+    except Exception:  # the core produced content the serialization cannot carry: a bug
+        logger.exception("cannot serialize the response to %s", primitive.get("rqi"))
+        # What the request carried: its rqi and rvi, and its originator (the response's to).
+        echo = {key: str(primitive[wire]) for wire, key in _ECHO if wire in primitive}
+        message = "response could not be serialized"
+        failure = error_primitive(RSC.INTERNAL_SERVER_ERROR, message, echo, cse_id)
+        return encode_primitive(failure, serialization)
+
+
+async def answer(
+    cse: CommonServicesEntity, topic: str, payload: bytes, *, max_payload: int, prefix: str = ""
+) -> Reply | None:
+    """Serve one request message; None when nothing can or should be published back."""
+    cse_id = cse.settings.cse_id
+    parsed = parse_request_topic(topic, prefix)
+    if parsed is None or parsed.receiver != topic_id(cse_id):
+        logger.warning("dropped a message on %r: not a request topic of this CSE", topic[:200])
+        return None
+    try:
+        request = _read_request(parsed, payload, max_payload)
+    except Rejected as rejected:
+        logger.info("refused a request on %s: %s", topic[:200], rejected.message)
+        fmt = parsed.format if parsed.serialization else "json"
+        primitive = error_primitive(rejected.status, rejected.message, rejected.echo, cse_id)
+        return Reply(parsed.response_topic(fmt), _encode(primitive, FORMATS[fmt], cse_id))
+    response = await cse.handle(request)
+    if request.response_type == NO_RESPONSE:
+        return None
+    primitive = response_to_primitive(response, request.originator)
+    return Reply(parsed.response_topic(), _encode(primitive, parsed.serialization or JSON, cse_id))
+
+
+def _abandon(task: asyncio.Future[Any]) -> None:
+    """Cancel a wait we no longer need, and collect whatever it ended with."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+class _Session:
+    """One connection: its client, its PUBACK order, and whether it failed to publish."""
+
+    def __init__(self, client: aiomqtt.Client, acks: AckSequence) -> None:
+        self.client = client
+        self.acks = acks
+        self.broken = asyncio.Event()
+
+
+class MqttBinding:
+    """Serves one CSE over an MQTT broker; an async context manager.
+
+    Entering connects and subscribes (raising aiomqtt.MqttError if the broker cannot be
+    reached then); later losses of the connection are repaired in the background.
+    """
+
+    def __init__(self, cse: CommonServicesEntity, settings: MqttSettings | None = None) -> None:
+        self._cse = cse
+        self.settings = settings or MqttSettings()
+        self.connections = 0  # successful connections so far (the first one included)
+        self.acknowledged = 0  # PUBACKs sent
+        self._connected = False
+        self._state = asyncio.Condition()
+        self._stopping = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+
+    @property
+    def client_id(self) -> str:
+        return self.settings.identifier(self._cse.settings.cse_id)
+
+    @property
+    def is_connected(self) -> bool:
+        return self._connected
+
+    async def wait_connected(self, connections: int = 1) -> None:
+        """Wait until connected, after at least `connections` connections in all."""
+        async with self._state:
+            await self._state.wait_for(lambda: self._connected and self.connections >= connections)
+
+    async def _set_connected(self, connected: bool) -> None:
+        async with self._state:
+            self._connected = connected
+            self.connections += connected
+            self._state.notify_all()
+
+    async def __aenter__(self) -> MqttBinding:
+        first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run(first), name="mqtt binding")
+        try:
+            await first
+        except BaseException:
+            await self._stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
+
+    async def _stop(self) -> None:
+        self._stopping.set()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+            self._runner = None
+        await self._cancel_handlers()
+
+    async def _cancel_handlers(self) -> None:
+        """Requests not finished by now are not acknowledged: the broker will resend them."""
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+
+    # ---- connection life cycle -------------------------------------------------------------
+
+    async def _run(self, first: asyncio.Future[None]) -> None:
+        delay = self.settings.reconnect_delay
+        while not self._stopping.is_set():
+            before = self.connections
+            try:
+                await self._session(first)
+            except aiomqtt.MqttError as error:
+                if not first.done():
+                    first.set_exception(error)
+                    return
+                logger.warning("MQTT connection to %s lost: %s", self.settings.url, error)
+            if self.connections != before:
+                delay = self.settings.reconnect_delay
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)  # backoff, cut short by stop
+            delay = min(delay * 2, self.settings.reconnect_max_delay)
+
+    async def _session(self, first: asyncio.Future[None]) -> None:
+        client = open_client(self.settings, self.client_id, clean_session=False)
+        send_ack = acknowledge_manually(client)
+
+        def acknowledge(mid: int) -> None:
+            send_ack(mid)
+            self.acknowledged += 1
+
+        session = _Session(client, AckSequence(acknowledge))
+        async with client:
+            try:
+                own = topic_id(self._cse.settings.cse_id)
+                filters = request_filters(own, self.settings.topic_prefix)
+                granted = await client.subscribe([(name, 1) for name in filters])
+                if any(getattr(code, "is_failure", False) for code in granted):
+                    raise aiomqtt.MqttError(f"the broker refused the subscriptions {filters}")
+                await self._set_connected(True)
+                logger.info("MQTT: %s subscribed at %s", self.client_id, self.settings.url)
+                if not first.done():
+                    first.set_result(None)
+                await self._consume(session)
+                await self._drain()
+            finally:
+                session.acks.close()
+                await self._set_connected(False)
+
+    async def _consume(self, session: _Session) -> None:
+        """Take messages until stopped (return) or the connection fails (MqttError)."""
+        messages = aiter(session.client.messages)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        broken = asyncio.ensure_future(session.broken.wait())
+        try:
+            while True:
+                await self._slots.acquire()
+                incoming = asyncio.ensure_future(anext(messages))
+                await asyncio.wait({incoming, stop, broken}, return_when=asyncio.FIRST_COMPLETED)
+                if not incoming.done():
+                    _abandon(incoming)
+                    self._slots.release()
+                    if broken.done():
+                        raise aiomqtt.MqttError("a response could not be published")
+                    return
+                try:
+                    message = incoming.result()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                pending = session.acks.expect(message.mid) if message.qos > 0 else None
+                self._spawn(self._serve(session, pending, message))
+        finally:
+            stop.cancel()
+            broken.cancel()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
+
+    async def _drain(self) -> None:
+        """On stop: let requests in progress answer and acknowledge before disconnecting."""
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self.settings.drain_timeout)
+        await self._cancel_handlers()
+
+    # ---- one request -----------------------------------------------------------------------
+
+    async def _serve(
+        self, session: _Session, pending: PendingAck | None, message: aiomqtt.Message
+    ) -> None:
+        settings = self.settings
+        payload = message.payload if isinstance(message.payload, bytes | bytearray) else b""
+        try:
+            reply = await answer(
+                self._cse,
+                message.topic.value,
+                bytes(payload),
+                max_payload=settings.max_payload,
+                prefix=settings.topic_prefix,
+            )
+            if reply is not None:
+                await session.client.publish(
+                    reply.topic, reply.payload, qos=1, timeout=settings.publish_timeout
+                )
+        except aiomqtt.MqttError as error:
+            # Not acknowledged: the broker delivers the request again on the next connection.
+            logger.warning("MQTT response on %s not sent: %s", message.topic.value[:200], error)
+            session.broken.set()
+            return
+        except Exception:  # a bug; acknowledge anyway so one message cannot block the session
+            logger.exception("MQTT request on %s failed", message.topic.value[:200])
+        finally:
+            self._slots.release()
+        session.acks.finish(pending)
