@@ -14,9 +14,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cse.bindings.coap.client import CoapClient, CoapSender
+from cse.bindings.coap.server import CoapServer
 from cse.bindings.http import HttpClient, HttpSender, HttpServer
+from cse.bindings.mqtt.client import MqttSender
+from cse.bindings.mqtt.server import MqttBinding
+from cse.bindings.mqtt.settings import MqttSettings
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
+from cse.core.notifications import Sender
 from cse.storage.base import Storage
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
@@ -41,6 +47,48 @@ class HttpConfig(BaseModel):
     max_body_size: int = Field(1 << 20, ge=1024)
 
 
+class CoapConfig(BaseModel):
+    """CoAP is off unless a port is given (0 picks a free one)."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str | None = None  # default: the HTTP host
+    port: int | None = Field(None, ge=0, le=65535)
+    max_body_size: int = Field(64 * 1024, ge=1024)
+
+
+class MqttConfig(BaseModel):
+    """MQTT is off unless a broker URL is given."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str | None = None  # mqtt://host:port or mqtts://host:port
+    client_id: str | None = None
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = Field(60, ge=1)
+    max_payload: int = Field(256 * 1024, ge=1024)
+
+    def settings(self) -> MqttSettings | None:
+        if self.url is None:
+            return None
+        try:
+            return MqttSettings(
+                url=self.url,
+                client_id=self.client_id,
+                username=self.username,
+                password=self.password,
+                ca_file=self.ca_file,
+                cert_file=self.cert_file,
+                key_file=self.key_file,
+                keepalive=self.keepalive,
+                max_payload=self.max_payload,
+            )
+        except ValueError as error:
+            raise ConfigError(f"invalid MQTT settings: {error}") from error
+
+
 class CSEConfig(BaseModel):
     """The [cse] section of a config file; every field can also come from a flag or env var."""
 
@@ -55,6 +103,8 @@ class CSEConfig(BaseModel):
     cache_size: int = Field(8192, ge=0)
     default_lifetime: float = Field(5 * 365 * 24 * 3600.0, gt=0)
     http: HttpConfig = HttpConfig()
+    coap: CoapConfig = CoapConfig()
+    mqtt: MqttConfig = MqttConfig()
 
     @field_validator("cse_id")
     @classmethod
@@ -136,39 +186,64 @@ def open_storage(config: CSEConfig) -> Storage:
 class RunningCSE:
     cse: CommonServicesEntity
     http: HttpServer
-    client: HttpClient
+    coap: CoapServer | None
+    mqtt: MqttBinding | None
+
+    @property
+    def urls(self) -> list[str]:
+        urls = [self.http.url]
+        if self.coap is not None:
+            urls.append(self.coap.url)
+        if self.mqtt is not None:
+            urls.append(self.mqtt.settings.url)
+        return urls
 
 
 @contextlib.asynccontextmanager
 async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
-    """Start storage, core and HTTP; stop them in reverse order on exit."""
-    client = HttpClient()
-    cse = CommonServicesEntity(
-        open_storage(config),
-        config.settings(),
-        senders={"http": HttpSender(client), "https": HttpSender(client)},
-    )
-    server = HttpServer(
-        cse, config.http.host, config.http.port, max_body_size=config.http.max_body_size
-    )
-    await cse.start()
-    try:
-        await server.start()
-        cse.settings = config.settings(points_of_access=(server.url,))
-        try:
-            yield RunningCSE(cse, server, client)
-        finally:
-            await server.stop()
-    finally:
-        await cse.stop()
-        await client.close()
+    """Start storage, core and every configured binding; stop them in reverse order."""
+    mqtt_settings = config.mqtt.settings()
+    async with contextlib.AsyncExitStack() as stack:
+        http_client = await stack.enter_async_context(HttpClient())
+        coap_client = await stack.enter_async_context(CoapClient())
+        mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings))
+        senders: dict[str, Sender] = {
+            "http": HttpSender(http_client),
+            "https": HttpSender(http_client),
+            "coap": CoapSender(coap_client),
+            "mqtt": mqtt_sender,
+            "mqtts": mqtt_sender,
+        }
+        cse = CommonServicesEntity(open_storage(config), config.settings(), senders=senders)
+        await stack.enter_async_context(cse)
+        http = await stack.enter_async_context(
+            HttpServer(
+                cse, config.http.host, config.http.port, max_body_size=config.http.max_body_size
+            )
+        )
+        coap = None
+        if config.coap.port is not None:
+            coap = await stack.enter_async_context(
+                CoapServer(
+                    cse,
+                    config.coap.host or config.http.host,
+                    config.coap.port,
+                    max_body_size=config.coap.max_body_size,
+                )
+            )
+        mqtt = None
+        if mqtt_settings is not None:
+            mqtt = await stack.enter_async_context(MqttBinding(cse, mqtt_settings))
+        running = RunningCSE(cse, http, coap, mqtt)
+        cse.settings = config.settings(points_of_access=tuple(running.urls))
+        yield running
 
 
 async def serve_until_stopped(config: CSEConfig, stop: asyncio.Event) -> None:
     async with running_cse(config) as running:
         print(
-            f"gridm2m cse {config.cse_id} ({config.cse_name}) listening on {running.http.url}"
-            f" (db {config.database_path()})",
+            f"gridm2m cse {config.cse_id} ({config.cse_name}) listening on "
+            f"{' '.join(running.urls)} (db {config.database_path()})",
             flush=True,
         )
         await stop.wait()

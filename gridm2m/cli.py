@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
+import aiomqtt
+
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
 
 
@@ -22,6 +24,8 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--admin-originator", help="originator that passes every check")
     parser.add_argument("--http-host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, help="port (default 8080; 0 picks a free one)")
+    parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
+    parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
     parser.add_argument("--db", help="SQLite file (':memory:' keeps nothing)")
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_cse)
@@ -38,6 +42,8 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "admin_originator": args.admin_originator,
                 "http.host": args.http_host,
                 "http.port": args.http_port,
+                "coap.port": args.coap_port,
+                "mqtt.url": args.mqtt_url,
                 "db": args.db,
             },
         )
@@ -54,8 +60,11 @@ def _run_cse(args: argparse.Namespace) -> int:
 
     try:
         _event_loop_runner()(run())
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         print(f"gridm2m cse: cannot start: {error}", file=sys.stderr)
+        return 1
+    except aiomqtt.MqttError as error:
+        print(f"gridm2m cse: cannot reach the MQTT broker: {error}", file=sys.stderr)
         return 1
     return 0
 

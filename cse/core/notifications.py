@@ -359,7 +359,7 @@ class Notifier:
             url = str(target.attributes["poa"][0])
             primitive = {
                 "op": 5,
-                "to": request.to,
+                "to": target.ri,  # the AE-ID: what an MQTT or CoAP AE recognises as itself
                 "fr": originator,
                 "rqi": request.request_id,
                 "rvi": request.release_version,
