@@ -122,8 +122,10 @@ class Notifier:
                 "pn": attributes.get("pn"),
                 "bn": attributes.get("bn"),
             }
+            # Queued under the target as subscribed (an AE-ID stays an AE-ID): its point of
+            # access is looked up again at each attempt, so an AE that moved is still reached.
             item = QueuedNotification(
-                self._next_id, url, subscription.ri, self._cse.clock.now(), body
+                self._next_id, target, subscription.ri, self._cse.clock.now(), body
             )
             self._next_id += 1
             changes.append(Enqueue(item))
@@ -270,7 +272,10 @@ class Notifier:
                     return
                 primitive = self._batch_primitive(batch)
                 try:
-                    status = await self._send(target, primitive)
+                    url = await self.resolve_target(target)
+                    if url is None:
+                        raise DeliveryError(f"{target} has no point of access now")
+                    status = await self._send(url, primitive)
                 except DeliveryError as error:
                     await self._on_failure(target, queue, error)
                     return

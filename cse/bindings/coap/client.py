@@ -46,7 +46,11 @@ class CoapClient:
     async def _open(self) -> aiocoap.Context:
         async with self._opening:
             if self._context is None:
-                self._context = await aiocoap.Context.create_client_context(transports=["udp6"])
+                # simple6 gives each peer its own connected socket, so an ICMP error from a
+                # dead target reaches only that peer's exchanges. With udp6 (one shared socket
+                # reading the error queue), under uvloop a dead meter broke deliveries to live
+                # ones (tests/cse/test_coap_notifications_process.py).
+                self._context = await aiocoap.Context.create_client_context(transports=["simple6"])
             return self._context
 
     async def close(self) -> None:

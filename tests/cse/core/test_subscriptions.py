@@ -238,3 +238,21 @@ async def test_notify_to_an_ae_is_relayed_to_its_point_of_access(
         (relayed,) = await receiver.wait_for(1)
     assert response.status == RSC.OK
     assert relayed["body"] == sgn
+
+
+async def test_pending_notifications_follow_an_ae_that_moved(cse: CommonServicesEntity) -> None:
+    """Queued for an AE-ID, a notification goes to the AE's point of access of the moment."""
+    await cse.handle(create("cse-in", 2, ae_body("app"), "Capp"))
+    await cse.handle(create("cse-in/app", 3, {"m2m:cnt": {"rn": "cmd"}}, "Capp"))
+    body = {"m2m:sub": {"rn": "s", "nu": ["Capp"], "enc": {"net": [3]}, "pn": 2}}
+    assert (await cse.handle(create("cse-in/app/cmd", 23, body, "Capp"))).status == RSC.CREATED
+    async with NotificationReceiver() as old_place:
+        dead = old_place.url
+    await cse.handle(update("cse-in/app", {"m2m:ae": {"poa": [dead]}}, "Capp"))
+    await cse.handle(create("cse-in/app/cmd", 4, {"m2m:cin": {"con": "connect"}}, "Capp"))
+    await cse.notifier.wait_until(lambda: cse.notifier.failed_attempts >= 1)
+    async with NotificationReceiver() as new_place:
+        await cse.handle(update("cse-in/app", {"m2m:ae": {"poa": [new_place.url]}}, "Capp"))
+        cse.notifier.retry_now()
+        (received,) = await new_place.wait_for(1)
+    assert received["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"] == "connect"
