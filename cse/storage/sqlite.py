@@ -41,6 +41,7 @@ from cse.storage.base import (
 logger = logging.getLogger(__name__)
 
 _CONTENT_INSTANCE = 4
+_MAX_GATHER_PASSES = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -349,8 +350,16 @@ class SQLiteStorage(Storage):
     async def _commit_loop(self) -> None:
         while True:
             await self._dirty.wait()
-            # Let every request that is ready to run add its writes to this transaction.
-            await asyncio.sleep(0)
+            # Let every request that is ready to run add its writes to this transaction: keep
+            # yielding while new writes arrive (requests decoded in the last pass reach their
+            # apply() a pass or two later), up to a bound that caps the added latency.
+            seen = self._applied
+            for _ in range(_MAX_GATHER_PASSES):
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                if self._applied == seen:
+                    break
+                seen = self._applied
             self._dirty.clear()
             generation = self._applied
             error: BaseException | None = None

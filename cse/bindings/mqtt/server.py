@@ -123,6 +123,18 @@ def _abandon(task: asyncio.Future[Any]) -> None:
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
+def _queued_message(client: aiomqtt.Client) -> aiomqtt.Message | None:
+    """A message aiomqtt has already received, without waiting (None if there is none)."""
+    queue = getattr(client, "_queue", None)  # aiomqtt keeps received messages in this queue
+    if queue is None:
+        return None
+    try:
+        message = queue.get_nowait()
+    except asyncio.QueueEmpty:
+        return None
+    return message if isinstance(message, aiomqtt.Message) else None
+
+
 class _Session:
     """One connection: its client, its PUBACK order, and whether it failed to publish."""
 
@@ -262,11 +274,23 @@ class MqttBinding:
                 except BaseException:
                     self._slots.release()
                     raise
-                pending = session.acks.expect(message.mid) if message.qos > 0 else None
-                self._spawn(self._serve(session, pending, message))
+                self._accept(session, message)
+                # Take everything already queued in the same pass, so the requests of one
+                # burst are applied together and share one group commit (one fsync).
+                while not self._stopping.is_set() and not self._slots.locked():
+                    await self._slots.acquire()  # free: returns at once
+                    queued = _queued_message(session.client)
+                    if queued is None:
+                        self._slots.release()
+                        break
+                    self._accept(session, queued)
         finally:
             stop.cancel()
             broken.cancel()
+
+    def _accept(self, session: _Session, message: aiomqtt.Message) -> None:
+        pending = session.acks.expect(message.mid) if message.qos > 0 else None
+        self._spawn(self._serve(session, pending, message))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)

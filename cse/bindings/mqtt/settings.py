@@ -81,7 +81,7 @@ class MqttSettings:
 
 def open_client(settings: MqttSettings, identifier: str, *, clean_session: bool) -> aiomqtt.Client:
     """An MQTT 3.1.1 client, not yet connected (enter it with `async with`)."""
-    return aiomqtt.Client(
+    client = aiomqtt.Client(
         settings.host,
         settings.port,
         identifier=identifier,
@@ -94,3 +94,7 @@ def open_client(settings: MqttSettings, identifier: str, *, clean_session: bool)
         # paho leaves Nagle on: a PUBACK right after a PUBLISH would wait for a delayed ACK.
         socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     )
+    # aiomqtt warns once more than 10 publishes await their PUBACK; a CSE answering a burst
+    # of requests has hundreds in flight by design.
+    client.pending_calls_threshold = 10 * settings.max_concurrent
+    return client
