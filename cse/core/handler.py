@@ -132,9 +132,11 @@ class CommonServicesEntity:
         return format_timestamp(self.clock.now() + offset)
 
     def new_resource_id(self, prefix: str) -> str:
-        # A random per-process stem plus a counter: unique across restarts, no syscall each.
+        # A random per-process stem plus a zero-padded counter: unique across restarts, no
+        # syscall each, and increasing, so new keys land at the end of SQLite's indexes
+        # instead of on random pages (random IDs slowed inserts as a container grew).
         self._id_counter += 1
-        return f"{prefix}{self._id_stem}{self._id_counter:x}"
+        return f"{prefix}{self._id_stem}{self._id_counter:08x}"
 
     async def durable(self, changes: Sequence[Change]) -> None:
         """Wait until applied changes are on disk, then release their notifications."""

@@ -82,11 +82,17 @@ def _subtree_bounds(path: str) -> tuple[str, str]:
 
 class SQLiteStorage(Storage):
     def __init__(
-        self, path: str | Path, *, cache_size: int = 8192, synchronous: str = "FULL"
+        self,
+        path: str | Path,
+        *,
+        cache_size: int = 8192,
+        synchronous: str = "FULL",
+        page_cache_kib: int = 16384,
     ) -> None:
         self._path = str(path)
         self._cache_size = cache_size
         self._synchronous = synchronous
+        self._page_cache_kib = page_cache_kib
         self._conn: sqlite3.Connection | None = None
         self._cache: OrderedDict[str, Resource] = OrderedDict()
         self._path_cache: OrderedDict[str, str] = OrderedDict()
@@ -106,6 +112,8 @@ class SQLiteStorage(Storage):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA temp_store=MEMORY")
+        # SQLite's own page cache (negative = KiB): the hot index pages stay in memory.
+        conn.execute(f"PRAGMA cache_size=-{self._page_cache_kib}")
         conn.executescript(_SCHEMA)
         self._conn = conn
         self._committer = asyncio.create_task(self._commit_loop(), name="sqlite-committer")
