@@ -17,7 +17,8 @@ from cse.core.primitives import FilterCriteria, Request
 from cse.core.registry import SPECS
 from cse.core.types import ResultContent
 
-_TIMESTAMP_FILTERS = {
+# Filter-criteria short names and the FilterCriteria field each fills (shared with MQTT).
+TIMESTAMP_FILTERS = {
     "crb": "created_before",
     "cra": "created_after",
     "ms": "modified_since",
@@ -25,7 +26,7 @@ _TIMESTAMP_FILTERS = {
     "exb": "expire_before",
     "exa": "expire_after",
 }
-_INTEGER_FILTERS = {
+INTEGER_FILTERS = {
     "sts": "state_tag_smaller",
     "stb": "state_tag_bigger",
     "sza": "size_above",
@@ -39,7 +40,7 @@ _INTEGER_FILTERS = {
 # Request parameters (not filter criteria) that may appear in a query.
 REQUEST_QUERY = {"rcn", "rt", "rp", "drt", "atrl", "da", "rids", "tids", "ltids", "tqi", "asi",
                  "auri", "sqi"}  # fmt: skip
-_ALL_ATTRIBUTES = {name for spec in SPECS.values() for name in spec.attributes}
+ALL_ATTRIBUTES = {name for spec in SPECS.values() for name in spec.attributes}
 
 
 def integer(name: str, text: str) -> int:
@@ -76,11 +77,11 @@ def filter_from_query(query: dict[str, list[str]]) -> FilterCriteria | None:
             fields["labels"] = tuple(values(raw))
         elif name == "cty":
             fields["content_types"] = tuple(values(raw))
-        elif name in _TIMESTAMP_FILTERS:
-            fields[_TIMESTAMP_FILTERS[name]] = _timestamp(name, raw[-1])
-        elif name in _INTEGER_FILTERS:
-            fields[_INTEGER_FILTERS[name]] = integer(name, raw[-1])
-        elif name in _ALL_ATTRIBUTES:
+        elif name in TIMESTAMP_FILTERS:
+            fields[TIMESTAMP_FILTERS[name]] = _timestamp(name, raw[-1])
+        elif name in INTEGER_FILTERS:
+            fields[INTEGER_FILTERS[name]] = integer(name, raw[-1])
+        elif name in ALL_ATTRIBUTES:
             attributes.extend((name, value) for value in raw)
         else:
             raise BadRequest(f"unknown query parameter {name[:40]}")
@@ -101,7 +102,7 @@ def filter_to_query(criteria: FilterCriteria) -> list[tuple[str, str]]:
     query.extend(("ty", str(int(t))) for t in criteria.resource_types)
     query.extend(("lbl", label) for label in criteria.labels)
     query.extend(("cty", media) for media in criteria.content_types)
-    for name, field in (*_TIMESTAMP_FILTERS.items(), *_INTEGER_FILTERS.items()):
+    for name, field in (*TIMESTAMP_FILTERS.items(), *INTEGER_FILTERS.items()):
         if name in ("fu", "fo"):
             continue
         value = getattr(criteria, field)

@@ -10,31 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from cse.bindings.query import ALL_ATTRIBUTES, INTEGER_FILTERS, TIMESTAMP_FILTERS
 from cse.core.clock import parse_timestamp
 from cse.core.errors import BadRequest
 from cse.core.primitives import FilterCriteria
-from cse.core.registry import SPECS
 
-_TIMESTAMPS = {
-    "crb": "created_before",
-    "cra": "created_after",
-    "ms": "modified_since",
-    "us": "unmodified_since",
-    "exb": "expire_before",
-    "exa": "expire_after",
-}
-_INTEGERS = {
-    "fu": "filter_usage",
-    "fo": "filter_operation",
-    "sts": "state_tag_smaller",
-    "stb": "state_tag_bigger",
-    "sza": "size_above",
-    "szb": "size_below",
-    "lim": "limit",
-    "lvl": "level",
-    "ofst": "offset",
-}
-_ATTRIBUTE_NAMES = {name for spec in SPECS.values() for name in spec.attributes}
+_TIMESTAMPS = TIMESTAMP_FILTERS
+_INTEGERS = INTEGER_FILTERS
+_ATTRIBUTE_NAMES = ALL_ATTRIBUTES
 
 
 def integer(name: str, value: Any, *, lowest: int = 0) -> int:
