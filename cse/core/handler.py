@@ -240,6 +240,7 @@ class CommonServicesEntity:
             request.to, cse_id=settings.cse_id, cse_name=settings.cse_name, sp_id=settings.sp_id
         )
         originator = await self._check_originator(request)
+        self.notifier.heard_from(originator)
         if address.remote_cse is not None:
             return await self._forward(address, request)
         operation = request.operation

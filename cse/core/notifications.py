@@ -88,6 +88,12 @@ class Notifier:
         while not predicate():
             await self._changed.wait()
 
+    def heard_from(self, originator: str) -> None:
+        """An entity that just sent a request is reachable again: retry what waits for it."""
+        if originator in self._retry_at:
+            del self._retry_at[originator]
+            self.wake()
+
     def retry_now(self) -> None:
         """Forget every backoff and try all waiting targets at once."""
         self._retry_at.clear()

@@ -256,3 +256,24 @@ async def test_pending_notifications_follow_an_ae_that_moved(cse: CommonServices
         cse.notifier.retry_now()
         (received,) = await new_place.wait_for(1)
     assert received["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"] == "connect"
+
+
+async def test_a_request_from_a_waiting_target_releases_its_notifications(
+    cse: CommonServicesEntity,
+) -> None:
+    """Hearing from an AE is the surest sign it is reachable: its backlog goes at once."""
+    async with NotificationReceiver() as receiver:
+        port = receiver.port
+    await cse.handle(
+        create("cse-in", 2, ae_body("app", poa=[f"http://127.0.0.1:{port}/n"]), "Capp")
+    )
+    await cse.handle(create("cse-in/app", 3, {"m2m:cnt": {"rn": "cmd"}}, "Capp"))
+    body = {"m2m:sub": {"rn": "s", "nu": ["Capp"], "enc": {"net": [3]}, "pn": 2}}
+    await cse.handle(create("cse-in/app/cmd", 23, body, "Capp"))
+    await cse.handle(create("cse-in/app/cmd", 4, {"m2m:cin": {"con": "c1"}}, "Capp"))
+    await cse.notifier.wait_until(lambda: cse.notifier.failed_attempts >= 1)
+    async with NotificationReceiver(port=port) as back:
+        # the backoff would wait a second or more; the AE's own request ends it
+        assert (await cse.handle(retrieve("cse-in/app", "Capp"))).status == RSC.OK
+        (received,) = await back.wait_for(1)
+    assert received["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"] == "c1"

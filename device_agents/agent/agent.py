@@ -1,0 +1,437 @@
+"""`Agent`: one meter as a oneM2M ADN-AE - its schedule, its outbox and its link to the DAP.
+
+    agent = Agent(config)              # config.json content (docs/agents.md)
+    await agent.run()                  # start (retried until the DAP answers), then forever
+    agent.stop()                       # from another task: run() closes the link and returns
+
+The meter lives on an accelerated clock: meter time = start + elapsed x clock_speed, where
+elapsed comes from `clock.now_ms()` (default: the ticks clock). Each step the meter's due
+flows go into the store, and the store is sent in priority order while the link is up. A
+LinkError (or a 5xxx) keeps the message and backs off (1 s doubling to 60 s, +-25 %); 4xxx
+drops it (counted in `refused`), except 4004 once per message, which registers again first (a
+DAP that lost the AE). Commands arrive as notifications of the `command` container; the
+meter's answers go straight into the store and wake the loop.
+
+`clock` is any object with `now_ms()` (monotonic milliseconds); if it also has an async
+`sleep_ms(ms)` the agent sleeps through it, so a test or the fleet can run days of meter time
+without waiting (a virtual clock). `step()` is one pass of the loop, for tests that drive
+the agent themselves.
+
+Config keys besides those of docs/agents.md, all optional: start_ts (meter time at start,
+epoch seconds; default the real time), tick_ms (1000: how often the loop looks at the
+schedule), buffer_bytes (the outbox's bytes: 8192 on MicroPython, 16384 on CPython), prepay
+(default: 1 meter in 5, by seed), rate_scale (1: multiplies every scheduled rate, to see rare
+events in short runs), tz_offset_s (0: the meter's local time for the tables' clock windows),
+gas_period_h (4 or 6; default by seed), dr_programs (["utl", "repi"]), backoff_ms (1000),
+backoff_max_ms (60000), verbose (false).
+"""
+
+import asyncio
+import gc
+import json
+import time
+
+try:
+    from . import compat, flows
+    from .meter import Meter, Rng
+    from .store import Store
+except ImportError:
+    import compat
+    import flows
+    from meter import Meter, Rng
+    from store import Store
+
+LinkError = compat.LinkError  # the class onem2m raises
+_EPOCH_2000 = 946684800
+_RECENT = 16  # command resource IDs remembered, to drop redelivered notifications
+
+
+def epoch_now():
+    """Unix time in whole seconds, also on ports whose epoch is 2000."""
+    now = int(time.time())
+    if time.gmtime(0)[0] == 2000:
+        now += _EPOCH_2000
+    return now
+
+
+class TicksClock:
+    """Monotonic milliseconds from the wrapping ticks counter (call at least every 6 days)."""
+
+    def __init__(self):
+        self._last = compat.ticks_ms()
+        self._ms = 0
+
+    def now_ms(self):
+        ticks = compat.ticks_ms()
+        self._ms += compat.ticks_diff(ticks, self._last)
+        self._last = ticks
+        return self._ms
+
+
+class Agent:
+    """One meter agent; see the module docstring."""
+
+    def __init__(self, config, dap=None, clock=None):
+        self.config = config
+        self.meter_id = config["meter_id"]
+        self.kind = config.get("kind") or "electric"
+        self.dap = dap
+        self.clock = clock if clock is not None else TicksClock()
+        self.speed = config.get("clock_speed") or 1
+        self.tick_ms = config.get("tick_ms") or 1000
+        self.verbose = bool(config.get("verbose"))
+        seed = config.get("seed")
+        if seed is None:
+            seed = _crc(self.meter_id)
+        start_ts = config.get("start_ts")
+        self.start_ts = epoch_now() if start_ts is None else int(start_ts)
+        self._t0_ms = self.clock.now_ms()
+        opt_out = config.get("dr_opt_out_rate")
+        self.meter = Meter(
+            self.kind,
+            self.meter_id,
+            seed,
+            now=self.start_ts,
+            prepay=config.get("prepay"),
+            opt_out_rate=0.01 if opt_out is None else opt_out,
+            rate_scale=config.get("rate_scale") or 1,
+            tz=config.get("tz_offset_s") or 0,
+            gas_period_h=config.get("gas_period_h"),
+            dr_programs=config.get("dr_programs") or ("utl", "repi"),
+        )
+        self.cbor = config.get("serialization") == "cbor"
+        self.store = Store(
+            config.get("buffer_max") or 200,
+            config.get("buffer_bytes") or (8192 if compat.IS_MICROPYTHON else 16384),
+            config.get("buffer_file"),
+        )
+        for item in self.store.items():  # restored from flash: continue the sequence
+            seq = _decode(item[3]).get("seq")
+            if isinstance(seq, int) and seq > self.meter.seq:
+                self.meter.seq = seq
+        self._rng = Rng(seed ^ 0x2545F491)  # backoff jitter, apart from the meter's stream
+        self._backoff_min = config.get("backoff_ms") or 1000
+        self._backoff_max = config.get("backoff_max_ms") or 60000
+        self._backoff = 0
+        self._retry_at = None  # clock ms before which nothing is sent
+        self._wake = asyncio.Event()
+        self._serve_task = None
+        self._recent = []
+        self._reregistered = None
+        self.connected = False
+        self.started = False
+        self.link_up = False
+        self.running = False
+        self._stop = False
+        # counters, for tests and the fleet
+        self.sent = {}  # flow id -> messages the DAP accepted
+        self.sent_total = 0
+        self.generated = 0  # messages put into the store
+        self.failed = 0  # send attempts that raised LinkError or got 5xxx
+        self.refused = 0  # messages the DAP refused (4xxx), dropped
+        self.commands = 0  # command notifications handled
+        self.outages = 0  # times the link went from up to down
+        self.start_failures = 0
+        self.memory_errors = 0  # MicroPython: allocations that failed (the message is lost)
+
+    # ---- time -------------------------------------------------------------------------------
+
+    def elapsed_ms(self):
+        return self.clock.now_ms() - self._t0_ms
+
+    def meter_time(self):
+        """Meter time in epoch seconds: start + elapsed x clock_speed."""
+        return self.start_ts + int(self.elapsed_ms() * self.speed) // 1000
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    async def start(self):
+        """Connect, register the AE, create the containers, subscribe to `command`.
+
+        Raises LinkError when the DAP cannot be reached; run() retries it with backoff.
+        """
+        if self.dap is None:
+            try:
+                from . import onem2m
+            except ImportError:
+                import onem2m
+            self.dap = onem2m.Dap(self.config)
+        self.dap.on_notify = self._on_notify
+        if not self.connected:
+            await self.dap.connect()
+            self.connected = True
+        await self.dap.register()
+        # The listener runs before the subscription: the DAP may verify the notification
+        # target while it creates the subscription.
+        if self._serve_task is None or self._serve_task.done():
+            self._serve_task = asyncio.create_task(self._serve())
+        for family in flows.families(self.kind):
+            await self.dap.ensure_container(family)
+        await self.dap.ensure_container("command")
+        await self.dap.subscribe("command")
+        self.started = True
+        self._link_ok()
+        self._log("registered", self.meter_id)
+
+    async def _serve(self):
+        try:
+            await self.dap.serve()
+        except LinkError as error:
+            self._log("serve ended:", repr(error))
+
+    async def run(self, duration=None):
+        """Run until stop(), or for `duration` seconds of the clock (not of meter time)."""
+        self.running = True
+        started = self.clock.now_ms()
+        try:
+            while not self._stop:
+                await self.step()
+                if duration is not None and self.clock.now_ms() - started >= duration * 1000:
+                    break
+                if self._stop:
+                    break
+                await self._sleep(self._wait_ms())
+        finally:
+            self.running = False
+            if self._stop:
+                await self.close()
+
+    def stop(self):
+        """Make run() return and close the link (for good: a stopped agent stays stopped)."""
+        self._stop = True
+        self._wake.set()
+
+    async def close(self):
+        if self.dap is not None and self.connected:
+            try:
+                await self.dap.close()
+            except (LinkError, OSError) as error:
+                self._log("close:", repr(error))
+            self.connected = False
+        task = self._serve_task
+        self._serve_task = None
+        if task is not None and not task.done():
+            try:
+                await compat.wait_for_ms(task, 2000)
+            except (compat.TimeoutError, asyncio.CancelledError):
+                pass
+        self.started = False
+        self.link_up = False
+
+    async def step(self):
+        """One pass: the meter's due flows into the store, then send while the link is up."""
+        if compat.IS_MICROPYTHON:
+            gc.collect()  # a bulk read needs a few KB in one piece: free the garbage first
+        try:
+            due = self.meter.due_flows(self.meter_time())
+        except MemoryError:
+            # A full heap loses this step's scheduled messages, not the meter.
+            self._out_of_memory("schedule")
+            due = ()
+        for family, content in due:
+            self._enqueue(family, content)
+        due = None
+        if not self._retry_due():
+            return
+        if not self.started:
+            try:
+                await self.start()
+            except (LinkError, OSError, MemoryError) as error:
+                if isinstance(error, MemoryError):
+                    self._out_of_memory("start")
+                self.start_failures += 1
+                self._link_failed(error)
+                return
+        await self._send()
+
+    # ---- sending ----------------------------------------------------------------------------
+
+    async def _send(self):
+        while not self._stop:
+            item = self.store.peek()
+            if item is None:
+                return
+            body = item[3]
+            try:
+                # JSON text goes out as it is stored; CBOR wants the map itself.
+                rsc = await self.dap.post(item[1], _decode(body) if self.cbor else body)
+            except (LinkError, OSError) as error:  # a socket error the link let through
+                self._link_failed(error)
+                return
+            except MemoryError as error:  # kept, like any message that did not go
+                self._out_of_memory("send")
+                self._link_failed(error)
+                return
+            flow_id = item[2]
+            if 2000 <= rsc < 3000:
+                self.store.pop(item)
+                self.sent[flow_id] = self.sent.get(flow_id, 0) + 1
+                self.sent_total += 1
+                self._link_ok()
+                self._log("sent", flow_id, rsc)
+            elif rsc == 4004 and self._reregistered is not item:
+                # The DAP no longer knows the AE or the container: register, then retry.
+                self._reregistered = item
+                self.started = False
+                return
+            elif 4000 <= rsc < 5000:
+                self.store.pop(item)
+                self.refused += 1
+                self._log("refused", flow_id, rsc)
+            else:
+                self._link_failed(rsc)
+                return
+
+    def _link_ok(self):
+        self.link_up = True
+        self._backoff = 0
+        self._retry_at = None
+
+    def _link_failed(self, why):
+        self.failed += 1
+        if self.link_up:
+            self.outages += 1
+        self.link_up = False
+        backoff = self._backoff * 2 if self._backoff else self._backoff_min
+        self._backoff = backoff if backoff < self._backoff_max else self._backoff_max
+        delay = self._backoff * (75 + self._rng.below(51)) // 100
+        self._retry_at = self.clock.now_ms() + delay
+        self._log("link down:", repr(why), "retry in", delay, "ms")
+
+    def _retry_due(self):
+        return self._retry_at is None or self.clock.now_ms() >= self._retry_at
+
+    def _wait_ms(self):
+        wait = self.tick_ms
+        if self._retry_at is not None:
+            until = self._retry_at - self.clock.now_ms()
+            if until < wait:
+                wait = until if until > 0 else 0
+        return wait
+
+    async def _sleep(self, ms):
+        sleep_ms = getattr(self.clock, "sleep_ms", None)
+        if sleep_ms is not None:
+            await sleep_ms(ms)
+            self._wake.clear()
+            return
+        if not self._wake.is_set():
+            try:
+                await compat.wait_for_ms(self._wake.wait(), ms)
+            except compat.TimeoutError:
+                pass
+        self._wake.clear()
+
+    def _enqueue(self, family, content):
+        flow_id = content.get("flow")
+        flow = flows.get(flow_id)
+        priority = flow[flows.PRIORITY] if flow is not None else 2
+        self.generated += 1
+        try:
+            body = json.dumps(content, separators=(",", ":"))
+        except MemoryError:
+            self._out_of_memory(flow_id)
+            self.store.count_drop((priority, family, flow_id, ""))
+            return
+        self.store.put((priority, family, flow_id, body))
+
+    # ---- commands ---------------------------------------------------------------------------
+
+    def _on_notify(self, primitive):
+        """Dap.on_notify: one NOTIFY from the DAP; the meter's answers go into the store."""
+        found = command_of(primitive)
+        if found is None:
+            return 2000  # not a new command instance (verification, deletion, ...)
+        resource_id, command = found
+        if resource_id is not None:
+            if resource_id in self._recent:
+                return 2000  # redelivered
+            self._recent.append(resource_id)
+            if len(self._recent) > _RECENT:
+                self._recent.pop(0)
+        self.commands += 1
+        for family, content in self.meter.handle_command(command, self.meter_time()):
+            self._enqueue(family, content)
+        self._wake.set()
+        return 2000
+
+    def stats(self):
+        """The counters as one dict."""
+        return {
+            "meter_id": self.meter_id,
+            "meter_time": self.meter_time(),
+            "sent": dict(self.sent),
+            "sent_total": self.sent_total,
+            "generated": self.generated,
+            "failed": self.failed,
+            "refused": self.refused,
+            "dropped": self.store.dropped,
+            "dropped_by_flow": dict(self.store.dropped_by_flow),
+            "buffered": len(self.store),
+            "commands": self.commands,
+            "outages": self.outages,
+            "memory_errors": self.memory_errors,
+            "link_up": self.link_up,
+        }
+
+    def _out_of_memory(self, where):
+        self.memory_errors += 1
+        print(self.meter_id, "out of memory:", where)  # always: the board is too small
+
+    def _log(self, *args):
+        if self.verbose:
+            print(self.meter_id, *args)
+
+
+def command_of(primitive):
+    """(resource id or None, command) from a NOTIFY of a new command contentInstance, or None.
+
+    The command is the instance's `con`: a JSON string (decoded here) or already a map (CBOR);
+    a `con` that is not JSON is handed to the meter as it is, which answers a command error.
+    """
+    content = primitive.get("pc") if isinstance(primitive, dict) else None
+    if not isinstance(content, dict):
+        return None
+    signal = content.get("m2m:sgn", content.get("sgn"))
+    if not isinstance(signal, dict) or signal.get("vrq") or signal.get("sud"):
+        return None
+    event = signal.get("nev")
+    if not isinstance(event, dict):
+        return None
+    representation = event.get("rep")
+    if not isinstance(representation, dict):
+        return None
+    instance = representation.get("m2m:cin", representation.get("cin"))
+    if not isinstance(instance, dict) or "con" not in instance:
+        return None
+    con = instance["con"]
+    if isinstance(con, (bytes, bytearray)):
+        try:
+            con = con.decode()
+        except UnicodeError:
+            pass
+    if isinstance(con, str):
+        try:
+            con = json.loads(con)
+        except ValueError:
+            pass
+    return instance.get("ri"), con
+
+
+def _decode(body):
+    if isinstance(body, (str, bytes)):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _crc(text):
+    """A stable seed from a meter id (the seed build.py would write: CRC-32, 31 bits)."""
+    crc = 0xFFFFFFFF
+    for byte in text.encode():
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB88320 if crc & 1 else 0)
+    return (crc ^ 0xFFFFFFFF) & 0x7FFFFFFF

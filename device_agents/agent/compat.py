@@ -1,0 +1,205 @@
+"""The few things that differ between MicroPython (boards, unix port) and CPython (fleet).
+
+Every other agent module imports these names instead of branching itself, so the same files
+run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
+
+- `IS_MICROPYTHON`, `IS_BOARD` (MicroPython on a microcontroller, not the unix port);
+- `const` (a real compile-time constant on MicroPython, the identity on CPython);
+- `ticks_ms` / `ticks_diff` / `ticks_add`: wrapping millisecond ticks (CPython wraps at
+  2**30 like a board does, so wrap bugs show up in the fleet too); `sleep_ms`, `wait_for_ms`,
+  `TimeoutError` for asyncio;
+- `wait_readable(sock)` (await until a non-blocking socket has data), `receive`,
+  `udp_socket` (binds; reports the port even where sockets cannot tell it), `address`
+  (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
+- `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
+  (tokens, request-ID prefixes) that differ after every restart;
+- `LinkError`: "not delivered", raised by both transports.
+"""
+
+import asyncio
+import errno
+import json
+import os
+import socket
+import sys
+import time
+
+IS_MICROPYTHON = sys.implementation.name == "micropython"
+# The unix port says "linux" or "darwin"; boards say "esp32", "rp2", "esp8266", ...
+IS_BOARD = IS_MICROPYTHON and sys.platform not in ("linux", "darwin", "freebsd", "win32")
+
+EAGAIN = errno.EAGAIN
+ECONNREFUSED = errno.ECONNREFUSED
+TimeoutError = asyncio.TimeoutError  # MicroPython's asyncio has its own class
+
+
+class LinkError(Exception):
+    """The message was not delivered (link down, no answer): keep it and try again later."""
+
+
+if IS_MICROPYTHON:
+    from micropython import const
+
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+    sleep_ms = asyncio.sleep_ms
+    wait_for_ms = asyncio.wait_for_ms
+
+    def wait_readable(sock):
+        # What asyncio's own streams do: park this task on the poller until sock is readable.
+        yield asyncio.core._io_queue.queue_read(sock)
+
+    def receive(sock, buffer, size):
+        """One datagram of up to `size` bytes, or None when nothing is waiting. (readinto()
+        would glue queued datagrams together: MicroPython allocates with recv() instead.)"""
+        try:
+            return sock.recv(size)
+        except OSError as error:
+            if error.args[0] == EAGAIN:
+                return None
+            raise
+
+else:
+
+    def const(value):
+        return value
+
+    _TICKS_PERIOD = 1 << 30  # as on a board with 31-bit small ints: wraps after ~12.4 days
+    _TICKS_MAX = _TICKS_PERIOD - 1
+    _TICKS_HALF = _TICKS_PERIOD // 2
+
+    def ticks_ms():
+        return time.monotonic_ns() // 1_000_000 & _TICKS_MAX
+
+    def ticks_diff(end, start):
+        return ((end - start + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
+
+    def ticks_add(ticks, delta):
+        return (ticks + delta) & _TICKS_MAX
+
+    def sleep_ms(ms):
+        return asyncio.sleep(ms / 1000)
+
+    def wait_for_ms(awaitable, ms):
+        return asyncio.wait_for(awaitable, ms / 1000)
+
+    def _wake(future):
+        if not future.done():
+            future.set_result(None)
+
+    async def wait_readable(sock):
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        descriptor = sock.fileno()
+        loop.add_reader(descriptor, _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(descriptor)
+
+    def receive(sock, buffer, size):
+        """One datagram (a view of buffer, which holds `size` bytes), or None when nothing is
+        waiting."""
+        try:
+            return memoryview(buffer)[: sock.recv_into(buffer)]
+        except BlockingIOError:
+            return None
+
+
+def dumps_json(value):
+    """Compact JSON as bytes (MicroPython's json has no sort_keys: key order is arbitrary)."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def random_bits(bits):
+    """Unpredictable bits (up to 32) from the OS or hardware RNG; not reproducible by design."""
+    value = int.from_bytes(os.urandom(4), "big")
+    return value >> (32 - bits)
+
+
+def address(host, port):
+    """What sendto() and connect() take for host:port (the unix port needs a raw sockaddr)."""
+    try:
+        if IS_MICROPYTHON:
+            return socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0][-1]
+        return socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_DGRAM)[0][-1]
+    except (OSError, IndexError) as error:
+        raise LinkError(f"cannot resolve {host}: {error}") from None
+
+
+def udp_socket(host="0.0.0.0", port=None):
+    """A non-blocking UDP socket, bound when `port` is given (0: any); returns (sock, port).
+
+    MicroPython sockets have no getsockname(), so for port 0 it picks a random ephemeral port
+    itself and tries again while the port is taken.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if port is None:
+            pass
+        elif not IS_MICROPYTHON:
+            sock.bind((host, port))
+            port = sock.getsockname()[1]
+        elif port:
+            sock.bind(address(host, port))
+        else:
+            for attempt in range(32):
+                port = 49152 + random_bits(14)
+                try:
+                    sock.bind(address(host, port))
+                    break
+                except OSError:
+                    if attempt == 31:
+                        raise
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, port
+
+
+def set_nodelay(writer):
+    """TCP_NODELAY on a stream's socket, where the port supports it (else Nagle stays on)."""
+    try:
+        if IS_MICROPYTHON:
+            writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: no named constants here
+        else:
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+
+
+def local_host(peer_host, peer_port):
+    """The address the peer can reach us at (for a poa); 127.0.0.1 when it cannot be known."""
+    if IS_BOARD:
+        try:
+            import network
+
+            return network.WLAN(network.STA_IF).ifconfig()[0]
+        except (ImportError, OSError, AttributeError):
+            return "127.0.0.1"
+    if IS_MICROPYTHON:
+        return "127.0.0.1"  # the unix port cannot tell its own address: set poa_host
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((peer_host, peer_port))  # UDP: nothing is sent
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def seeded_random(seed=None):
+    """A seeded random source: random(), uniform(), randint(), randrange(), getrandbits(),
+    choice(). CPython: a private random.Random (thousands of meters in one fleet process,
+    each with its own stream). MicroPython has one generator per process, so this seeds and
+    returns the `random` module itself: a board runs one meter."""
+    import random
+
+    if not IS_MICROPYTHON:
+        return random.Random(seed)
+    if seed is not None:
+        random.seed(seed)
+    return random

@@ -1,0 +1,151 @@
+"""The [fleet] section of configs/fleet.toml, validated at load with messages that name the key.
+
+Precedence: the file, then GRIDM2M_FLEET__* environment variables (`__` separates nested
+keys: GRIDM2M_FLEET__DAP__COAP_PORT), then explicit overrides (the command line's flags).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "GRIDM2M_FLEET__"
+KINDS = ("electric", "gas")
+TRANSPORTS = ("coap", "mqtt")
+
+
+class FleetConfigError(Exception):
+    """A fleet config that cannot be used; the message says which key and why."""
+
+
+class DapConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    coap_port: int = Field(5683, ge=1, le=65535)
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(0, ge=0, le=65535)
+
+
+def _shares(value: Mapping[str, float], allowed: tuple[str, ...], what: str) -> dict[str, float]:
+    unknown = sorted(set(value) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)} (use {', '.join(allowed)})")
+    if any(share < 0 for share in value.values()):
+        raise ValueError("shares must not be negative")
+    if sum(value.values()) <= 0:
+        raise ValueError(f"at least one {what} needs a share above 0")
+    return {name: float(value.get(name, 0.0)) for name in allowed}
+
+
+class FleetConfig(BaseModel):
+    """Every key is documented in configs/fleet.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+    meters: int = Field(200, ge=1, le=1_000_000)
+    id_prefix: str = "mtr-"
+    first_number: int = Field(1, ge=0)
+    id_digits: int = Field(6, ge=1, le=12)
+    duration: float = Field(60.0, gt=0)
+    clock_speed: float = Field(1440.0, gt=0)
+    rate_scale: float = Field(1.0, gt=0)
+    start_ts: int | None = Field(None, ge=0)
+    tick_ms: int = Field(1000, ge=10)
+    seed: int = 1
+    ramp: float = Field(10.0, ge=0)
+    max_starting: int = Field(64, ge=1)
+    serialization: Literal["json", "cbor"] = "json"
+    buffer_max: int = Field(200, ge=1)
+    dr_opt_out_rate: float = Field(0.1, ge=0, le=1)
+    timeout_ms: int = Field(10000, ge=100)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    cse_id: str = "/id-in"
+    cse_name: str = "cse-in"
+    mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
+    transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
+    dap: DapConfig = DapConfig()
+
+    @field_validator("id_prefix")
+    @classmethod
+    def _prefix_form(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._~-]*", value):
+            raise ValueError("id_prefix may hold only A-Z a-z 0-9 . _ ~ -")
+        return value
+
+    @field_validator("cse_id")
+    @classmethod
+    def _cse_id_form(cls, value: str) -> str:
+        if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
+            raise ValueError("cse_id must look like /id-in")
+        return value
+
+    @field_validator("cse_name")
+    @classmethod
+    def _cse_name_form(cls, value: str) -> str:
+        if not value or "/" in value:
+            raise ValueError("cse_name must be a single name such as cse-in")
+        return value
+
+    @field_validator("mix")
+    @classmethod
+    def _mix_kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        return _shares(value, KINDS, "meter kind")
+
+    @field_validator("transports")
+    @classmethod
+    def _transport_names(cls, value: dict[str, float]) -> dict[str, float]:
+        return _shares(value, TRANSPORTS, "transport")
+
+    @model_validator(mode="after")
+    def _ids_fit(self) -> FleetConfig:
+        last = self.first_number + self.meters - 1
+        if len(str(last)) > self.id_digits:
+            raise ValueError(f"meter number {last} needs more than id_digits={self.id_digits}")
+        if len(self.id_prefix) + self.id_digits > 64:
+            raise ValueError("id_prefix + id_digits make meter ids longer than 64 characters")
+        return self
+
+    def meter_id(self, index: int) -> str:
+        return f"{self.id_prefix}{self.first_number + index:0{self.id_digits}d}"
+
+
+def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:
+    for key in dotted[:-1]:
+        target = target.setdefault(key, {})
+    target[dotted[-1]] = value
+
+
+def load_fleet_config(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> FleetConfig:
+    """File, then GRIDM2M_FLEET__* variables, then `overrides` (None values are skipped)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle).get("fleet", {})
+        except OSError as error:
+            raise FleetConfigError(f"cannot read config {path}: {error.strerror}") from error
+        except tomllib.TOMLDecodeError as error:
+            raise FleetConfigError(f"config {path} is not valid TOML: {error}") from error
+    for name, value in (environ if environ is not None else os.environ).items():
+        if name.startswith(ENV_PREFIX):
+            _set_path(data, name[len(ENV_PREFIX) :].lower().split("__"), value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(data, dotted.split("."), value)
+    try:
+        return FleetConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'fleet'}: {e['msg']}" for e in error.errors()
+        )
+        raise FleetConfigError(f"invalid fleet config: {problems}") from error

@@ -1,0 +1,362 @@
+"""N meter agents in one CPython process, on one asyncio loop, against one DAP.
+
+The agents are the board code of device_agents/agent (`Agent`, `Dap`) unchanged; the fleet
+only decides who they are and when they start, and watches them:
+
+- identity: meter ids `id_prefix` + zero-padded number; kind (electric/gas) and transport
+  (coap/mqtt) by the configured shares, exact counts placed at random with the fleet seed;
+  each meter its own seed, so a rerun with the same config emulates the same meters.
+- one accelerated clock shared by all (`FleetClock`): each agent is created with `start_ts`
+  set to the fleet's meter time at that moment, so every meter lives on the same timeline
+  (`clock_speed` simulated seconds a wall second) however late it started. The flows' "how
+  often" comes from flows.py, multiplied by `rate_scale`.
+- a start-up ramp: meter i starts at i x ramp / N seconds, and at most `max_starting`
+  registrations (connect, AE, containers, subscription) are in flight at once.
+- measurement without changing the agents: `FleetAgent` times start() and `TimedDap` times
+  every CREATE of a contentInstance; a probe task measures how late the event loop wakes
+  (when it is late, every meter's schedule is late).
+
+    config = load_fleet_config("configs/fleet.toml", {"meters": 500})
+    summary = run_fleet_blocking(config)      # or: await Fleet(config).run()
+    print(summary.table())
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import resource
+import signal
+import time
+import zlib
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from device_agents.agent import compat, flows, onem2m
+from device_agents.agent.agent import Agent
+from device_agents.fleet.config import KINDS, TRANSPORTS, FleetConfig, FleetConfigError
+from device_agents.fleet.config import load_fleet_config as load_fleet_config
+from device_agents.fleet.summary import FleetSummary, Samples
+
+__all__ = [
+    "Fleet",
+    "FleetAgent",
+    "FleetClock",
+    "FleetConfig",
+    "FleetConfigError",
+    "FleetSummary",
+    "Measurements",
+    "MeterPlan",
+    "load_fleet_config",
+    "plan_meters",
+    "run_fleet",
+    "run_fleet_blocking",
+]
+
+LOOP_PROBE_S = 0.05  # how often the loop-lag probe wakes
+SOCKETS_PER_METER = {"coap": 2, "mqtt": 1}  # CoAP: client + notification listener
+
+
+class FleetClock:
+    """Wall milliseconds since the fleet started (what `Agent` reads as `clock.now_ms()`),
+    and the shared meter time: `start_ts` + elapsed x `speed`."""
+
+    def __init__(self, speed: float, start_ts: int | None = None) -> None:
+        self.speed = speed
+        self.start_ts = int(time.time()) if start_ts is None else start_ts
+        self._t0 = time.monotonic()
+
+    def now_ms(self) -> int:
+        return int((time.monotonic() - self._t0) * 1000)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    def meter_time(self) -> int:
+        return self.start_ts + int(self.now_ms() * self.speed) // 1000
+
+
+@dataclass(frozen=True)
+class MeterPlan:
+    """Who one emulated meter is and when it starts (wall seconds after the fleet start)."""
+
+    index: int
+    meter_id: str
+    kind: str
+    transport: str
+    seed: int
+    start_at: float
+
+
+def _exact_shares(total: int, shares: dict[str, float], names: tuple[str, ...]) -> list[str]:
+    """`total` labels in the proportions of `shares`, by largest remainder (counts exact)."""
+    weight = sum(shares[name] for name in names)
+    quotas = [(total * shares[name] / weight, name) for name in names]
+    counts = {name: int(quota) for quota, name in quotas}
+    left = total - sum(counts.values())
+    for _, name in sorted(quotas, key=lambda item: item[0] - int(item[0]), reverse=True)[:left]:
+        counts[name] += 1
+    return [name for name in names for _ in range(counts[name])]
+
+
+def plan_meters(config: FleetConfig) -> list[MeterPlan]:
+    """Every meter of the fleet, reproducibly from the config (and its seed)."""
+    rng = random.Random(config.seed)
+    kinds = _exact_shares(config.meters, config.mix, KINDS)
+    transports = _exact_shares(config.meters, config.transports, TRANSPORTS)
+    rng.shuffle(kinds)
+    rng.shuffle(transports)
+    step = config.ramp / config.meters
+    plans = []
+    for index in range(config.meters):
+        meter_id = config.meter_id(index)
+        seed = zlib.crc32(f"{config.seed}/{meter_id}".encode()) & 0x7FFFFFFF
+        plans.append(
+            MeterPlan(index, meter_id, kinds[index], transports[index], seed, index * step)
+        )
+    return plans
+
+
+def agent_config(config: FleetConfig, plan: MeterPlan, start_ts: int) -> dict[str, Any]:
+    """The config.json one emulated meter gets (docs/agents.md, plus the agent's options)."""
+    dap = config.dap
+    listen_port = dap.listen_port + plan.index if dap.listen_port else 0
+    return {
+        "meter_id": plan.meter_id,
+        "kind": plan.kind,
+        "transport": plan.transport,
+        "dap_host": dap.host,
+        "dap_port": dap.coap_port if plan.transport == "coap" else dap.mqtt_port,
+        "cse_id": config.cse_id,
+        "cse_name": config.cse_name,
+        "serialization": config.serialization,
+        "clock_speed": config.clock_speed,
+        "listen_host": dap.listen_host,
+        "listen_port": listen_port,
+        "poa_host": dap.listen_host if dap.listen_host != "0.0.0.0" else None,
+        "wifi": None,
+        "buffer_max": config.buffer_max,
+        "buffer_file": None,
+        "dr_opt_out_rate": config.dr_opt_out_rate,
+        "seed": plan.seed,
+        "start_ts": start_ts,
+        "rate_scale": config.rate_scale,
+        "tick_ms": config.tick_ms,
+        "timeout_ms": config.timeout_ms,
+    }
+
+
+@dataclass
+class Watch:
+    """What the fleet measures of one meter besides the agent's own counters."""
+
+    plan: MeterPlan
+    registered_at: float | None = None  # fleet seconds when start() first succeeded
+    start_errors: int = 0
+
+
+class Measurements:
+    """Shared by every agent of one run. Samples are also kept for the steady phase alone:
+    from the moment the last meter registered (the ramp's load is over) to the end."""
+
+    def __init__(self, clock: FleetClock, planned: int) -> None:
+        self.clock = clock
+        self.planned = planned
+        self.registered = 0
+        self.steady_since: float | None = None  # fleet seconds
+        self.registration = Samples()
+        self.latency = Samples()
+        self.steady_latency = Samples()
+        self.steady_latency_by_transport = {name: Samples() for name in TRANSPORTS}
+        self.loop_lag = Samples()
+        self.steady_loop_lag = Samples()
+
+    def registered_one(self) -> None:
+        self.registered += 1
+        if self.registered == self.planned:
+            self.steady_since = self.clock.elapsed()
+
+    def add_latency(self, milliseconds: float, steady: bool, transport: str) -> None:
+        self.latency.add(milliseconds)
+        if steady:
+            self.steady_latency.add(milliseconds)
+            self.steady_latency_by_transport[transport].add(milliseconds)
+
+    def add_loop_lag(self, milliseconds: float, steady: bool) -> None:
+        self.loop_lag.add(milliseconds)
+        if steady:
+            self.steady_loop_lag.add(milliseconds)
+
+
+class TimedDap(onem2m.Dap):  # the agent modules are untyped: no checks across the seam
+    """`Dap` that records how long each contentInstance CREATE took (the DAP's latency)."""
+
+    def __init__(self, config: dict[str, Any], measurements: Measurements) -> None:
+        super().__init__(config)
+        self._measurements = measurements
+        self._transport = config["transport"]
+
+    async def post(self, family: str, content: Any) -> int:
+        steady = self._measurements.steady_since is not None
+        began = time.perf_counter()
+        rsc: int = await super().post(family, content)
+        elapsed = (time.perf_counter() - began) * 1000
+        self._measurements.add_latency(elapsed, steady, self._transport)
+        return rsc
+
+
+class FleetAgent(Agent):
+    """`Agent` whose start() waits for a registration slot and is timed."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        dap: Any,
+        gate: asyncio.Semaphore,
+        watch: Watch,
+        measurements: Measurements,
+    ) -> None:
+        super().__init__(config, dap=dap, clock=measurements.clock)
+        self._gate = gate
+        self.watch = watch
+        self._measurements = measurements
+
+    async def start(self) -> None:
+        async with self._gate:
+            began = time.perf_counter()
+            try:
+                await super().start()
+            except compat.LinkError:
+                self.watch.start_errors += 1
+                raise
+            if self.watch.registered_at is None:
+                self.watch.registered_at = self._measurements.clock.elapsed()
+                self._measurements.registration.add((time.perf_counter() - began) * 1000)
+                self._measurements.registered_one()
+
+
+@dataclass
+class Fleet:
+    """One run of the fleet; `run()` returns its summary."""
+
+    config: FleetConfig
+    progress: Callable[[str], None] | None = None
+    agents: list[FleetAgent] = field(default_factory=list)
+    # Set it to end the run early (gridm2m fleet: on SIGINT/SIGTERM); the summary still comes.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> FleetSummary:
+        config = self.config
+        plans = plan_meters(config)
+        ensure_file_limit(plans)
+        clock = FleetClock(config.clock_speed, config.start_ts)
+        gate = asyncio.Semaphore(config.max_starting)
+        measurements = Measurements(clock, len(plans))
+        tasks: list[asyncio.Task[None]] = []
+        probe = asyncio.create_task(_probe_loop(measurements))
+        started_meter_time = clock.meter_time()
+
+        async def start_all() -> None:
+            for plan in plans:
+                delay = plan.start_at - clock.elapsed()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # the ramp's schedule, not a synchronisation
+                agent_cfg = agent_config(config, plan, clock.meter_time())
+                dap = TimedDap(agent_cfg, measurements)
+                agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements)
+                self.agents.append(agent)
+                tasks.append(asyncio.create_task(agent.run()))
+
+        starter = asyncio.create_task(start_all())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), config.duration)
+        finally:
+            starter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starter
+            wall = clock.elapsed()
+            meter_seconds = clock.meter_time() - started_meter_time
+            snapshot = [agent.stats() for agent in self.agents]
+            await self._stop(tasks)
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+        return FleetSummary.collect(
+            config,
+            plans,
+            [agent.watch for agent in self.agents],
+            snapshot,
+            wall=wall,
+            meter_seconds=meter_seconds,
+            measurements=measurements,
+            family_of=_family_of,
+        )
+
+    async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:
+        for agent in self.agents:
+            agent.stop()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=10)
+        for task in pending:  # an agent stuck in a send: its request times out anyway
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, Exception)]
+        if failures and self.progress is not None:
+            self.progress(f"{len(failures)} agents ended with an error, first: {failures[0]!r}")
+
+
+def _family_of(flow_id: str) -> str:
+    flow = flows.get(flow_id)
+    return str(flow[flows.FAMILY]) if flow is not None else "?"
+
+
+async def _probe_loop(measurements: Measurements) -> None:
+    """How late the loop wakes a sleeper: every meter's tick is that late too."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        steady = measurements.steady_since is not None
+        await asyncio.sleep(LOOP_PROBE_S)
+        lag = max(0.0, loop.time() - before - LOOP_PROBE_S) * 1000
+        measurements.add_loop_lag(lag, steady)
+
+
+def ensure_file_limit(plans: list[MeterPlan]) -> None:
+    """Raise the soft open-files limit to what the fleet needs (up to the hard limit)."""
+    needed = 256 + sum(SOCKETS_PER_METER[plan.transport] for plan in plans)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        ceiling = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (ceiling, hard))
+        if ceiling < needed:
+            raise OSError(
+                f"{len(plans)} meters need about {needed} open files; the hard limit is "
+                f"{hard} (raise it with ulimit -n)"
+            )
+
+
+async def run_fleet(config: FleetConfig, stop_on_signals: bool = False) -> FleetSummary:
+    fleet = Fleet(config)
+    if stop_on_signals:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, fleet.stopping.set)
+    return await fleet.run()
+
+
+def run_fleet_blocking(config: FleetConfig) -> FleetSummary:
+    """Run on uvloop when configured and installed, else on the standard loop; SIGINT or
+    SIGTERM end the run early, with a summary of what was done until then."""
+    runner: Callable[[Coroutine[Any, Any, FleetSummary]], FleetSummary] = asyncio.run
+    if config.event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            runner = uvloop.run
+    return runner(run_fleet(config, stop_on_signals=True))

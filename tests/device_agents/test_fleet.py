@@ -1,0 +1,209 @@
+"""The fleet emulator: who the meters are, its config, and a few hundred meters on CPython
+against a real `gridm2m cse` over CoAP and MQTT (a private Mosquitto), counted on the CSE."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device_agents.fleet.config import FleetConfig, FleetConfigError, load_fleet_config
+from device_agents.fleet.emulator import Fleet, FleetClock, agent_config, plan_meters
+from tests.brokers import private_broker
+from tests.device_agents.mp import DapCse
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "configs" / "fleet.toml"
+MIDNIGHT = 1_767_225_600  # 2026-01-01T00:00:00Z: meter days start at 0:00
+
+
+# ---- identities, shares, config ----------------------------------------------------------------
+
+
+def test_plan_is_reproducible_with_exact_shares_and_an_even_ramp() -> None:
+    config = FleetConfig(
+        meters=1000, mix={"electric": 0.7, "gas": 0.3}, transports={"mqtt": 1, "coap": 3}, ramp=5
+    )
+    plans = plan_meters(config)
+    assert plans == plan_meters(config)
+    assert [p.meter_id for p in plans[:2]] == ["mtr-000001", "mtr-000002"]
+    assert len({p.meter_id for p in plans}) == 1000 and len({p.seed for p in plans}) > 990
+    assert sum(p.kind == "gas" for p in plans) == 300
+    assert sum(p.transport == "coap" for p in plans) == 750
+    assert plans[0].start_at == 0 and plans[-1].start_at == pytest.approx(5 * 999 / 1000)
+    shuffled = plan_meters(config.model_copy(update={"seed": 2}))
+    assert [p.kind for p in shuffled] != [p.kind for p in plans]
+
+
+def test_rounding_keeps_the_total() -> None:
+    config = FleetConfig(meters=7, mix={"electric": 1, "gas": 1}, transports={"coap": 1})
+    kinds = [p.kind for p in plan_meters(config)]
+    assert len(kinds) == 7 and abs(kinds.count("gas") - kinds.count("electric")) == 1
+
+
+def test_agent_config_per_meter() -> None:
+    config = FleetConfig(meters=3, transports={"coap": 1}, rate_scale=5)
+    config.dap.coap_port = 6000
+    config.dap.listen_port = 7000
+    plan = plan_meters(config)[2]
+    made = agent_config(config, plan, 1234)
+    assert made["meter_id"] == "mtr-000003" and made["transport"] == "coap"
+    assert (made["dap_port"], made["listen_port"], made["poa_host"]) == (6000, 7002, "127.0.0.1")
+    assert (made["start_ts"], made["rate_scale"], made["seed"]) == (1234, 5, plan.seed)
+
+
+def test_the_clock_is_shared() -> None:
+    clock = FleetClock(speed=3600, start_ts=MIDNIGHT)
+    assert MIDNIGHT <= clock.meter_time() < MIDNIGHT + 3600
+
+
+def test_the_example_config_loads_and_flags_override_the_environment() -> None:
+    loaded = load_fleet_config(
+        EXAMPLE,
+        {"meters": 5, "duration": None},
+        environ={"GRIDM2M_FLEET__METERS": "9", "GRIDM2M_FLEET__DAP__COAP_PORT": "6001"},
+    )
+    assert (loaded.meters, loaded.dap.coap_port, loaded.duration) == (5, 6001, 60.0)
+    assert loaded.mix == {"electric": 0.9, "gas": 0.1}
+
+
+def test_every_key_of_the_model_is_documented_in_the_example() -> None:
+    text = EXAMPLE.read_text()
+    lines = [line.removeprefix("# ") for line in text.splitlines()]
+    documented = {line.split("=")[0].strip() for line in lines if "=" in line}
+    keys = set(FleetConfig.model_fields) - {"mix", "transports", "dap"}
+    keys |= set(FleetConfig.model_fields["dap"].annotation.model_fields)  # type: ignore[union-attr]
+    assert keys <= documented, keys - documented
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[fleet]\nmeters = 0\n", "meters"),
+        ("[fleet]\nbogus = 1\n", "bogus"),
+        ("[fleet.mix]\nwater = 1\n", "water"),
+        ("[fleet.transports]\ncoap = 0\nmqtt = 0\n", "share above 0"),
+        ("[fleet]\nmeters = 2000000\n", "meters"),
+        ("[fleet]\nmeters = 100\nid_digits = 1\n", "id_digits"),
+        ("[fleet\n", "TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, text: str, words: str) -> None:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    with pytest.raises(FleetConfigError, match=words):
+        load_fleet_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--meters", "0"], "above 0"),
+        (["--duration", "-1"], "above 0"),
+        (["--config", "/nonexistent/fleet.toml"], "cannot read config"),
+    ],
+)
+def test_fleet_command_exits_2_on_bad_arguments(args: list[str], words: str) -> None:
+    command = [sys.executable, "-m", "gridm2m", "fleet", "--config", str(EXAMPLE), *args]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 2
+    assert words in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- a few hundred meters against a real gridm2m cse -------------------------------------------
+
+
+@pytest.fixture
+async def dap(tmp_path: Path) -> AsyncIterator[DapCse]:
+    async with private_broker(tmp_path / "broker") as broker, DapCse(mqtt_url=broker.url) as cse:
+        yield cse
+
+
+def fleet_config(dap: DapCse, meters: int, **extra: Any) -> FleetConfig:
+    assert dap.mqtt_url is not None
+    data: dict[str, Any] = {
+        "meters": meters,
+        "mix": {"electric": 0.8, "gas": 0.2},
+        "transports": {"coap": 0.5, "mqtt": 0.5},
+        # A meter day (0:00 to 24:00, every daily window) in 15 s; rare flows 200x as often:
+        # ~15 messages an electric meter, 4 or 6 reports a gas meter, ~220 a second in all
+        # (well below what a CSE on a shared 2-core machine takes, so none waits long).
+        "clock_speed": 5760,
+        "start_ts": MIDNIGHT,
+        "rate_scale": 200,
+        "duration": 15,
+        "ramp": 4,
+        "event_loop": "asyncio",
+        "dap": {"coap_port": dap.coap_port, "mqtt_port": int(dap.mqtt_url.rsplit(":", 1)[1])},
+    }
+    data.update(extra)
+    return FleetConfig.model_validate(data)
+
+
+async def instances_on_the_cse(dap: DapCse, meter_id: str) -> list[str]:
+    rsc, body = await dap.http("GET", f"{dap.cse_name}/{meter_id}?fu=1&ty=4&lim=10000")
+    assert rsc == 2000, body
+    return list(body.get("m2m:uril", []))
+
+
+@pytest.mark.slow
+async def test_a_few_hundred_meters_register_and_their_readings_arrive(dap: DapCse) -> None:
+    fleet = Fleet(fleet_config(dap, 300))
+    summary = await fleet.run()
+    report = summary.table()
+    print(report)
+    assert summary.registered == 300, report
+    assert summary.registered_by["coap"] == 150 and summary.registered_by["mqtt"] == 150, report
+    assert summary.registered_by["gas"] == 60, report
+    assert summary.refused == 0 and summary.dropped == 0, report
+    assert summary.sent_by_family.get("reading", 0) >= 300, report
+    assert summary.behind() == [], report
+
+    rsc, found = await dap.http("GET", f"{dap.cse_name}?fu=1&ty=2&lim=10000")
+    assert rsc == 2000
+    assert len(found["m2m:uril"]) == 300
+    # Each meter's contentInstances on the CSE are exactly those its agent saw accepted.
+    counts = await asyncio.gather(
+        *(instances_on_the_cse(dap, agent.meter_id) for agent in fleet.agents)
+    )
+    for agent, uris in zip(fleet.agents, counts, strict=True):
+        assert uris, f"{agent.meter_id} has nothing on the CSE"
+        assert len(uris) == agent.sent_total, (agent.meter_id, agent.stats())
+        if agent.kind == "gas":  # periodic: 4 or 6 a day, whatever the rates
+            assert any("/reading/" in uri for uri in uris), agent.meter_id
+    assert sum(len(uris) for uris in counts) == sum(agent.sent_total for agent in fleet.agents)
+
+
+@pytest.mark.slow
+async def test_gridm2m_fleet_prints_its_summary(dap: DapCse, tmp_path: Path) -> None:
+    assert dap.mqtt_url is not None
+    mqtt_port = dap.mqtt_url.rsplit(":", 1)[1]
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        EXAMPLE.read_text()
+        .replace("coap_port = 5683", f"coap_port = {dap.coap_port}")
+        .replace("mqtt_port = 1883", f"mqtt_port = {mqtt_port}")
+        .replace("ramp = 10.0", "ramp = 1.0")
+    )
+    began = time.monotonic()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gridm2m", "fleet", "--config", str(config),
+        "--meters", "40", "--duration", "5", "--json", str(tmp_path / "summary.json"),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    assert time.monotonic() - began < 30
+    text = stdout.decode()
+    assert "40/40 registered" in text and "schedule" in text, text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["registered"] == 40 and summary["behind"] == []
+    rsc, found = await dap.http("GET", f"{dap.cse_name}?fu=1&ty=2&lim=10000")
+    assert rsc == 2000 and len(found["m2m:uril"]) == 40
