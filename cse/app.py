@@ -6,13 +6,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import tomllib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cse.bindings.coap.client import CoapClient, CoapSender
 from cse.bindings.coap.server import CoapServer
@@ -20,6 +19,7 @@ from cse.bindings.http import HttpClient, HttpSender, HttpServer
 from cse.bindings.mqtt.client import MqttSender
 from cse.bindings.mqtt.server import MqttBinding
 from cse.bindings.mqtt.settings import MqttSettings
+from cse.config_files import load_section
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.notifications import Sender
@@ -139,40 +139,21 @@ class ConfigError(Exception):
     """A config file or flag that cannot be used; the message says which and why."""
 
 
-def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:
-    for key in dotted[:-1]:
-        target = target.setdefault(key, {})
-    target[dotted[-1]] = value
-
-
 def load_cse_config(
     path: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> CSEConfig:
     """File, then GRIDM2M_CSE__* environment variables, then flags (`http.port` style keys)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle).get("cse", {})
-        except OSError as error:
-            raise ConfigError(f"cannot read config {path}: {error.strerror}") from error
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"config {path} is not valid TOML: {error}") from error
-    for name, value in (environ if environ is not None else os.environ).items():
-        if name.startswith(ENV_PREFIX):
-            _set_path(data, name[len(ENV_PREFIX) :].lower().split("__"), value)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_path(data, dotted.split("."), value)
-    try:
-        return CSEConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"invalid CSE config: {problems}") from error
+    return load_section(
+        CSEConfig,
+        "cse",
+        path,
+        env_prefix=ENV_PREFIX,
+        error=ConfigError,
+        overrides=overrides,
+        environ=environ,
+    )
 
 
 def open_storage(config: CSEConfig) -> Storage:

@@ -6,14 +6,14 @@ keys: GRIDM2M_FLEET__DAP__COAP_PORT), then explicit overrides (the command line'
 
 from __future__ import annotations
 
-import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cse.config_files import load_section
 
 ENV_PREFIX = "GRIDM2M_FLEET__"
 KINDS = ("electric", "gas")
@@ -115,37 +115,18 @@ class FleetConfig(BaseModel):
         return f"{self.id_prefix}{self.first_number + index:0{self.id_digits}d}"
 
 
-def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:
-    for key in dotted[:-1]:
-        target = target.setdefault(key, {})
-    target[dotted[-1]] = value
-
-
 def load_fleet_config(
     path: str | Path | None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> FleetConfig:
     """File, then GRIDM2M_FLEET__* variables, then `overrides` (None values are skipped)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with open(path, "rb") as handle:
-                data = tomllib.load(handle).get("fleet", {})
-        except OSError as error:
-            raise FleetConfigError(f"cannot read config {path}: {error.strerror}") from error
-        except tomllib.TOMLDecodeError as error:
-            raise FleetConfigError(f"config {path} is not valid TOML: {error}") from error
-    for name, value in (environ if environ is not None else os.environ).items():
-        if name.startswith(ENV_PREFIX):
-            _set_path(data, name[len(ENV_PREFIX) :].lower().split("__"), value)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_path(data, dotted.split("."), value)
-    try:
-        return FleetConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'fleet'}: {e['msg']}" for e in error.errors()
-        )
-        raise FleetConfigError(f"invalid fleet config: {problems}") from error
+    return load_section(
+        FleetConfig,
+        "fleet",
+        path,
+        env_prefix=ENV_PREFIX,
+        error=FleetConfigError,
+        overrides=overrides,
+        environ=environ,
+    )
