@@ -23,6 +23,7 @@ from cse.config_files import load_section
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.notifications import Sender
+from cse.forwarding import PointOfAccessForwarder
 from cse.storage.base import Storage
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
@@ -97,11 +98,17 @@ class CSEConfig(BaseModel):
     cse_id: str = "/id-in"
     cse_name: str = "cse-in"
     admin_originator: str = "CAdmin"
+    # Originators that pass every access check (a CSE-ID covers its AEs): a gateway lists
+    # its head-end so the head-end's applications can command meters.
+    trusted_originators: list[str] = []
     sp_id: str | None = None
     db: str | None = None  # SQLite path, ":memory:" for a throwaway one
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     cache_size: int = Field(8192, ge=0)
     default_lifetime: float = Field(5 * 365 * 24 * 3600.0, gt=0)
+    # Points of access announced to other CSEs; by default the bound URLs (set this when
+    # listening on 0.0.0.0 or behind NAT, e.g. ["http://dap1.lab:8081"]).
+    poa: list[str] = []
     http: HttpConfig = HttpConfig()
     coap: CoapConfig = CoapConfig()
     mqtt: MqttConfig = MqttConfig()
@@ -126,6 +133,7 @@ class CSEConfig(BaseModel):
             cse_name=self.cse_name,
             role=self.role,
             admin_originator=self.admin_originator,
+            trusted_originators=tuple(self.trusted_originators),
             sp_id=self.sp_id,
             points_of_access=points_of_access,
             default_lifetime=self.default_lifetime,
@@ -195,7 +203,11 @@ async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
             "mqtt": mqtt_sender,
             "mqtts": mqtt_sender,
         }
-        cse = CommonServicesEntity(open_storage(config), config.settings(), senders=senders)
+        forwarder = PointOfAccessForwarder(config.cse_id, http_client, coap_client, mqtt_settings)
+        stack.push_async_callback(forwarder.close)
+        cse = CommonServicesEntity(
+            open_storage(config), config.settings(), senders=senders, forwarder=forwarder
+        )
         await stack.enter_async_context(cse)
         http = await stack.enter_async_context(
             HttpServer(
@@ -216,7 +228,7 @@ async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
         if mqtt_settings is not None:
             mqtt = await stack.enter_async_context(MqttBinding(cse, mqtt_settings))
         running = RunningCSE(cse, http, coap, mqtt)
-        cse.settings = config.settings(points_of_access=tuple(running.urls))
+        cse.settings = config.settings(points_of_access=tuple(config.poa or running.urls))
         yield running
 
 

@@ -72,6 +72,187 @@ def _run_cse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(
+    name: str, serve: Callable[[Any, asyncio.Event], Coroutine[Any, Any, None]], config: Any
+) -> int:
+    """Run a server part until SIGINT/SIGTERM; start-up failures become exit status 1."""
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await serve(config, stop)
+
+    try:
+        _event_loop_runner()(run())
+    except OSError as error:
+        print(f"gridm2m {name}: cannot start: {error}", file=sys.stderr)
+        return 1
+    except aiomqtt.MqttError as error:
+        print(f"gridm2m {name}: cannot reach the MQTT broker: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        print(f"gridm2m {name}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_gateway_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "gateway",
+        help="run the DAP gateway (MN-CSE + uplink to the head-end)",
+        description="Meters register here over CoAP, MQTT or HTTP; their data is mirrored to "
+        "the head-end's IN-CSE through a durable, prioritised outbox.",
+    )
+    parser.add_argument("--config", help="TOML file with a [gateway] section")
+    parser.add_argument("--upstream-url", help="the head-end IN-CSE (http://... or mqtt://...)")
+    parser.add_argument("--http-port", type=int, help="the gateway CSE's HTTP port (0: any)")
+    parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
+    parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
+    parser.add_argument("--ops-port", type=int, help="port of /metrics and /health (0: any)")
+    parser.add_argument("--db", help="SQLite file of the gateway CSE")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.set_defaults(run=_run_gateway)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    from gateway.app import serve_gateway_until_stopped
+    from gateway.config import GatewayConfigError, load_gateway_config
+
+    try:
+        config = load_gateway_config(
+            args.config,
+            {
+                "upstream.url": args.upstream_url,
+                "cse.http.port": args.http_port,
+                "cse.coap.port": args.coap_port,
+                "cse.mqtt.url": args.mqtt_url,
+                "ops.port": args.ops_port,
+                "cse.db": args.db,
+            },
+        )
+    except GatewayConfigError as error:
+        print(f"gridm2m gateway: {error}", file=sys.stderr)
+        return 2
+    return _serve("gateway", serve_gateway_until_stopped, config)
+
+
+def _add_headend_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "headend",
+        help="run the head-end stub (IN-CSE, MDMS and command apps, dashboard)",
+    )
+    parser.add_argument("--config", help="TOML file with a [headend] section")
+    parser.add_argument("--http-port", type=int, help="the IN-CSE's HTTP port (0: any)")
+    parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
+    parser.add_argument("--dashboard-port", type=int, help="dashboard and API port (0: any)")
+    parser.add_argument("--db", help="SQLite file of the IN-CSE")
+    parser.add_argument("--mdms-db", help="SQLite file of the MDMS store")
+    parser.add_argument("--postgres-url", help="store MDMS data in PostgreSQL instead")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.set_defaults(run=_run_headend)
+
+
+def _run_headend(args: argparse.Namespace) -> int:
+    from headend.app import serve_headend_until_stopped
+    from headend.config import HeadendConfigError, load_headend_config
+
+    try:
+        config = load_headend_config(
+            args.config,
+            {
+                "cse.http.port": args.http_port,
+                "cse.mqtt.url": args.mqtt_url,
+                "dashboard.port": args.dashboard_port,
+                "cse.db": args.db,
+                "mdms.db": args.mdms_db,
+                "mdms.postgres_url": args.postgres_url,
+            },
+        )
+    except HeadendConfigError as error:
+        print(f"gridm2m headend: {error}", file=sys.stderr)
+        return 2
+    return _serve("headend", serve_headend_until_stopped, config)
+
+
+def _add_command_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "command",
+        help="send a command to meters through the head-end and print the result",
+        description="Examples: gridm2m command mtr-000001 read; gridm2m command mtr-000001 "
+        "switch op=disconnect; gridm2m command mtr-000001,mtr-000002 dr ev=7 dur=30; "
+        "gridm2m command mtr-000001 price price=125000. Fields are name=value (numbers "
+        "become numbers).",
+    )
+    parser.add_argument("meters", help="a meter id, or several separated by commas (a group)")
+    parser.add_argument("cmd", help="read, switch, dr, han-join, han-unjoin, fw or price")
+    parser.add_argument("fields", nargs="*", help="name=value fields of the command")
+    parser.add_argument(
+        "--headend", default="http://127.0.0.1:8090", help="the head-end's dashboard URL"
+    )
+    parser.add_argument("--dap", help="the meters' DAP CSE-ID without slash (default: as seen)")
+    parser.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the answers (0: don't)"
+    )
+    parser.add_argument("--log-level", default="WARNING")
+    parser.set_defaults(run=_run_command)
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from gridm2m.command import CommandLineError, send_command
+
+    try:
+        return send_command(
+            args.headend,
+            args.meters.split(","),
+            args.cmd,
+            args.fields,
+            dap=args.dap,
+            wait=args.wait,
+        )
+    except CommandLineError as error:
+        print(f"gridm2m command: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run head-end, gateway, broker and a meter fleet together on this machine",
+        description="The whole system on embedded defaults. Ctrl-C (or --duration) stops it "
+        "and prints a summary; exit status 1 if anything acknowledged was lost.",
+    )
+    parser.add_argument("--meters", type=_positive_int, default=100, help="fleet size (100)")
+    parser.add_argument(
+        "--duration", type=_positive_float, help="seconds to run, then summarise and exit"
+    )
+    parser.add_argument(
+        "--clock-speed", type=_positive_float, default=1440.0, help="meter seconds per second"
+    )
+    parser.add_argument("--dashboard-port", type=_port_number, default=8090)
+    parser.add_argument("--data-dir", help="keep databases and logs here (default: a temp dir)")
+    parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    parser.add_argument("--log-level", default="WARNING")
+    parser.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from gridm2m.demo import DemoOptions
+    from gridm2m.demo import main as demo_main
+
+    return demo_main(
+        DemoOptions(
+            meters=args.meters,
+            duration=args.duration,
+            clock_speed=args.clock_speed,
+            dashboard_port=args.dashboard_port,
+            data_dir=Path(args.data_dir) if args.data_dir else None,
+            broker=args.broker,
+        )
+    )
+
+
 def _device_agents(module: str) -> Any:
     """A module of device_agents, imported by name so that mypy does not follow it.
 
@@ -252,6 +433,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gridm2m", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_cse_parser(subparsers)
+    _add_gateway_parser(subparsers)
+    _add_headend_parser(subparsers)
+    _add_command_parser(subparsers)
+    _add_demo_parser(subparsers)
     _add_agent_parser(subparsers)
     _add_fleet_parser(subparsers)
     args = parser.parse_args(argv)

@@ -4,7 +4,8 @@ A resource with `acpi` is governed by those accessControlPolicies' `pv` rules (t
 `pvs` for changes to the policies and to `acpi`). A resource without one follows the default
 rule: the originator that created it, and the AE it lives under, have full access, and
 nobody else. Resources with no `acpi` attribute at all (contentInstances) take their parent's
-rights. The admin originator and the CSE itself pass every check.
+rights. The admin originator, the CSE itself and the configured trusted originators (a
+gateway's head-end) pass every check.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ class AccessControl:
 
     def is_privileged(self, originator: str) -> bool:
         settings = self._settings
-        return originator in (settings.admin_originator, settings.cse_id, settings.cse_ri)
+        if originator in (settings.admin_originator, settings.cse_id, settings.cse_ri):
+            return True
+        return any(
+            originator == trusted or originator.startswith(trusted + "/")
+            for trusted in settings.trusted_originators
+        )
 
     async def allowed(self, originator: str, operation: Operation, resource: Resource) -> bool:
         if self.is_privileged(originator):

@@ -11,6 +11,9 @@ class CSESettings:
     cse_name: str = "cse-in"  # CSEBase resource name
     role: str = "in"  # "in" or "mn"
     admin_originator: str = "CAdmin"
+    # Originators (exact, or a CSE-ID that covers everything below it, e.g. "/id-in") that pass
+    # every access check, like the admin: a gateway trusts its head-end's applications.
+    trusted_originators: tuple[str, ...] = ()
     sp_id: str | None = None  # e.g. "gridm2m.example.net"; None accepts any domain
     points_of_access: tuple[str, ...] = ()
     # Lifetime given to resources created without et (seconds); ACME uses five years.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cse.core import create, delete, discovery, retrieve, update
@@ -63,6 +63,9 @@ class CommonServicesEntity:
         self.notifier = Notifier(self, senders or {})
         self.forwarder = forwarder or Forwarder()
         self.expiry = ExpirySweeper(self)
+        # Called with every batch of changes once it is durable (the gateway's uplink listens
+        # here); a listener must be quick and must not raise.
+        self.durable_listeners: list[Callable[[Sequence[Change]], None]] = []
         # Decide-and-apply sections of writes run one at a time; acknowledgement (waiting
         # for the commit) happens outside the lock so many writes share one fsync.
         self.write_lock = asyncio.Lock()
@@ -142,6 +145,11 @@ class CommonServicesEntity:
         """Wait until applied changes are on disk, then release their notifications."""
         await self.storage.sync()
         self.notifier.accept(changes)
+        for listener in self.durable_listeners:
+            try:
+                listener(changes)
+            except Exception:
+                logger.exception("a durable-changes listener failed")
 
     def is_expired(self, resource: Resource) -> bool:
         et = resource.et

@@ -161,6 +161,10 @@ class Storage(ABC):
         """contentInstances of a container from the newest or the oldest end."""
 
     @abstractmethod
+    async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:
+        """Resources of one type whose sequence number is above `seq`, in creation order."""
+
+    @abstractmethod
     async def expired(self, now: str, limit: int) -> list[Resource]:
         """Resources whose et is before `now` (a oneM2M timestamp), soonest first."""
 

@@ -93,6 +93,12 @@ class MemoryStorage(Storage):
                 break
         return found
 
+    async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:
+        # A linear scan: the memory backend serves tests, not deployments.
+        found = [r for r in self._by_ri.values() if r.seq > seq and r.ty == resource_type]
+        found.sort(key=lambda r: r.seq)
+        return found[:limit]
+
     async def expired(self, now: str, limit: int) -> list[Resource]:
         found = [r for r in self._by_ri.values() if r.et is not None and r.et < now]
         found.sort(key=lambda r: str(r.et))

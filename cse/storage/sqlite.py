@@ -231,6 +231,14 @@ class SQLiteStorage(Storage):
         )
         return [self._row_to_resource(row) for row in rows]
 
+    async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:
+        conn = await self._ready()
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM resources WHERE seq > ? AND ty = ? ORDER BY seq LIMIT ?",
+            (seq, resource_type, limit),
+        )
+        return [self._row_to_resource(row) for row in rows]
+
     async def expired(self, now: str, limit: int) -> list[Resource]:
         conn = await self._ready()
         rows = conn.execute(

@@ -84,6 +84,23 @@ def _event_category(header: str | None) -> int | None:
     return int(value)
 
 
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on host:port (0 picks a free port); returns the runner (call
+    `cleanup()` to stop) and the bound port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        site = web.SockSite(runner, sock, backlog=1024)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, int(sock.getsockname()[1])
+
+
 class HttpServer:
     """Serves one CSE over HTTP; an async context manager that reports its bound port."""
 
@@ -109,14 +126,7 @@ class HttpServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body_size, middlewares=[self._http_errors])
         app.router.add_route("*", "/{tail:.*}", self._on_request)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET6 if ":" in self._host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        self.port = sock.getsockname()[1]
-        site = web.SockSite(self._runner, sock, backlog=1024)
-        await site.start()
+        self._runner, self.port = await start_site(app, self._host, self._port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -87,6 +87,17 @@ async def test_instances_from_either_end(storage_factory: Any) -> None:
     await storage.close()
 
 
+async def test_created_since_resumes_after_a_sequence_number(storage_factory: Any) -> None:
+    storage = storage_factory()
+    await storage.open()
+    items = await _tree(storage)
+    assert [r.ri for r in await storage.created_since(0, 4, 10)] == ["cin1", "cin2"]
+    assert [r.ri for r in await storage.created_since(items["i1"].seq, 4, 10)] == ["cin2"]
+    assert [r.ri for r in await storage.created_since(0, 4, 1)] == ["cin1"]
+    assert await storage.created_since(items["i2"].seq, 4, 10) == []
+    await storage.close()
+
+
 async def test_update_keeps_identity_and_order(storage_factory: Any) -> None:
     storage = storage_factory()
     await storage.open()

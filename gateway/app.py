@@ -1,0 +1,172 @@
+"""Composition of the DAP gateway: its MN-CSE, registration upstream, the uplink, operations.
+
+```
+ meters ──CoAP/MQTT/HTTP──▶ MN-CSE (cse.app.running_cse) ──durable batches──▶ Uplink feeder
+                                 ▲                                              │ outbox (SQLite)
+ head-end ──retargeted requests──┘                                              ▼
+                               Registrar ◀── "target gone" ── Uplink sender ──CREATE──▶ IN-CSE
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cse.app import RunningCSE, running_cse
+from cse.bindings.http.server import start_site
+from cse.core.types import ResourceType
+from gateway.config import GatewayConfig
+from gateway.metrics import PRIORITY_NAMES, GatewayMetrics
+from gateway.outbox import Outbox
+from gateway.registration import STATUS_CONTAINER, Registrar
+from gateway.uplink import Uplink
+from gateway.upstream import UpstreamLink, UpstreamUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunningGateway:
+    config: GatewayConfig
+    cse: RunningCSE
+    link: UpstreamLink
+    registrar: Registrar
+    outbox: Outbox
+    uplink: Uplink
+    metrics: GatewayMetrics
+    ops_url: str | None
+
+    async def meters_registered(self) -> int:
+        core = self.cse.cse
+        return await core.storage.count_children(core.settings.cse_ri, ResourceType.AE)
+
+    async def refresh_metrics(self) -> None:
+        metrics = self.metrics
+        metrics.meters_registered.set(await self.meters_registered())
+        metrics.meters_online.set(self.uplink.meters_online())
+        metrics.upstream_registered.set(1 if self.registrar.registered.is_set() else 0)
+        metrics.upstream_link_up.set(1 if self.uplink.link_up else 0)
+        metrics.observe_outbox(self.outbox)
+
+    async def status(self) -> dict[str, Any]:
+        """The gateway's state as reported upstream and on /health."""
+        outbox = self.outbox
+        return {
+            "cse_id": self.cse.cse.settings.cse_id,
+            "registered": self.registrar.registered.is_set(),
+            "link_up": self.uplink.link_up,
+            "meters": await self.meters_registered(),
+            "online": self.uplink.meters_online(),
+            "outbox": {PRIORITY_NAMES[p]: n for p, n in outbox.depth.items()},
+            "outbox_bytes": outbox.bytes_used,
+            "budget_bytes": outbox.budget_bytes,
+            "shed": {PRIORITY_NAMES[p]: n for p, n in outbox.shed.items()},
+            "rejected": outbox.rejected,
+            "at": time.time(),
+        }
+
+
+def _ops_app(gateway: RunningGateway) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        await gateway.refresh_metrics()
+        return web.Response(
+            body=gateway.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def health(_: web.Request) -> web.Response:
+        # Healthy means serving meters; a missing head-end is what the outbox is for, so it
+        # is reported but does not make the gateway unhealthy.
+        status = await gateway.status()
+        status["status"] = "ok"
+        return web.Response(body=orjson.dumps(status), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def _report_status(gateway: RunningGateway, interval: float) -> None:
+    """Post the gateway's state to `status` under our remoteCSE upstream, for the head-end."""
+    link, registrar = gateway.link, gateway.registrar
+    while True:
+        await asyncio.sleep(interval)
+        if not registrar.registered.is_set():
+            continue
+        status = await gateway.status()
+        request = link.create(
+            registrar.container_address(STATUS_CONTAINER),
+            ResourceType.CONTENT_INSTANCE,
+            {"m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(status).decode()}},
+        )
+        try:
+            reply = await link.send(request)
+        except UpstreamUnavailable:
+            continue
+        if int(reply.status) >= 4000:
+            logger.info("status report refused (%d)", int(reply.status))
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway]:
+    async with contextlib.AsyncExitStack() as stack:
+        running = await stack.enter_async_context(running_cse(config.cse))
+        core = running.cse
+        link = await stack.enter_async_context(UpstreamLink(config.upstream, config.cse.cse_id))
+        outbox = Outbox(config.outbox_path(), budget_bytes=config.outbox.budget_bytes)
+        outbox.open()
+        stack.callback(outbox.close)
+        metrics = GatewayMetrics()
+        metrics.observe_outbox(outbox)
+        registrar = Registrar(
+            core,
+            link,
+            config.mirror.families,
+            check_interval=config.upstream.check_interval,
+        )
+        uplink = Uplink(
+            core,
+            link,
+            registrar,
+            outbox,
+            metrics,
+            mirror=config.mirror,
+            settings=config.outbox,
+        )
+        await registrar.start()
+        stack.push_async_callback(registrar.stop)
+        await uplink.start()
+        stack.push_async_callback(uplink.stop)
+
+        gateway = RunningGateway(config, running, link, registrar, outbox, uplink, metrics, None)
+        if config.ops.port is not None:
+            runner, port = await start_site(_ops_app(gateway), config.ops.host, config.ops.port)
+            stack.push_async_callback(runner.cleanup)
+            gateway.ops_url = f"http://{config.ops.host}:{port}"
+        reporter = asyncio.create_task(
+            _report_status(gateway, config.mirror.status_interval), name="status report"
+        )
+        stack.callback(reporter.cancel)
+        yield gateway
+
+
+async def serve_gateway_until_stopped(config: GatewayConfig, stop: asyncio.Event) -> None:
+    async with running_gateway(config) as gateway:
+        print(
+            f"gridm2m gateway {config.cse.cse_id} ({config.cse.cse_name}) listening on "
+            f"{' '.join(gateway.cse.urls)}; upstream {config.upstream.url}"
+            + (f"; ops {gateway.ops_url}" if gateway.ops_url else ""),
+            flush=True,
+        )
+        await stop.wait()
+    logger.info("gateway stopped")

@@ -1,0 +1,158 @@
+"""The gateway's `[gateway]` config section: its own MN-CSE, the upstream IN-CSE, the outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cse.app import CSEConfig, HttpConfig, default_data_dir
+from cse.bindings.mqtt.settings import MqttSettings
+from cse.config_files import load_section
+
+ENV_PREFIX = "GRIDM2M_GATEWAY__"
+
+
+class GatewayConfigError(Exception):
+    """A gateway config that cannot be used; the message names the key."""
+
+
+def _gateway_cse() -> CSEConfig:
+    return CSEConfig(role="mn", cse_id="/id-dap1", cse_name="dap1", http=HttpConfig(port=8081))
+
+
+class UpstreamConfig(BaseModel):
+    """The head-end's IN-CSE that the gateway registers with and mirrors meter data into."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = "http://127.0.0.1:8080"  # http(s)://host:port or mqtt(s)://broker:port
+    cse_id: str = "/id-in"
+    cse_name: str = "cse-in"
+    username: str | None = None  # MQTT broker credentials
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    timeout: float = Field(10.0, gt=0)  # per request
+    check_interval: float = Field(30.0, gt=0)  # how often the registration is verified
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https", "mqtt", "mqtts"):
+            raise ValueError("upstream url must be http(s)://host:port or mqtt(s)://host:port")
+        return value
+
+    @property
+    def uses_mqtt(self) -> bool:
+        return urlsplit(self.url).scheme in ("mqtt", "mqtts")
+
+    def mqtt_settings(self, client_id: str) -> MqttSettings:
+        return MqttSettings(
+            url=self.url,
+            client_id=client_id,
+            username=self.username,
+            password=self.password,
+            ca_file=self.ca_file,
+            cert_file=self.cert_file,
+            key_file=self.key_file,
+        )
+
+
+class OutboxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    db: str | None = None  # default: <data dir>/<cse-id>-outbox.db
+    # Disk budget for queued payloads. When it is full, bulk interval data is shed first,
+    # then on-demand data, then acks; alarms and alerts are always kept.
+    budget_bytes: int = Field(64 * 1024 * 1024, ge=4096)
+    concurrency: int = Field(32, ge=1, le=1024)  # CREATEs in flight to the upstream CSE
+    retry_min: float = Field(0.5, gt=0)
+    retry_max: float = Field(60.0, gt=0)
+
+
+class OpsConfig(BaseModel):
+    """The operations endpoint: /metrics (Prometheus text) and /health."""
+
+    model_config = ConfigDict(extra="forbid")
+    host: str = "127.0.0.1"
+    port: int | None = Field(9110, ge=0, le=65535)  # None switches it off
+
+
+class MirrorConfig(BaseModel):
+    """What goes upstream and how it is classified."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Containers of meter AEs that are not mirrored (the downlink).
+    exclude_containers: list[str] = ["command"]
+    # Flow families created upstream at registration; others are created on first use.
+    families: list[str] = ["reading", "ondemand", "event", "prepay", "drdlc", "han", "firmware"]
+    # Containers holding bulk interval data (lowest priority).
+    bulk_containers: list[str] = ["reading"]
+    status_interval: float = Field(10.0, gt=0)  # how often the gateway reports its state
+    online_window: float = Field(900.0, gt=0)  # a meter heard from within this is online
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cse: CSEConfig = Field(default_factory=_gateway_cse)
+    upstream: UpstreamConfig = UpstreamConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    ops: OpsConfig = OpsConfig()
+    mirror: MirrorConfig = MirrorConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mn_defaults(cls, data: Any) -> Any:
+        # A [gateway.cse] table fills in over the gateway's defaults, not the bare CSE's.
+        if isinstance(data, dict) and isinstance(data.get("cse"), dict):
+            base = _gateway_cse().model_dump()
+            merged = _merge(base, data["cse"])
+            data = {**data, "cse": merged}
+        return data
+
+    @model_validator(mode="after")
+    def _trust_the_head_end(self) -> GatewayConfig:
+        if self.upstream.cse_id not in self.cse.trusted_originators:
+            self.cse.trusted_originators.append(self.upstream.cse_id)
+        if self.upstream.cse_id == self.cse.cse_id:
+            raise ValueError("the gateway and its upstream CSE need different CSE-IDs")
+        return self
+
+    def outbox_path(self) -> str:
+        if self.outbox.db:
+            return self.outbox.db
+        if self.cse.db == ":memory:":
+            return ":memory:"
+        if self.cse.db:
+            return str(Path(self.cse.db).with_suffix("")) + "-outbox.db"
+        return str(default_data_dir() / f"{self.cse.cse_id.lstrip('/')}-outbox.db")
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_gateway_config(
+    path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> GatewayConfig:
+    """File, then GRIDM2M_GATEWAY__* environment variables, then flags (dotted keys)."""
+    return load_section(
+        GatewayConfig,
+        "gateway",
+        path,
+        env_prefix=ENV_PREFIX,
+        error=GatewayConfigError,
+        overrides=overrides,
+        environ=environ,
+    )

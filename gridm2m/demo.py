@@ -1,0 +1,349 @@
+"""`gridm2m demo`: the whole system on one machine, on embedded defaults.
+
+It starts, as separate processes so each has a core to itself where there are several:
+an MQTT broker (Mosquitto if installed, else amqtt in this process), the head-end
+(`gridm2m headend`), a gateway (`gridm2m gateway`) registered with it, and a fleet of meters
+(`gridm2m fleet`) on an accelerated clock, half over CoAP and half over MQTT. It prints a
+progress line every few seconds and the dashboard URL. Ctrl-C (or `--duration`) stops the
+fleet, lets the gateway deliver what it still holds, then prints a summary: meters
+registered, messages the gateway acknowledged per flow family, what reached the MDMS, what is
+still queued, what was shed, and what was lost — and exits 1 if anything acknowledged was lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gridm2m.broker import embedded_broker, free_port, free_udp_port
+
+PROGRESS_EVERY_S = 3.0
+DRAIN_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class DemoOptions:
+    meters: int = 100
+    duration: float | None = None  # None: until Ctrl-C
+    clock_speed: float = 1440.0  # a day a minute
+    rate_scale: float = 10.0
+    dashboard_port: int = 8090
+    data_dir: Path | None = None
+    broker: str = "auto"  # auto, mosquitto or amqtt
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+    banner: str = ""
+    reader: asyncio.Future[None] | None = None
+
+
+@dataclass
+class Outcome:
+    registered: int = 0
+    acknowledged: dict[str, int] = field(default_factory=dict)
+    delivered: dict[str, int] = field(default_factory=dict)
+    queued: int = 0
+    shed: int = 0
+
+    @property
+    def lost(self) -> int:
+        acked = sum(self.acknowledged.values())
+        return max(0, acked - sum(self.delivered.values()) - self.queued - self.shed)
+
+
+def _port_or_free(port: int) -> int:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def toml_text(section: str, values: dict[str, Any]) -> str:
+    """A small TOML writer for generated configs: nested tables of scalars and lists."""
+    lines: list[str] = []
+
+    def table(name: str, data: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in data.items() if isinstance(v, dict)}
+        for key, value in data.items():
+            if not isinstance(value, dict):
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+        for key, value in nested.items():
+            table(f"{name}.{key}", value)
+
+    table(section, values)
+    return "\n".join(lines)
+
+
+async def _spawn(name: str, args: list[str], directory: Path, marker: str) -> Child:
+    log = directory / f"{name}.log"
+    handle = log.open("wb")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gridm2m",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=handle,
+        start_new_session=True,  # Ctrl-C is the demo's to handle, not sent to every child
+    )
+    handle.close()
+    child = Child(name, process, log)
+    if marker:
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while True:
+                    line = await process.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"{name} exited while starting; see {log}")
+                    text = line.decode(errors="replace").strip()
+                    if marker in text:
+                        child.banner = text
+                        break
+        except TimeoutError:
+            await _stop(child)
+            raise RuntimeError(
+                f"{name} did not start within {START_TIMEOUT_S:g} s; see {log}"
+            ) from None
+    # Keep reading what it prints, so a full pipe never blocks it.
+    child.reader = asyncio.ensure_future(_drain(process.stdout))
+    return child
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> None:
+    if stream is not None:
+        while await stream.readline():
+            pass
+
+
+async def _stop(child: Child, how: signal.Signals = signal.SIGTERM) -> None:
+    if child.process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(how)
+        try:
+            async with asyncio.timeout(20):
+                await child.process.wait()
+        except TimeoutError:
+            child.process.kill()
+            await child.process.wait()
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> Any:
+    try:
+        async with session.get(url) as reply:
+            return await reply.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def run_demo(options: DemoOptions) -> int:
+    directory = options.data_dir or Path(tempfile.mkdtemp(prefix="gridm2m-demo-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    print(f"gridm2m demo: data and logs in {directory}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with embedded_broker(directory / "broker", options.broker) as broker:
+        print(f"  broker    {broker.url} ({type(broker).__name__})", flush=True)
+        return await _run_parts(options, directory, broker.port, stop)
+
+
+async def _run_parts(
+    options: DemoOptions, directory: Path, broker_port: int, stop: asyncio.Event
+) -> int:
+    headend_port, gateway_port, ops_port = free_port(), free_port(), free_port()
+    coap_port = free_udp_port()
+    dashboard_port = _port_or_free(options.dashboard_port)
+    headend_toml = directory / "headend.toml"
+    headend_toml.write_text(
+        toml_text(
+            "headend",
+            {
+                "cse": {"db": str(directory / "id-in.db"), "http": {"port": headend_port}},
+                "mdms": {"db": str(directory / "mdms.db")},
+                "dashboard": {"port": dashboard_port},
+            },
+        )
+    )
+    gateway_toml = directory / "gateway.toml"
+    gateway_toml.write_text(
+        toml_text(
+            "gateway",
+            {
+                "cse": {
+                    "db": str(directory / "id-dap1.db"),
+                    "http": {"port": gateway_port},
+                    "coap": {"port": coap_port},
+                    "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}"},
+                },
+                "upstream": {"url": f"http://127.0.0.1:{headend_port}"},
+                "mirror": {"status_interval": 2.0},
+                "ops": {"port": ops_port},
+            },
+        )
+    )
+    fleet_toml = directory / "fleet.toml"
+    fleet_toml.write_text(
+        toml_text(
+            "fleet",
+            {
+                "meters": options.meters,
+                "duration": options.duration or 10 * 365 * 86400.0,
+                "clock_speed": options.clock_speed,
+                "rate_scale": options.rate_scale,
+                "ramp": max(2.0, options.meters / 100),
+                "cse_id": "/id-dap1",
+                "cse_name": "dap1",
+                "dap": {"coap_port": coap_port, "mqtt_port": broker_port},
+            },
+        )
+    )
+    children: list[Child] = []
+    try:
+        headend = await _spawn(
+            "headend", ["headend", "--config", str(headend_toml)], directory, "listening on"
+        )
+        children.append(headend)
+        gateway = await _spawn(
+            "gateway", ["gateway", "--config", str(gateway_toml)], directory, "listening on"
+        )
+        children.append(gateway)
+        dashboard = f"http://127.0.0.1:{dashboard_port}"
+        health_url = f"http://127.0.0.1:{ops_port}/health"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            await _wait_registered(session, health_url)
+            print(f"  head-end  {headend.banner}", flush=True)
+            print(f"  gateway   {gateway.banner}", flush=True)
+            print(f"\n  dashboard: {dashboard}/\n", flush=True)
+            summary_file = directory / "fleet-summary.json"
+            fleet = await _spawn(
+                "fleet",
+                ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)],
+                directory,
+                "",
+            )
+            children.append(fleet)
+            started = time.monotonic()
+            await _show_progress(session, dashboard, health_url, fleet, stop, started)
+            await _stop(fleet)
+            outcome = await _settle(session, dashboard, health_url, summary_file)
+    except RuntimeError as error:
+        print(f"gridm2m demo: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for child in reversed(children):
+            await _stop(child)
+    _print_summary(outcome, time.monotonic() - started)
+    return 1 if outcome.lost else 0
+
+
+async def _wait_registered(session: aiohttp.ClientSession, health_url: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        health = await _get(session, health_url)
+        if isinstance(health, dict) and health.get("registered"):
+            return
+        await asyncio.sleep(0.2)  # polling a health endpoint while a process starts
+    raise RuntimeError("the gateway did not register with the head-end")
+
+
+async def _counts(session: aiohttp.ClientSession, dashboard: str) -> dict[str, int]:
+    counts = await _get(session, f"{dashboard}/api/counts")
+    by_family = counts.get("by_family") if isinstance(counts, dict) else None
+    return {str(k): int(v) for k, v in (by_family or {}).items()}
+
+
+async def _show_progress(
+    session: aiohttp.ClientSession,
+    dashboard: str,
+    health_url: str,
+    fleet: Child,
+    stop: asyncio.Event,
+    started: float,
+) -> None:
+    waiter = asyncio.ensure_future(fleet.process.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not waiter.done() and not stop.is_set():
+            await asyncio.wait({waiter, stopper}, timeout=PROGRESS_EVERY_S)
+            health = await _get(session, health_url) or {}
+            delivered = sum((await _counts(session, dashboard)).values())
+            queued = sum((health.get("outbox") or {}).values())
+            print(
+                f"  {time.monotonic() - started:6.0f} s  meters {health.get('meters', 0):>5}"
+                f"  online {health.get('online', 0):>5}  at MDMS {delivered:>7}"
+                f"  queued at gateway {queued:>5}",
+                flush=True,
+            )
+    finally:
+        stopper.cancel()
+        if not waiter.done():
+            waiter.cancel()
+
+
+async def _settle(
+    session: aiohttp.ClientSession, dashboard: str, health_url: str, summary_file: Path
+) -> Outcome:
+    """After the fleet stopped: let the gateway deliver what it holds, then count."""
+    outcome = Outcome()
+    if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        outcome.registered = int(summary.get("registered", 0))
+        outcome.acknowledged = {k: int(v) for k, v in summary.get("sent_by_family", {}).items()}
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    health: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        health = await _get(session, health_url) or {}
+        outcome.delivered = await _counts(session, dashboard)
+        outcome.queued = sum((health.get("outbox") or {}).values())
+        outcome.shed = sum((health.get("shed") or {}).values())
+        if not outcome.queued and not outcome.lost:
+            break
+        await asyncio.sleep(0.5)  # waiting for the gateway's outbox to drain
+    return outcome
+
+
+def _print_summary(outcome: Outcome, seconds: float) -> None:
+    families = sorted(set(outcome.acknowledged) | set(outcome.delivered))
+    print(f"\nsummary after {seconds:.0f} s: {outcome.registered} meters registered")
+    print(f"  {'family':<10} {'acknowledged':>13} {'at MDMS':>9}")
+    for family in families:
+        print(
+            f"  {family:<10} {outcome.acknowledged.get(family, 0):>13}"
+            f" {outcome.delivered.get(family, 0):>9}"
+        )
+    print(
+        f"  {'total':<10} {sum(outcome.acknowledged.values()):>13}"
+        f" {sum(outcome.delivered.values()):>9}"
+    )
+    print(f"  still queued at the gateway: {outcome.queued}")
+    print(f"  shed by the gateway (disk budget): {outcome.shed}")
+    print(f"  lost: {outcome.lost}")
+
+
+def main(options: DemoOptions) -> int:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return asyncio.run(run_demo(options))

@@ -1,0 +1,133 @@
+"""Composition of the head-end: the IN-CSE, the MDMS store, the MDMS and command applications,
+and one web server for the dashboard, its API, commands and the MDMS's notifications."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from cse.app import RunningCSE, running_cse
+from cse.bindings.http.server import start_site
+from headend.commands import CommandError, CommandService
+from headend.config import HeadendConfig
+from headend.dashboard import dashboard_app
+from headend.flows import flow_info
+from headend.mdms import Mdms
+from headend.store import MdmsStore, open_store
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_PATH = "/notify/mdms"
+
+
+@dataclass
+class RunningHeadend:
+    config: HeadendConfig
+    cse: RunningCSE
+    store: MdmsStore
+    mdms: Mdms
+    commands: CommandService
+    web_url: str
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
+    """Routes beside the dashboard's: MDMS notifications and issuing commands."""
+
+    async def notify(request: web.Request) -> web.Response:
+        # The oneM2M HTTP binding of a NOTIFY to the MDMS AE's point of access.
+        request_id = request.headers.get("X-M2M-RI", "")
+        try:
+            content = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            status = 4000
+        else:
+            status = int(await holder["mdms"].on_notify(content))
+        headers = {"X-M2M-RSC": str(status), "X-M2M-RI": request_id}
+        return web.Response(status=200 if status < 4000 else 400, headers=headers)
+
+    async def issue(request: web.Request) -> web.Response:
+        try:
+            body = await request.json(loads=orjson.loads)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            return _json({"error": "the body must be a JSON object"}, 400)
+        if not isinstance(body, dict):
+            return _json({"error": "the body must be a JSON object"}, 400)
+        commands: CommandService = holder["commands"]
+        meters = body.pop("meters", None)
+        meter = body.pop("meter", None)
+        dap = body.pop("dap", None)
+        issued_by = str(body.pop("by", "api"))
+        try:
+            if meters is not None:
+                if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):
+                    raise CommandError("meters must be a list of meter ids")
+                if dap is None:
+                    dap = await commands.dap_of(meters[0]) if meters else None
+                if not isinstance(dap, str):
+                    raise CommandError("a group command needs meters and their DAP")
+                issued = await commands.issue_to_group(meters, body, dap=dap, issued_by=issued_by)
+            elif isinstance(meter, str):
+                issued = await commands.issue(meter, body, dap=dap, issued_by=issued_by)
+            else:
+                raise CommandError("give meter (a meter id) or meters (a list)")
+        except CommandError as error:
+            return _json({"error": str(error)}, 400)
+        return _json(issued.as_dict(), 202 if issued.as_dict()["sent"] else 502)
+
+    async def counts(_: web.Request) -> web.Response:
+        store: MdmsStore = holder["store"]
+        by_flow = await store.counts_by_flow()
+        by_family: dict[str, int] = {}
+        for flow, count in by_flow.items():
+            info = flow_info(flow)
+            family = info.family if info else "other"
+            by_family[family] = by_family.get(family, 0) + count
+        return _json({"by_family": by_family, "by_flow": by_flow, "total": sum(by_flow.values())})
+
+    app.router.add_post(NOTIFY_PATH, notify)
+    app.router.add_get("/api/counts", counts)
+    app.router.add_post("/api/commands", issue)
+
+
+@contextlib.asynccontextmanager
+async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend]:
+    async with contextlib.AsyncExitStack() as stack:
+        running = await stack.enter_async_context(running_cse(config.cse))
+        store = open_store(config.mdms.sqlite_path(), config.mdms.postgres_url)
+        await store.open()
+        stack.push_async_callback(store.close)
+        holder: dict[str, Any] = {"store": store}
+        app = dashboard_app(store)
+        _add_routes(app, holder)
+        dashboard = config.dashboard
+        runner, port = await start_site(app, dashboard.host, dashboard.port)
+        stack.push_async_callback(runner.cleanup)
+        web_url = f"http://{dashboard.host}:{port}"
+        mdms = Mdms(running.cse, store, dashboard.notify_url or web_url + NOTIFY_PATH)
+        commands = CommandService(running.cse, store)
+        holder.update(mdms=mdms, commands=commands)
+        await mdms.start()
+        await commands.start()
+        yield RunningHeadend(config, running, store, mdms, commands, web_url)
+
+
+async def serve_headend_until_stopped(config: HeadendConfig, stop: asyncio.Event) -> None:
+    async with running_headend(config) as headend:
+        print(
+            f"gridm2m headend {config.cse.cse_id} ({config.cse.cse_name}) listening on "
+            f"{' '.join(headend.cse.urls)}; dashboard {headend.web_url}/",
+            flush=True,
+        )
+        await stop.wait()
+    logger.info("head-end stopped")

@@ -1,0 +1,230 @@
+"""Commands from the head-end's applications to meters, through the DAPs.
+
+A command is a contentInstance in the meter's `command` container on its DAP, written with an
+ordinary CREATE addressed to `/<dap-csi>/<dap-cse-name>/<meter>/command`: the IN-CSE
+retargets it to the DAP it is registered with, and the meter's subscription there brings it
+to the meter. The meter answers with a flow message carrying `ref` = the command's `id`, which
+comes back up the uplink to the MDMS; the store matches it to the command.
+
+For many meters at once (a DR event), the command goes to a group created on each DAP whose
+members are the meters' command containers, and one CREATE to `<group>/fopt` fans out there.
+
+Command bodies are those of `device_agents/agent/meter.py`: {"cmd": NAME, "id": ID, ...}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from cse.core.handler import CommonServicesEntity
+from cse.core.primitives import FilterCriteria, Request, Response
+from cse.core.types import Operation, ResourceType
+from cse.core.types import ResponseStatusCode as RSC
+from headend.config import APPS_AE
+from headend.store import CommandRecord, MdmsStore
+
+COMMAND_NAMES = frozenset({"read", "switch", "dr", "han-join", "han-unjoin", "fw", "price"})
+COMMAND_CONTAINER = "command"
+
+
+class CommandError(Exception):
+    """A command that cannot be issued (unknown meter or DAP, malformed body)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    id: str
+    meters: tuple[str, ...]
+    dap: str
+    status: int  # the response status code of the CREATE (2001 when it reached the DAP)
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "meters": list(self.meters),
+            "dap": self.dap,
+            "rsc": self.status,
+            "sent": self.status == RSC.CREATED,
+            "detail": self.detail,
+        }
+
+
+class CommandService:
+    def __init__(
+        self,
+        cse: CommonServicesEntity,
+        store: MdmsStore,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cse = cse
+        self.store = store
+        self.clock = clock
+        self.ae_id = APPS_AE
+        self._stem = os.urandom(2).hex()
+        self._counter = itertools.count(1)
+
+    def new_id(self) -> str:
+        # Short on purpose: acks carry it back and the tables size acks at 25 bytes.
+        return f"c{self._stem}{next(self._counter):x}"
+
+    async def _send(
+        self,
+        operation: Operation,
+        to: str,
+        *,
+        resource_type: ResourceType | None = None,
+        content: Any = None,
+        filter_criteria: FilterCriteria | None = None,
+    ) -> Response:
+        return await self.cse.handle(
+            Request(
+                operation,
+                to,
+                self.ae_id,
+                f"cmd-{self._stem}-{next(self._counter)}",
+                "3",
+                resource_type=resource_type,
+                content=content,
+                filter_criteria=filter_criteria,
+            )
+        )
+
+    async def start(self) -> None:
+        reply = await self._send(
+            Operation.CREATE,
+            self.cse.settings.cse_name,
+            resource_type=ResourceType.AE,
+            content={
+                "m2m:ae": {"rn": "headend", "api": "Ngridm2m.headend", "rr": False, "srv": ["3"]}
+            },
+        )
+        if reply.status not in (RSC.CREATED, RSC.ORIGINATOR_HAS_ALREADY_REGISTERED):
+            raise RuntimeError(f"head-end apps could not register: {int(reply.status)}")
+
+    async def dap_base(self, csi: str) -> str:
+        """SP-relative CSEBase of a registered DAP, e.g. /id-dap1/dap1."""
+        reply = await self._send(Operation.RETRIEVE, f"{self.cse.settings.cse_name}/{csi}")
+        content = reply.content if isinstance(reply.content, dict) else {}
+        base = content.get("m2m:csr", {}).get("cb")
+        if reply.status != RSC.OK or not isinstance(base, str):
+            raise CommandError(f"DAP {csi} is not registered with this head-end")
+        return base
+
+    async def dap_of(self, meter: str) -> str:
+        """The DAP a meter is registered with: as last seen by the MDMS, else asked."""
+        known = await self.store.meter(meter)
+        if known and known.get("dap"):
+            return str(known["dap"])
+        # Not heard from yet: ask every registered DAP (a retargeted RETRIEVE of the AE).
+        base = self.cse.settings.cse_name
+        reply = await self._send(
+            Operation.RETRIEVE,
+            base,
+            filter_criteria=FilterCriteria(
+                filter_usage=1, resource_types=(int(ResourceType.REMOTE_CSE),), level=1
+            ),
+        )
+        content = reply.content if isinstance(reply.content, dict) else {}
+        for path in content.get("m2m:uril", []):
+            csi = str(path).rsplit("/", 1)[-1]
+            with contextlib.suppress(CommandError):
+                found = await self._send(Operation.RETRIEVE, f"{await self.dap_base(csi)}/{meter}")
+                if found.status == RSC.OK:
+                    return csi
+        raise CommandError(f"meter {meter} is not registered with any DAP of this head-end")
+
+    def _body(self, body: dict[str, Any], command_id: str) -> dict[str, Any]:
+        name = body.get("cmd")
+        if name not in COMMAND_NAMES:
+            raise CommandError(f"unknown command {name!r}; one of {sorted(COMMAND_NAMES)}")
+        return {**body, "id": command_id}
+
+    async def issue(
+        self, meter: str, body: dict[str, Any], *, dap: str | None = None, issued_by: str = "cli"
+    ) -> Issued:
+        command_id = self.new_id()
+        command = self._body(body, command_id)
+        csi = dap or await self.dap_of(meter)
+        base = await self.dap_base(csi)
+        await self.store.record_command(
+            CommandRecord(
+                command_id, csi, meter, str(command["cmd"]), command, self.clock(), issued_by
+            )
+        )
+        reply = await self._send(
+            Operation.CREATE,
+            f"{base}/{meter}/{COMMAND_CONTAINER}",
+            resource_type=ResourceType.CONTENT_INSTANCE,
+            content={
+                "m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}
+            },
+        )
+        return Issued(command_id, (meter,), csi, int(reply.status), _detail(reply))
+
+    async def issue_to_group(
+        self,
+        meters: Sequence[str],
+        body: dict[str, Any],
+        *,
+        dap: str,
+        issued_by: str = "cli",
+    ) -> Issued:
+        """One command to many meters of one DAP, fanned out there by a group."""
+        if not meters:
+            raise CommandError("a group command needs at least one meter")
+        command_id = self.new_id()
+        command = self._body(body, command_id)
+        base = await self.dap_base(dap)
+        name = f"g-{command_id}"
+        group = {
+            "rn": name,
+            "mt": int(ResourceType.CONTAINER),
+            "mnm": len(meters),
+            "mid": [f"{base}/{meter}/{COMMAND_CONTAINER}" for meter in meters],
+        }
+        reply = await self._send(
+            Operation.CREATE, base, resource_type=ResourceType.GROUP, content={"m2m:grp": group}
+        )
+        if reply.status != RSC.CREATED:
+            return Issued(command_id, tuple(meters), dap, int(reply.status), _detail(reply))
+        now = self.clock()
+        for meter in meters:
+            await self.store.record_command(
+                CommandRecord(
+                    f"{command_id}@{meter}",
+                    dap,
+                    meter,
+                    str(command["cmd"]),
+                    command,
+                    now,
+                    issued_by,
+                )
+            )
+        reply = await self._send(
+            Operation.CREATE,
+            f"{base}/{name}/fopt",
+            resource_type=ResourceType.CONTENT_INSTANCE,
+            content={
+                "m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}
+            },
+        )
+        # The fan-out answers 2000 with one response per member (m2m:agr).
+        status = RSC.CREATED if reply.status in (RSC.OK, RSC.CREATED) else reply.status
+        return Issued(command_id, tuple(meters), dap, int(status), _detail(reply))
+
+
+def _detail(reply: Response) -> str:
+    content = reply.content
+    if isinstance(content, dict) and "m2m:dbg" in content:
+        return str(content["m2m:dbg"])
+    return ""

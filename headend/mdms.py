@@ -1,0 +1,271 @@
+"""The MDMS: a oneM2M AE on the head-end's IN-CSE that stores every meter message that arrives.
+
+It learns about data the way any oneM2M application would, by subscriptions:
+
+  CSEBase        <- "a remoteCSE was created" (a DAP registered)        -> watch that DAP
+  DAP remoteCSE  <- "a container was created" (a flow family mirrored)  -> watch that container
+  container      <- "a contentInstance was created" (a meter message)   -> store it
+
+At start (and for each newly watched parent) it also lists what already exists, so nothing
+that arrived while it was not subscribed is missed; the store ignores messages it already
+has (the key is the DAP plus the mirrored instance's name, which the gateway derives from the
+original). Subscriptions ask for pendingNotification, so the IN-CSE keeps retrying a
+notification the MDMS did not take.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from cse.core.clock import parse_timestamp
+from cse.core.handler import CommonServicesEntity
+from cse.core.primitives import FilterCriteria, Request, Response
+from cse.core.types import Operation, ResourceType, ResultContent
+from cse.core.types import ResponseStatusCode as RSC
+from headend.config import MDMS_AE
+from headend.flows import flow_info
+from headend.store import MdmsStore, MeterMessage
+
+logger = logging.getLogger(__name__)
+
+STATUS_CONTAINER = "status"
+_SUBSCRIPTION = "mdms-sub"
+ENVELOPE = ("flow", "type", "seq", "ts")
+
+
+class Mdms:
+    def __init__(
+        self,
+        cse: CommonServicesEntity,
+        store: MdmsStore,
+        notify_url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cse = cse
+        self.store = store
+        self.notify_url = notify_url
+        self.clock = clock
+        self.ae_id = MDMS_AE
+        # subscription ri -> what it watches: ("base", "") | ("dap", csi) | (csi, family)
+        self._watching: dict[str, tuple[str, str]] = {}
+        self._ids = 0
+        self._lock = asyncio.Lock()
+
+    # ---- requests to our own IN-CSE ---------------------------------------------------------
+
+    async def _send(
+        self,
+        operation: Operation,
+        to: str,
+        *,
+        resource_type: ResourceType | None = None,
+        content: Any = None,
+        result_content: ResultContent | None = None,
+        filter_criteria: FilterCriteria | None = None,
+    ) -> Response:
+        self._ids += 1
+        return await self.cse.handle(
+            Request(
+                operation,
+                to,
+                self.ae_id,
+                f"mdms-{self._ids}",
+                "3",
+                resource_type=resource_type,
+                content=content,
+                result_content=result_content,
+                filter_criteria=filter_criteria,
+            )
+        )
+
+    @property
+    def _base(self) -> str:
+        return self.cse.settings.cse_name
+
+    async def start(self) -> None:
+        reply = await self._send(
+            Operation.CREATE,
+            self._base,
+            resource_type=ResourceType.AE,
+            content={
+                "m2m:ae": {
+                    "rn": "mdms",
+                    "api": "Ngridm2m.mdms",
+                    "rr": True,
+                    "poa": [self.notify_url],
+                    "srv": ["3", "4"],
+                }
+            },
+        )
+        if reply.status == RSC.ORIGINATOR_HAS_ALREADY_REGISTERED:
+            reply = await self._send(
+                Operation.UPDATE, self.ae_id, content={"m2m:ae": {"poa": [self.notify_url]}}
+            )
+        if reply.status not in (RSC.CREATED, RSC.UPDATED):
+            raise RuntimeError(f"the MDMS could not register: {int(reply.status)} {reply.content}")
+        await self._watch(self._base, ("base", ""), [ResourceType.REMOTE_CSE])
+        for path in await self._discover(self._base, ResourceType.REMOTE_CSE):
+            await self._watch_dap(path)
+
+    async def _discover(self, path: str, resource_type: ResourceType) -> list[str]:
+        reply = await self._send(
+            Operation.RETRIEVE,
+            path,
+            filter_criteria=FilterCriteria(
+                filter_usage=1, resource_types=(resource_type,), level=1
+            ),
+        )
+        found = reply.content.get("m2m:uril", []) if isinstance(reply.content, dict) else []
+        return [str(item) for item in found]
+
+    async def _watch(self, path: str, what: tuple[str, str], child_types: list[int]) -> bool:
+        """Subscribe to creations below `path`; True if the subscription is new."""
+        subscription = {
+            "rn": _SUBSCRIPTION,
+            "nu": [self.ae_id],
+            "enc": {"net": [3], "chty": child_types},
+            "pn": 2,  # sendAllPending: keep what could not be delivered
+        }
+        reply = await self._send(
+            Operation.CREATE,
+            path,
+            resource_type=ResourceType.SUBSCRIPTION,
+            content={"m2m:sub": subscription},
+        )
+        fresh = reply.status == RSC.CREATED
+        if reply.status == RSC.CONFLICT:
+            reply = await self._send(Operation.RETRIEVE, f"{path}/{_SUBSCRIPTION}")
+        content = reply.content if isinstance(reply.content, dict) else {}
+        ri = content.get("m2m:sub", {}).get("ri")
+        if ri is None:
+            logger.error("cannot subscribe to %s: %s %s", path, int(reply.status), content)
+            return False
+        self._watching[str(ri)] = what
+        return fresh
+
+    async def _watch_dap(self, csr_path: str) -> None:
+        csi = csr_path.rsplit("/", 1)[-1]
+        await self._watch(csr_path, ("dap", csi), [ResourceType.CONTAINER])
+        for path in await self._discover(csr_path, ResourceType.CONTAINER):
+            await self._watch_family(csi, path)
+
+    async def _watch_family(self, csi: str, container_path: str) -> None:
+        family = container_path.rsplit("/", 1)[-1]
+        await self._watch(container_path, (csi, family), [ResourceType.CONTENT_INSTANCE])
+        # Catch up with what arrived before the subscription (the store skips known ones).
+        reply = await self._send(
+            Operation.RETRIEVE,
+            container_path,
+            result_content=ResultContent.ATTRIBUTES_AND_CHILD_RESOURCES,
+        )
+        content = reply.content.get("m2m:cnt", {}) if isinstance(reply.content, dict) else {}
+        instances = content.get("m2m:cin", [])
+        if isinstance(instances, list) and instances:
+            await self._record(csi, family, instances)
+
+    # ---- notifications ----------------------------------------------------------------------
+
+    async def on_notify(self, content: Any) -> RSC:
+        """A NOTIFY's content: one m2m:sgn, or m2m:agn with several."""
+        if not isinstance(content, dict):
+            return RSC.BAD_REQUEST
+        if "m2m:agn" in content:
+            notices = (content["m2m:agn"] or {}).get("m2m:sgn", [])
+        else:
+            notices = [content.get("m2m:sgn")]
+        if not isinstance(notices, list) or not all(isinstance(n, dict) for n in notices):
+            return RSC.BAD_REQUEST
+        grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for notice in notices:
+            if notice.get("vrq") or notice.get("sud"):
+                continue
+            sur = str(notice.get("sur", ""))
+            what = self._watching.get(sur.rsplit("/", 1)[-1])
+            representation = (notice.get("nev") or {}).get("rep") or {}
+            if what is None or not isinstance(representation, dict):
+                continue
+            kind, detail = what
+            if kind == "base" and "m2m:csr" in representation:
+                csi = str(representation["m2m:csr"].get("rn", ""))
+                async with self._lock:
+                    await self._watch_dap(f"{self._base}/{csi}")
+            elif kind == "dap" and "m2m:cnt" in representation:
+                family = str(representation["m2m:cnt"].get("rn", ""))
+                async with self._lock:
+                    await self._watch_family(detail, f"{self._base}/{detail}/{family}")
+            elif "m2m:cin" in representation:
+                grouped.setdefault(what, []).append(representation["m2m:cin"])
+        for (csi, family), instances in grouped.items():
+            await self._record(csi, family, instances)
+        return RSC.OK
+
+    async def _record(self, csi: str, family: str, instances: list[dict[str, Any]]) -> None:
+        now = self.clock()
+        if family == STATUS_CONTAINER:
+            for instance in instances:
+                status = _decode(instance.get("con"))
+                at = status.get("at")
+                await self.store.record_gateway_status(
+                    csi, float(at) if isinstance(at, int | float) else now, status
+                )
+            return
+        messages = [m for m in (self._message(csi, family, i, now) for i in instances) if m]
+        if messages:
+            await self.store.record_messages(messages)
+
+    def _message(
+        self, csi: str, family: str, instance: dict[str, Any], now: float
+    ) -> MeterMessage | None:
+        content = _decode(instance.get("con"))
+        labels = {
+            key: value
+            for key, _, value in (str(label).partition(":") for label in instance.get("lbl", []))
+        }
+        meter = labels.get("meter")
+        if not meter or not content:
+            logger.info("ignoring an instance without meter or content in %s/%s", csi, family)
+            return None
+        created = _epoch(labels.get("created") or instance.get("ct"), now)
+        flow = str(content.get("flow", ""))
+        info = flow_info(flow)
+        data = {key: value for key, value in content.items() if key not in ENVELOPE}
+        seq, ts = content.get("seq"), content.get("ts")
+        return MeterMessage(
+            key=f"{csi}/{instance.get('rn', '')}",
+            dap=csi,
+            meter=meter,
+            family=family,
+            flow=flow,
+            ptype=str(content.get("type", "")),
+            seq=seq if isinstance(seq, int) else None,
+            meter_ts=float(ts) if isinstance(ts, int | float) else None,
+            created_at=created,
+            received_at=now,
+            size=len(orjson.dumps(data)),
+            budget_s=info.latency_s if info else None,
+            priority=info.priority if info else 2,
+            content=content,
+        )
+
+
+def _decode(con: Any) -> dict[str, Any]:
+    if isinstance(con, str | bytes):
+        try:
+            con = orjson.loads(con)
+        except orjson.JSONDecodeError:
+            return {}
+    return con if isinstance(con, dict) else {}
+
+
+def _epoch(timestamp: Any, default: float) -> float:
+    try:
+        return parse_timestamp(str(timestamp))
+    except ValueError:
+        return default
