@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: run a CSE on http://127.0.0.1:8080 with its database in the data directory
+## demo: head-end, gateway, broker and 100 meters together; Ctrl-C prints a summary
 demo: $(STAMP)
-	$(BIN)/gridm2m cse
+	$(BIN)/gridm2m demo
 
 ## test: the whole test suite
 test: $(STAMP)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import sys
@@ -39,7 +40,7 @@ class DemoOptions:
     meters: int = 100
     duration: float | None = None  # None: until Ctrl-C
     clock_speed: float = 1440.0  # a day a minute
-    rate_scale: float = 10.0
+    rate_scale: float = 60.0
     dashboard_port: int = 8090
     data_dir: Path | None = None
     broker: str = "auto"  # auto, mosquitto or amqtt
@@ -69,6 +70,8 @@ class Outcome:
 
 
 def _port_or_free(port: int) -> int:
+    if port == 0:
+        return free_port()
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", port))
@@ -247,7 +250,8 @@ async def _run_parts(
             )
             children.append(fleet)
             started = time.monotonic()
-            await _show_progress(session, dashboard, health_url, fleet, stop, started)
+            meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
+            await _show_progress(session, dashboard, health_url, fleet, stop, started, meters)
             await _stop(fleet)
             outcome = await _settle(session, dashboard, health_url, summary_file)
     except RuntimeError as error:
@@ -283,12 +287,16 @@ async def _show_progress(
     fleet: Child,
     stop: asyncio.Event,
     started: float,
+    meters: list[str],
 ) -> None:
     waiter = asyncio.ensure_future(fleet.process.wait())
     stopper = asyncio.ensure_future(stop.wait())
+    ticks = 0
     try:
         while not waiter.done() and not stop.is_set():
             await asyncio.wait({waiter, stopper}, timeout=PROGRESS_EVERY_S)
+            ticks += 1
+            await _play_head_end(session, dashboard, meters, ticks)
             health = await _get(session, health_url) or {}
             delivered = sum((await _counts(session, dashboard)).values())
             queued = sum((health.get("outbox") or {}).values())
@@ -302,6 +310,36 @@ async def _show_progress(
         stopper.cancel()
         if not waiter.done():
             waiter.cancel()
+
+
+# What the head-end's applications do during the demo, one step per progress tick, so the
+# dashboard shows commands and their answers next to the meters' own flows.
+_PLAYBOOK: list[tuple[str, dict[str, Any], int]] = [
+    ("commands", {"cmd": "read"}, 1),
+    ("apps/dr", {"ev": 0, "dur": 60, "shed": 30}, 10),
+    ("commands", {"cmd": "switch", "op": "status"}, 1),
+    ("apps/price", {"price": 125000, "tier": 2}, 5),
+    ("commands", {"cmd": "read", "n": 8}, 1),
+    ("commands", {"cmd": "han-join", "dev": "00124b0001020304"}, 1),
+    ("apps/firmware", {"target": "nic", "ver": "3.2.1"}, 3),
+]
+
+
+async def _play_head_end(
+    session: aiohttp.ClientSession, dashboard: str, meters: list[str], tick: int
+) -> None:
+    path, body, count = _PLAYBOOK[tick % len(_PLAYBOOK)]
+    chosen = random.sample(meters, min(count, len(meters)))
+    request = dict(body)
+    if path == "apps/dr":
+        request["ev"] = tick
+    if path == "commands":
+        request["meter"] = chosen[0]
+    else:
+        request["meters"] = chosen
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+        async with session.post(f"{dashboard}/api/{path}", json=request) as reply:
+            await reply.read()
 
 
 async def _settle(

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from cse.app import RunningCSE, running_cse
 from cse.bindings.http.server import start_site
+from headend.apps import HeadendApps
 from headend.commands import CommandError, CommandService
 from headend.config import HeadendConfig
 from headend.dashboard import dashboard_app
@@ -95,7 +96,58 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
             by_family[family] = by_family.get(family, 0) + count
         return _json({"by_family": by_family, "by_flow": by_flow, "total": sum(by_flow.values())})
 
+    async def run_app(request: web.Request) -> web.Response:
+        apps: HeadendApps = holder["apps"]
+        try:
+            body = await request.json(loads=orjson.loads)
+        except (orjson.JSONDecodeError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict):
+            return _json({"error": "the body must be a JSON object"}, 400)
+        name = request.match_info["name"]
+        meters = body.get("meters") or ([body["meter"]] if "meter" in body else [])
+        try:
+            if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):
+                raise CommandError("meters must be a list of meter ids")
+            if name == "billing":
+                issued = await apps.bulk_read(
+                    meters, int(body.get("intervals", 96)), int(body.get("batch", 50))
+                )
+            elif name == "dr":
+                issued = await apps.dr_event(
+                    meters,
+                    body.get("ev", 1),
+                    minutes=int(body.get("dur", 60)),
+                    shed=int(body.get("shed", 30)),
+                    program=str(body.get("prog", "utl")),
+                    source=str(body.get("src", "lms")),
+                )
+            elif name == "prepay":
+                issued = [await apps.switch(meters[0] if meters else "", str(body.get("op")))]
+            elif name == "firmware":
+                issued = await apps.firmware(
+                    meters,
+                    str(body.get("target")),
+                    str(body.get("ver")),
+                    str(body.get("image", "firmware")),
+                )
+            elif name == "price":
+                issued = await apps.price(
+                    meters, int(body.get("price", 0)), int(body.get("tier", 0))
+                )
+            else:
+                return _json({"error": f"no application {name!r}"}, 404)
+        except (CommandError, ValueError, TypeError) as error:
+            return _json({"error": str(error)}, 400)
+        return _json({"issued": [i.as_dict() for i in issued]}, 202)
+
+    async def dms_reports(request: web.Request) -> web.Response:
+        apps: HeadendApps = holder["apps"]
+        return _json({"reports": await apps.dms_reports()})
+
     app.router.add_post(NOTIFY_PATH, notify)
+    app.router.add_post("/api/apps/{name}", run_app)
+    app.router.add_get("/api/apps/dms", dms_reports)
     app.router.add_get("/api/counts", counts)
     app.router.add_post("/api/commands", issue)
 
@@ -116,7 +168,7 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         web_url = f"http://{dashboard.host}:{port}"
         mdms = Mdms(running.cse, store, dashboard.notify_url or web_url + NOTIFY_PATH)
         commands = CommandService(running.cse, store)
-        holder.update(mdms=mdms, commands=commands)
+        holder.update(mdms=mdms, commands=commands, apps=HeadendApps(commands, store))
         await mdms.start()
         await commands.start()
         yield RunningHeadend(config, running, store, mdms, commands, web_url)

@@ -14,7 +14,7 @@ from cse.config_files import load_section
 ENV_PREFIX = "GRIDM2M_HEADEND__"
 
 # The head-end's own applications (AE-IDs on the IN-CSE). They read every DAP's mirrored data
-# and command meters, so the IN-CSE trusts them like its admin (see docs/headend.md).
+# and command meters, so the IN-CSE trusts them like its admin (see docs/gateway.md).
 MDMS_AE = "Cmdms"
 APPS_AE = "Cheadend"
 

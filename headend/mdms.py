@@ -16,6 +16,7 @@ notification the MDMS did not take.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -217,8 +218,24 @@ class Mdms:
                 )
             return
         messages = [m for m in (self._message(csi, family, i, now) for i in instances) if m]
+        messages = [await self._correlate(m) for m in messages]
         if messages:
             await self.store.record_messages(messages)
+
+    async def _correlate(self, message: MeterMessage) -> MeterMessage:
+        """A DR ack or opt-out names the event (`ev`), not the command: find the meter's
+        pending DR command for that event, so the answer completes it."""
+        content = message.content
+        if "ref" in content or "ev" not in content or not message.flow.startswith("dr-"):
+            return message
+        for command in await self.store.commands(limit=50, meter=message.meter):
+            if (
+                command.get("name") == "dr"
+                and command.get("status") == "pending"
+                and (command.get("body") or {}).get("ev") == content["ev"]
+            ):
+                return dataclasses.replace(message, ref=str(command["id"]))
+        return message
 
     def _message(
         self, csi: str, family: str, instance: dict[str, Any], now: float

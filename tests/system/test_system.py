@@ -125,7 +125,9 @@ async def test_a_killed_gateway_delivers_every_acknowledged_post_exactly_once(
     tmp_path: Path, broker: Broker
 ) -> None:
     async with System(tmp_path, broker) as system:
-        config = system.meter_config("mtr-k", "coap", coap_ack_timeout_ms=200, coap_max_retransmit=1)
+        config = system.meter_config(
+            "mtr-k", "coap", coap_ack_timeout_ms=200, coap_max_retransmit=1
+        )
         dap = onem2m.Dap(config)
         await dap.connect()
         await dap.register()

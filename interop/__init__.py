@@ -1,0 +1,1 @@
+"""Interoperability testing: the flow catalogue of the seed document's tables."""
