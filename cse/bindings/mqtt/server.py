@@ -35,6 +35,7 @@ from cse.bindings.mqtt.topics import (
     request_filters,
     topic_id,
 )
+from cse.core.addressing import normalize_originator
 from cse.core.errors import M2MError
 from cse.core.primitives import Request
 from cse.core.types import Operation
@@ -56,7 +57,7 @@ class Reply(NamedTuple):
     payload: bytes
 
 
-def _read_request(topic: RequestTopic, payload: bytes, max_payload: int) -> Request:
+def _read_request(topic: RequestTopic, payload: bytes, max_payload: int, cse_id: str) -> Request:
     serialization = topic.serialization
     if serialization is None:
         message = f"serialization {topic.format[:20]!r} is not supported: use /json or /cbor"
@@ -70,6 +71,18 @@ def _read_request(topic: RequestTopic, payload: bytes, max_payload: int) -> Requ
     except M2MError as error:
         raise Rejected(error.status, error.message) from None
     request = request_from_primitive(primitive)
+    if topic.kind != REGISTRATION_REQUEST and not _sent_by(
+        request.originator, topic.originator, cse_id
+    ):
+        # With per-client topic ACLs on the broker, the topic's originator is who logged in;
+        # `fr` must be that entity, or an entity behind that CSE (a CSE forwarding for its
+        # AEs), so one meter cannot write as another by changing the payload.
+        echo = {"rqi": request.request_id, "rvi": request.release_version, "fr": request.originator}
+        raise Rejected(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            f"originator {str(request.originator)[:80]!r} does not match the request topic",
+            {name: value for name, value in echo.items() if value},
+        )
     if topic.kind == REGISTRATION_REQUEST and not (
         request.operation == Operation.CREATE and request.resource_type in (T.AE, T.REMOTE_CSE)
     ):
@@ -80,6 +93,16 @@ def _read_request(topic: RequestTopic, payload: bytes, max_payload: int) -> Requ
             {name: value for name, value in echo.items() if value},
         )
     return request
+
+
+def _sent_by(originator: str | None, topic_originator: str, cse_id: str) -> bool:
+    if not originator:
+        return True  # the core answers a missing originator (4000)
+    for candidate in (originator, normalize_originator(originator, cse_id)):
+        sender = topic_id(candidate)
+        if sender == topic_originator or sender.startswith(topic_originator + ":"):
+            return True
+    return False
 
 
 def _encode(primitive: dict[str, Any], serialization: str, cse_id: str) -> bytes:
@@ -104,7 +127,7 @@ async def answer(
         logger.warning("dropped a message on %r: not a request topic of this CSE", topic[:200])
         return None
     try:
-        request = _read_request(parsed, payload, max_payload)
+        request = _read_request(parsed, payload, max_payload, cse_id)
     except Rejected as rejected:
         logger.info("refused a request on %s: %s", topic[:200], rejected.message)
         fmt = parsed.format if parsed.serialization else "json"

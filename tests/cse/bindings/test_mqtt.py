@@ -203,6 +203,19 @@ async def test_request_without_originator(meter: MqttClient) -> None:
     assert "originator" in response["pc"]["m2m:dbg"]
 
 
+async def test_a_client_cannot_act_as_another_originator(meter: MqttClient) -> None:
+    await call(meter, primitive(1, "cse-in", ty=2, pc=ae()))
+    # Published on the meter's own topic (what a per-client broker ACL pins), but claiming
+    # to be someone else in the payload.
+    for impostor in ("Cother", "CAdmin", "/id-other/Cmeter"):
+        reply = await call(meter, primitive(2, "cse-in/meter", fr=impostor))
+        assert reply["rsc"] == RSC.ORIGINATOR_HAS_NO_PRIVILEGE, impostor
+    # Its own ID, plain or SP-relative, is fine.
+    for own in (AE, f"/id-in/{AE}"):
+        reply = await call(meter, primitive(2, "cse-in/meter", fr=own))
+        assert reply["rsc"] == RSC.OK, own
+
+
 async def test_expired_request_is_refused(meter: MqttClient, cse: CommonServicesEntity) -> None:
     await call(meter, primitive(1, "cse-in", ty=2, pc=ae()))
     past = cse.timestamp(-60)
