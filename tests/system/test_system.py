@@ -203,3 +203,57 @@ async def test_a_broker_restart_loses_no_qos1_message(tmp_path: Path, broker: Br
             "every acknowledged post at the MDMS",
         )
     assert sorted(m["seq"] for m in found if m["meter"] == "mtr-b") == list(range(60))
+
+
+async def test_a_flooding_meter_and_an_impostor_do_not_stop_the_others(
+    tmp_path: Path, broker: Broker
+) -> None:
+    import aiohttp
+
+    async with System(tmp_path, broker) as system:
+        gateway = f"http://127.0.0.1:{system.gateway_port}"
+        headers = {"X-M2M-RVI": "3", "Accept": "application/json"}
+
+        async def http(
+            session: aiohttp.ClientSession, origin: str, path: str, ty: int, body: Any
+        ) -> int:
+            request_headers = {
+                **headers,
+                "X-M2M-Origin": origin,
+                "X-M2M-RI": f"{origin}-{path}-{id(body)}",
+                "Content-Type": f"application/json;ty={ty}",
+            }
+            async with session.post(f"{gateway}/{path}", json=body, headers=request_headers) as r:
+                return int(r.headers["X-M2M-RSC"])
+
+        async with aiohttp.ClientSession() as session:
+            for meter in ("mtr-flood", "mtr-calm"):
+                ae = {"m2m:ae": {"rn": meter, "api": "Nmeter", "rr": False, "srv": ["3"]}}
+                assert await http(session, f"C{meter}", "dap1", 2, ae) == 2001
+                cnt = {"m2m:cnt": {"rn": "reading"}}
+                assert await http(session, f"C{meter}", f"dap1/{meter}", 3, cnt) == 2001
+            # A meter writing into another meter's container is refused.
+            forged = {"m2m:cin": {"con": json.dumps(message(0))}}
+            assert await http(session, "Cmtr-flood", "dap1/mtr-calm/reading", 4, forged) == 4103
+
+            async def flood(worker: int) -> int:
+                acked = 0
+                for seq in range(worker * 1000, worker * 1000 + 50):
+                    body = {"m2m:cin": {"con": json.dumps(message(seq))}}
+                    if await http(session, "Cmtr-flood", "dap1/mtr-flood/reading", 4, body) == 2001:
+                        acked += 1
+                return acked
+
+            flooding = [asyncio.create_task(flood(worker)) for worker in range(16)]
+            calm = 0
+            for seq in range(20):
+                body = {"m2m:cin": {"con": json.dumps(message(seq))}}
+                calm += await http(session, "Cmtr-calm", "dap1/mtr-calm/reading", 4, body) == 2001
+            flooded = sum(await asyncio.gather(*flooding))
+        assert calm == 20
+        found = await system.wait_for_messages(
+            lambda got: sum(m["meter"] in ("mtr-flood", "mtr-calm") for m in got) >= 20 + flooded,
+            "the calm meter's and the flood's messages at the MDMS",
+        )
+    assert sorted(m["seq"] for m in found if m["meter"] == "mtr-calm") == list(range(20))
+    assert flooded == 16 * 50
