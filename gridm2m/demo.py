@@ -18,7 +18,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -28,11 +27,12 @@ from typing import Any
 
 import aiohttp
 
-from gridm2m.broker import embedded_broker, free_port, free_udp_port
+from gridm2m.broker import embedded_broker
+from gridm2m.processes import Child, Stack, get_json, toml_text
+from gridm2m.processes import stop as stop_child
 
 PROGRESS_EVERY_S = 3.0
 DRAIN_TIMEOUT_S = 60.0
-START_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -47,15 +47,6 @@ class DemoOptions:
 
 
 @dataclass
-class Child:
-    name: str
-    process: asyncio.subprocess.Process
-    log: Path
-    banner: str = ""
-    reader: asyncio.Future[None] | None = None
-
-
-@dataclass
 class Outcome:
     registered: int = 0
     acknowledged: dict[str, int] = field(default_factory=dict)
@@ -67,98 +58,6 @@ class Outcome:
     def lost(self) -> int:
         acked = sum(self.acknowledged.values())
         return max(0, acked - sum(self.delivered.values()) - self.queued - self.shed)
-
-
-def _port_or_free(port: int) -> int:
-    if port == 0:
-        return free_port()
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return free_port()
-    return port
-
-
-def toml_text(section: str, values: dict[str, Any]) -> str:
-    """A small TOML writer for generated configs: nested tables of scalars and lists."""
-    lines: list[str] = []
-
-    def table(name: str, data: dict[str, Any]) -> None:
-        lines.append(f"[{name}]")
-        nested = {k: v for k, v in data.items() if isinstance(v, dict)}
-        for key, value in data.items():
-            if not isinstance(value, dict):
-                lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-        for key, value in nested.items():
-            table(f"{name}.{key}", value)
-
-    table(section, values)
-    return "\n".join(lines)
-
-
-async def _spawn(name: str, args: list[str], directory: Path, marker: str) -> Child:
-    log = directory / f"{name}.log"
-    handle = log.open("wb")
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gridm2m",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=handle,
-        start_new_session=True,  # Ctrl-C is the demo's to handle, not sent to every child
-    )
-    handle.close()
-    child = Child(name, process, log)
-    if marker:
-        assert process.stdout is not None
-        try:
-            async with asyncio.timeout(START_TIMEOUT_S):
-                while True:
-                    line = await process.stdout.readline()
-                    if not line:
-                        raise RuntimeError(f"{name} exited while starting; see {log}")
-                    text = line.decode(errors="replace").strip()
-                    if marker in text:
-                        child.banner = text
-                        break
-        except TimeoutError:
-            await _stop(child)
-            raise RuntimeError(
-                f"{name} did not start within {START_TIMEOUT_S:g} s; see {log}"
-            ) from None
-    # Keep reading what it prints, so a full pipe never blocks it.
-    child.reader = asyncio.ensure_future(_drain(process.stdout))
-    return child
-
-
-async def _drain(stream: asyncio.StreamReader | None) -> None:
-    if stream is not None:
-        while await stream.readline():
-            pass
-
-
-async def _stop(child: Child, how: signal.Signals = signal.SIGTERM) -> None:
-    if child.process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            child.process.send_signal(how)
-        try:
-            async with asyncio.timeout(20):
-                await child.process.wait()
-        except TimeoutError:
-            child.process.kill()
-            await child.process.wait()
-
-
-async def _get(session: aiohttp.ClientSession, url: str) -> Any:
-    try:
-        async with session.get(url) as reply:
-            return await reply.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
 
 
 async def run_demo(options: DemoOptions) -> int:
@@ -177,36 +76,10 @@ async def run_demo(options: DemoOptions) -> int:
 async def _run_parts(
     options: DemoOptions, directory: Path, broker_port: int, stop: asyncio.Event
 ) -> int:
-    headend_port, gateway_port, ops_port = free_port(), free_port(), free_port()
-    coap_port = free_udp_port()
-    dashboard_port = _port_or_free(options.dashboard_port)
-    headend_toml = directory / "headend.toml"
-    headend_toml.write_text(
-        toml_text(
-            "headend",
-            {
-                "cse": {"db": str(directory / "id-in.db"), "http": {"port": headend_port}},
-                "mdms": {"db": str(directory / "mdms.db")},
-                "dashboard": {"port": dashboard_port},
-            },
-        )
-    )
-    gateway_toml = directory / "gateway.toml"
-    gateway_toml.write_text(
-        toml_text(
-            "gateway",
-            {
-                "cse": {
-                    "db": str(directory / "id-dap1.db"),
-                    "http": {"port": gateway_port},
-                    "coap": {"port": coap_port},
-                    "mqtt": {"url": f"mqtt://127.0.0.1:{broker_port}"},
-                },
-                "upstream": {"url": f"http://127.0.0.1:{headend_port}"},
-                "mirror": {"status_interval": 2.0},
-                "ops": {"port": ops_port},
-            },
-        )
+    stack = Stack(
+        directory,
+        broker_url=f"mqtt://127.0.0.1:{broker_port}",
+        dashboard_port=options.dashboard_port,
     )
     fleet_toml = directory / "fleet.toml"
     fleet_toml.write_text(
@@ -220,62 +93,38 @@ async def _run_parts(
                 "ramp": max(2.0, options.meters / 100),
                 "cse_id": "/id-dap1",
                 "cse_name": "dap1",
-                "dap": {"coap_port": coap_port, "mqtt_port": broker_port},
+                "dap": {"coap_port": stack.coap_port, "mqtt_port": broker_port},
             },
         )
     )
-    children: list[Child] = []
     try:
-        headend = await _spawn(
-            "headend", ["headend", "--config", str(headend_toml)], directory, "listening on"
-        )
-        children.append(headend)
-        gateway = await _spawn(
-            "gateway", ["gateway", "--config", str(gateway_toml)], directory, "listening on"
-        )
-        children.append(gateway)
-        dashboard = f"http://127.0.0.1:{dashboard_port}"
-        health_url = f"http://127.0.0.1:{ops_port}/health"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            await _wait_registered(session, health_url)
-            print(f"  head-end  {headend.banner}", flush=True)
-            print(f"  gateway   {gateway.banner}", flush=True)
-            print(f"\n  dashboard: {dashboard}/\n", flush=True)
+            await stack.start(session)
+            print(f"  head-end  {stack.headend.banner}", flush=True)
+            print(f"  gateway   {stack.gateway.banner}", flush=True)
+            print(f"\n  dashboard: {stack.dashboard}/\n", flush=True)
             summary_file = directory / "fleet-summary.json"
-            fleet = await _spawn(
-                "fleet",
-                ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)],
-                directory,
-                "",
+            fleet = await stack.spawn(
+                "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)]
             )
-            children.append(fleet)
             started = time.monotonic()
             meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
-            await _show_progress(session, dashboard, health_url, fleet, stop, started, meters)
-            await _stop(fleet)
-            outcome = await _settle(session, dashboard, health_url, summary_file)
+            await _show_progress(
+                session, stack.dashboard, stack.health_url, fleet, stop, started, meters
+            )
+            await stop_child(fleet)
+            outcome = await _settle(session, stack.dashboard, stack.health_url, summary_file)
     except RuntimeError as error:
         print(f"gridm2m demo: {error}", file=sys.stderr)
         return 1
     finally:
-        for child in reversed(children):
-            await _stop(child)
+        await stack.stop()
     _print_summary(outcome, time.monotonic() - started)
     return 1 if outcome.lost else 0
 
 
-async def _wait_registered(session: aiohttp.ClientSession, health_url: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        health = await _get(session, health_url)
-        if isinstance(health, dict) and health.get("registered"):
-            return
-        await asyncio.sleep(0.2)  # polling a health endpoint while a process starts
-    raise RuntimeError("the gateway did not register with the head-end")
-
-
 async def _counts(session: aiohttp.ClientSession, dashboard: str) -> dict[str, int]:
-    counts = await _get(session, f"{dashboard}/api/counts")
+    counts = await get_json(session, f"{dashboard}/api/counts")
     by_family = counts.get("by_family") if isinstance(counts, dict) else None
     return {str(k): int(v) for k, v in (by_family or {}).items()}
 
@@ -297,7 +146,7 @@ async def _show_progress(
             await asyncio.wait({waiter, stopper}, timeout=PROGRESS_EVERY_S)
             ticks += 1
             await _play_head_end(session, dashboard, meters, ticks)
-            health = await _get(session, health_url) or {}
+            health = await get_json(session, health_url) or {}
             delivered = sum((await _counts(session, dashboard)).values())
             queued = sum((health.get("outbox") or {}).values())
             print(
@@ -354,7 +203,7 @@ async def _settle(
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     health: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        health = await _get(session, health_url) or {}
+        health = await get_json(session, health_url) or {}
         outcome.delivered = await _counts(session, dashboard)
         outcome.queued = sum((health.get("outbox") or {}).values())
         outcome.shed = sum((health.get("shed") or {}).values())

@@ -26,7 +26,7 @@ import aiohttp
 
 from device_agents.agent.agent import Agent
 from gridm2m.broker import Broker, free_port, free_udp_port
-from gridm2m.demo import toml_text
+from gridm2m.processes import toml_text
 
 TIMEOUT = 60.0
 T0 = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC

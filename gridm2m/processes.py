@@ -1,0 +1,222 @@
+"""Running the system's parts as processes on one machine: the demo and the interop runner.
+
+`Stack` writes configs for a head-end and a gateway into a directory, starts
+`gridm2m headend` and `gridm2m gateway` as child processes (each reports where it listens on
+the line it prints), waits until the gateway is registered, and stops them in reverse order.
+`spawn` starts any `gridm2m` subcommand the same way (the fleet, for instance).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gridm2m.broker import free_port, free_udp_port
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Child:
+    name: str
+    process: asyncio.subprocess.Process
+    log: Path
+    banner: str = ""
+    reader: asyncio.Future[None] | None = None
+
+
+def port_or_free(port: int) -> int:
+    """`port` if it can be bound on loopback now, else (or for 0) a free one."""
+    if port == 0:
+        return free_port()
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
+
+
+def toml_text(section: str, values: dict[str, Any]) -> str:
+    """A small TOML writer for generated configs: nested tables of scalars and lists."""
+    lines: list[str] = []
+
+    def table(name: str, data: dict[str, Any]) -> None:
+        lines.append(f"[{name}]")
+        nested = {k: v for k, v in data.items() if isinstance(v, dict)}
+        for key, value in data.items():
+            if not isinstance(value, dict):
+                lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+        for key, value in nested.items():
+            table(f"{name}.{key}", value)
+
+    table(section, values)
+    return "\n".join(lines)
+
+
+async def spawn(name: str, args: list[str], directory: Path, marker: str) -> Child:
+    """`python -m gridm2m ARGS`, stderr to DIRECTORY/NAME.log; with a marker, wait for the
+    line containing it (the part's "listening on" line)."""
+    log = directory / f"{name}.log"
+    with log.open("ab") as errors:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gridm2m",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+            start_new_session=True,  # Ctrl-C is the parent's to handle, not every child's
+        )
+    child = Child(name, process, log)
+    if marker:
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                while True:
+                    line = await process.stdout.readline()
+                    if not line:
+                        raise RuntimeError(f"{name} exited while starting; see {log}")
+                    text = line.decode(errors="replace").strip()
+                    if marker in text:
+                        child.banner = text
+                        break
+        except TimeoutError:
+            await stop(child)
+            raise RuntimeError(
+                f"{name} did not start within {START_TIMEOUT_S:g} s; see {log}"
+            ) from None
+    # Keep reading what it prints, so a full pipe never blocks it.
+    child.reader = asyncio.ensure_future(_drain(process.stdout))
+    return child
+
+
+async def _drain(stream: asyncio.StreamReader | None) -> None:
+    if stream is not None:
+        while await stream.readline():
+            pass
+
+
+async def stop(child: Child, how: signal.Signals = signal.SIGTERM) -> None:
+    if child.process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            child.process.send_signal(how)
+        try:
+            async with asyncio.timeout(20):
+                await child.process.wait()
+        except TimeoutError:
+            child.process.kill()
+            await child.process.wait()
+
+
+async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    """The JSON at url, or None if it cannot be had right now."""
+    try:
+        async with session.get(url) as reply:
+            return await reply.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+@dataclass
+class Stack:
+    """A head-end and a gateway on loopback, configured into `directory`."""
+
+    directory: Path
+    broker_url: str | None = None
+    dashboard_port: int = 0
+    headend_extra: dict[str, Any] = field(default_factory=dict)
+    gateway_extra: dict[str, Any] = field(default_factory=dict)
+    children: list[Child] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.headend_port = free_port()
+        self.gateway_port = free_port()
+        self.ops_port = free_port()
+        self.coap_port = free_udp_port()
+        self.dashboard_port = port_or_free(self.dashboard_port)
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.health_url = f"http://127.0.0.1:{self.ops_port}/health"
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.mdms_db = self.directory / "mdms.db"
+        self.gateway_db = self.directory / "id-dap1.db"
+
+    def write_configs(self) -> tuple[Path, Path]:
+        directory = self.directory
+        headend: dict[str, Any] = {
+            "cse": {"db": str(directory / "id-in.db"), "http": {"port": self.headend_port}},
+            "mdms": {"db": str(self.mdms_db)},
+            "dashboard": {"port": self.dashboard_port},
+        }
+        gateway: dict[str, Any] = {
+            "cse": {
+                "db": str(self.gateway_db),
+                "http": {"port": self.gateway_port},
+                "coap": {"port": self.coap_port},
+            },
+            "upstream": {"url": f"http://127.0.0.1:{self.headend_port}"},
+            "mirror": {"status_interval": 2.0},
+            "ops": {"port": self.ops_port},
+        }
+        if self.broker_url:
+            gateway["cse"]["mqtt"] = {"url": self.broker_url}
+        headend_toml = directory / "headend.toml"
+        headend_toml.write_text(toml_text("headend", _merge(headend, self.headend_extra)))
+        gateway_toml = directory / "gateway.toml"
+        gateway_toml.write_text(toml_text("gateway", _merge(gateway, self.gateway_extra)))
+        return headend_toml, gateway_toml
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        headend_toml, gateway_toml = self.write_configs()
+        marker = "listening on"
+        self.headend = await spawn(
+            "headend", ["headend", "--config", str(headend_toml)], self.directory, marker
+        )
+        self.children.append(self.headend)
+        self.gateway = await spawn(
+            "gateway", ["gateway", "--config", str(gateway_toml)], self.directory, marker
+        )
+        self.children.append(self.gateway)
+        await self.wait_registered(session)
+
+    async def wait_registered(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            health = await get_json(session, self.health_url)
+            if isinstance(health, dict) and health.get("registered"):
+                return
+            await asyncio.sleep(0.2)  # polling a health endpoint while a process starts
+        raise RuntimeError("the gateway did not register with the head-end")
+
+    async def spawn(self, name: str, args: list[str], marker: str = "") -> Child:
+        child = await spawn(name, args, self.directory, marker)
+        self.children.append(child)
+        return child
+
+    async def stop(self) -> None:
+        for child in reversed(self.children):
+            await stop(child)
+        self.children.clear()
