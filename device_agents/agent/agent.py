@@ -44,6 +44,7 @@ except ImportError:
 LinkError = compat.LinkError  # the class onem2m raises
 _EPOCH_2000 = 946684800
 _RECENT = 16  # command resource IDs remembered, to drop redelivered notifications
+_QUEUED_MAX = 8  # commands waiting for the next step
 
 
 def epoch_now():
@@ -117,6 +118,7 @@ class Agent:
         self._wake = asyncio.Event()
         self._serve_task = None
         self._recent = []
+        self._commands = []  # commands waiting for the next step
         self._reregistered = None
         self.connected = False
         self.started = False
@@ -231,6 +233,8 @@ class Agent:
         for family, content in due:
             self._enqueue(family, content)
         due = None
+        if self._commands:
+            self._handle_commands()
         if not self._retry_due():
             return
         if not self.started:
@@ -252,9 +256,14 @@ class Agent:
             if item is None:
                 return
             body = item[3]
+            if item[4] is None:
+                # One request ID per message for all its attempts (kept on flash too): when an
+                # answer is lost, the DAP's request record turns the retry into no second copy.
+                self.store.set_request_id(item, self.dap.next_request_id())
             try:
                 # JSON text goes out as it is stored; CBOR wants the map itself.
-                rsc = await self.dap.post(item[1], _decode(body) if self.cbor else body)
+                content = _decode(body) if self.cbor else body
+                rsc = await self.dap.post(item[1], content, item[4])
             except (LinkError, OSError) as error:  # a socket error the link let through
                 self._link_failed(error)
                 return
@@ -331,9 +340,9 @@ class Agent:
             body = json.dumps(content, separators=(",", ":"))
         except MemoryError:
             self._out_of_memory(flow_id)
-            self.store.count_drop((priority, family, flow_id, ""))
+            self.store.count_drop([priority, family, flow_id, "", None])
             return
-        self.store.put((priority, family, flow_id, body))
+        self.store.put([priority, family, flow_id, body, None])  # the request ID comes later
 
     # ---- commands ---------------------------------------------------------------------------
 
@@ -343,6 +352,8 @@ class Agent:
         if found is None:
             return 2000  # not a new command instance (verification, deletion, ...)
         resource_id, command = found
+        if len(self._commands) >= _QUEUED_MAX:
+            return 5000  # not taken: the DAP sends it again (pn 2)
         if resource_id is not None:
             if resource_id in self._recent:
                 return 2000  # redelivered
@@ -350,10 +361,25 @@ class Agent:
             if len(self._recent) > _RECENT:
                 self._recent.pop(0)
         self.commands += 1
-        for family, content in self.meter.handle_command(command, self.meter_time()):
-            self._enqueue(family, content)
+        self._commands.append(command)
         self._wake.set()
         return 2000
+
+    def _handle_commands(self):
+        """Answer the commands that came since the last step. Here rather than in the
+        notification handler, so that a command never adds to the memory of a send in
+        flight; on a board the command code is let go again afterwards (compat.unload)."""
+        while self._commands:
+            try:
+                answers = self.meter.handle_command(self._commands[0], self.meter_time())
+            except MemoryError:  # kept: tried again next step
+                self._out_of_memory("command")
+                break
+            self._commands.pop(0)
+            for family, content in answers:
+                self._enqueue(family, content)
+            answers = None
+        compat.unload("commands")
 
     def stats(self):
         """The counters as one dict."""

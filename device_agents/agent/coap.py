@@ -31,86 +31,66 @@ except ImportError:
 const = compat.const
 LinkError = compat.LinkError
 
+# Public names are the ones tests and the Dap use; the `_` ones are true constants on
+# MicroPython (folded into the bytecode, no RAM for a global).
 CON = const(0)
-NON = const(1)
+_NON = const(1)
 ACK = const(2)
 RST = const(3)
 
-EMPTY = const(0)
-GET = const(1)
+_EMPTY = const(0)
 POST = const(2)
-PUT = const(3)
-DELETE = const(4)
-CREATED = const(65)  # 2.01
-DELETED = const(66)  # 2.02
-CHANGED = const(68)  # 2.04
-CONTENT = const(69)  # 2.05
-CONTINUE = const(95)  # 2.31
-BAD_REQUEST = const(128)  # 4.00
-BAD_OPTION = const(130)  # 4.02
-FORBIDDEN = const(131)  # 4.03
-NOT_FOUND = const(132)  # 4.04
-METHOD_NOT_ALLOWED = const(133)  # 4.05
-REQUEST_ENTITY_INCOMPLETE = const(136)  # 4.08
-REQUEST_ENTITY_TOO_LARGE = const(141)  # 4.13
-INTERNAL_SERVER_ERROR = const(160)  # 5.00
+_CREATED = const(65)  # 2.01
+_CHANGED = const(68)  # 2.04
+_CONTENT = const(69)  # 2.05
+_CONTINUE = const(95)  # 2.31
+_BAD_REQUEST = const(128)  # 4.00
+_BAD_OPTION = const(130)  # 4.02
+_FORBIDDEN = const(131)  # 4.03
+_NOT_FOUND = const(132)  # 4.04
+_METHOD_NOT_ALLOWED = const(133)  # 4.05
+_REQUEST_ENTITY_INCOMPLETE = const(136)  # 4.08
+_REQUEST_ENTITY_TOO_LARGE = const(141)  # 4.13
+_INTERNAL_SERVER_ERROR = const(160)  # 5.00
 
-LOCATION_PATH = const(8)
 URI_PATH = const(11)
 CONTENT_FORMAT = const(12)
-URI_QUERY = const(15)
-ACCEPT = const(17)
-BLOCK1 = const(27)
-SIZE1 = const(60)
+_URI_QUERY = const(15)
+_ACCEPT = const(17)
+_BLOCK1 = const(27)
+_SIZE1 = const(60)
 M2M_TY = const(267)
 M2M_RVI = const(271)
 M2M_FR = const(279)
 M2M_RQI = const(283)
-M2M_RSC = const(307)
+_M2M_RSC = const(307)
 
-FORMAT_JSON = const(50)
-FORMAT_CBOR = const(60)
-# oneM2M's own content formats (TS-0008): the +cbor ones; every other one is JSON or XML.
-_CBOR_FORMATS = (60, 10010, 10011, 10012, 10013)
+_FORMAT_JSON = const(50)
+_FORMAT_CBOR = const(60)
 
 ACK_TIMEOUT_MS = const(2000)
 MAX_RETRANSMIT = const(4)
-BLOCK_SZX = const(6)
-BLOCK_SIZE = const(1024)
+_BLOCK_SZX = const(6)
+_BLOCK_SIZE = const(1024)
 _DATAGRAM_MAX = const(1280)  # a 1024 B block plus headers and options
 _ASSEMBLY_MAX = const(16384)  # largest NOTIFY body the listener reassembles
 _SEEN_MAX = const(4)  # answers kept to repeat for retransmitted CONs
 _POLL_MS = const(30000)  # serve() looks at close() at least this often
 
-# Critical options the listener understands; any other critical one is answered 4.02.
-_UNDERSTOOD = (
-    URI_PATH,
-    URI_QUERY,
-    ACCEPT,
-    BLOCK1,
-    259,
-    263,
-    267,
-    271,
-    275,
-    279,
-    283,
-    291,
-    295,
-    299,
-    303,
-    307,
-    311,
-    319,
-    323,
-    327,
-    331,
-    335,
-    339,
-    343,
-    347,
-    351,
-)
+
+def _is_cbor(content_format):
+    # oneM2M's own content formats (TS-0008): 60 and the +cbor ones; the others are JSON/XML.
+    return content_format == _FORMAT_CBOR or 10010 <= content_format <= 10013
+
+
+def _understood(number):
+    """A critical option the listener understands (any other is answered 4.02): Uri-Path,
+    Uri-Query, Accept, Block1, and the oneM2M options 259, 263, ... 351."""
+    if number in (URI_PATH, _URI_QUERY, _ACCEPT, _BLOCK1):
+        return True
+    return 259 <= number <= 351 and number % 4 == 3
+
+
 _EMPTY_ACK = "empty ACK"  # marker returned by CoapClient._await_reply
 
 
@@ -279,37 +259,40 @@ class CoapClient:
         """Send a request; return the final response Message. Raises LinkError.
 
         `options`: (number, value) pairs, value str, bytes or int, repeated ones in order.
+        `payload`: bytes, or a list of bytes-like parts (compat.json_parts).
         """
         if self._sock is None:
             raise LinkError("the CoAP client is not open")
         numbered = [(number, index, value) for index, (number, value) in enumerate(options)]
         token = compat.random_bits(32).to_bytes(4, "big")
+        parts = payload if isinstance(payload, list) else [payload]
+        total = compat.parts_size(parts)
         async with self._lock:
-            if len(payload) <= BLOCK_SIZE:
-                datagram = encode(CON, code, self._next_mid(), token, numbered, payload)
+            if total <= _BLOCK_SIZE:
+                body = compat.take(parts, 0, total)
+                datagram = encode(CON, code, self._next_mid(), token, numbered, body)
                 return await self._exchange(datagram, self._mid, token)
-            return await self._blockwise(code, numbered, payload, token)
+            return await self._blockwise(code, numbered, parts, total, token)
 
-    async def _blockwise(self, code, options, payload, token):
-        total = len(payload)
-        view = memoryview(payload)
+    async def _blockwise(self, code, options, parts, total, token):
         offset = 0
-        size = BLOCK_SIZE
-        szx = BLOCK_SZX
+        size = _BLOCK_SIZE
+        szx = _BLOCK_SZX
         while True:
             number = offset // size
             more = offset + size < total
             block = list(options)
-            block.append((BLOCK1, 0, uint(number << 4 | (8 if more else 0) | szx)))
+            block.append((_BLOCK1, 0, uint(number << 4 | (8 if more else 0) | szx)))
             if offset == 0:
-                block.append((SIZE1, 0, uint(total)))
-            chunk = view[offset : offset + size]
+                block.append((_SIZE1, 0, uint(total)))
+            chunk = compat.take(parts, offset, size)
             datagram = encode(CON, code, self._next_mid(), token, block, chunk)
+            chunk = None
             reply = await self._exchange(datagram, self._mid, token)
-            if not more or reply.code != CONTINUE:
+            if not more or reply.code != _CONTINUE:
                 return reply
             offset += size
-            echoed = reply.option(BLOCK1)
+            echoed = reply.option(_BLOCK1)
             if echoed and (read_uint(echoed) & 7) < szx:  # the server wants smaller blocks
                 szx = read_uint(echoed) & 7
                 size = 16 << szx
@@ -357,14 +340,14 @@ class CoapClient:
                     continue  # an answer to an earlier transmission
                 if message.type == RST:
                     raise LinkError("the server reset the exchange")
-                if message.code == EMPTY:
+                if message.code == _EMPTY:
                     return _EMPTY_ACK
                 if message.token == token:
                     return message
                 continue
             if message.type == CON:  # a (separate) response, or a stray request: acknowledge
                 kind = ACK if message.code >= 64 else RST
-                self._send(encode(kind, EMPTY, message.mid, b""))
+                self._send(encode(kind, _EMPTY, message.mid, b""))
             if message.code >= 64 and message.token == token:
                 return message
 
@@ -386,7 +369,7 @@ class CoapClient:
 
 # ---- oneM2M over CoAP (TS-0008) ----------------------------------------------------------
 
-_METHODS = (EMPTY, POST, GET, PUT, DELETE, POST)  # by oneM2M operation 1..5
+_METHODS = b"\x00\x02\x01\x03\x04\x02"  # CoAP method code by oneM2M operation 1..5
 
 
 def path_segments(to):
@@ -404,8 +387,8 @@ def m2m_request(primitive, content_format, has_body):
     if has_body:
         options.append((CONTENT_FORMAT, content_format))
     if primitive.get("rcn") is not None:
-        options.append((URI_QUERY, "rcn=" + str(primitive["rcn"])))
-    options.append((ACCEPT, content_format))
+        options.append((_URI_QUERY, "rcn=" + str(primitive["rcn"])))
+    options.append((_ACCEPT, content_format))
     if primitive.get("ty") is not None:
         options.append((M2M_TY, primitive["ty"]))
     options.append((M2M_RVI, primitive.get("rvi") or "3"))
@@ -415,26 +398,10 @@ def m2m_request(primitive, content_format, has_body):
     return _METHODS[primitive["op"]], options
 
 
-_RSC_FOR_CODE = {
-    CREATED: 2001,
-    DELETED: 2002,
-    CHANGED: 2004,
-    CONTENT: 2000,
-    BAD_REQUEST: 4000,
-    FORBIDDEN: 4103,
-    NOT_FOUND: 4004,
-    METHOD_NOT_ALLOWED: 4005,
-    134: 5207,
-    143: 4015,
-    INTERNAL_SERVER_ERROR: 5000,
-    161: 5001,
-    164: 4008,
-}
-
-
 def rsc_for_code(code):
     """A best guess when a reply carries no oneM2M-RSC option."""
-    guess = _RSC_FOR_CODE.get(code)
+    guess = {65: 2001, 66: 2002, 68: 2004, 69: 2000, 128: 4000, 131: 4103, 132: 4004, 133: 4005,
+             134: 5207, 143: 4015, 160: 5000, 161: 5001, 164: 4008}.get(code)  # fmt: skip
     if guess is not None:
         return guess
     return (2000, 4000, 5000)[min(max(code >> 5, 2), 4) - 2]
@@ -443,14 +410,14 @@ def rsc_for_code(code):
 def code_for_rsc(rsc):
     """The CoAP code that answers a NOTIFY with this rsc."""
     if rsc < 3000:
-        return CHANGED
+        return _CHANGED
     if rsc == 4004:
-        return NOT_FOUND
+        return _NOT_FOUND
     if rsc == 4005:
-        return METHOD_NOT_ALLOWED
+        return _METHOD_NOT_ALLOWED
     if 4100 <= rsc < 4200:
-        return FORBIDDEN
-    return BAD_REQUEST if rsc < 5000 else INTERNAL_SERVER_ERROR
+        return _FORBIDDEN
+    return _BAD_REQUEST if rsc < 5000 else _INTERNAL_SERVER_ERROR
 
 
 def decode_content(message, decode):
@@ -458,12 +425,12 @@ def decode_content(message, decode):
     if not message.payload:
         return None
     content_format = read_uint(message.option(CONTENT_FORMAT))
-    return decode(message.payload, content_format in _CBOR_FORMATS)
+    return decode(message.payload, _is_cbor(content_format))
 
 
 def m2m_response(message, decode):
     """The response primitive {rsc, rqi, pc} in a reply; pc is None if it is unreadable."""
-    raw = message.option(M2M_RSC)
+    raw = message.option(_M2M_RSC)
     rsc = read_uint(raw) if raw else rsc_for_code(message.code)
     rqi = message.option(M2M_RQI)
     try:
@@ -560,8 +527,8 @@ class CoapListener:
             return None
         if request.type == ACK or request.type == RST:
             return None
-        if request.code == EMPTY:  # a CoAP ping (CON) or nonsense
-            return encode(RST, EMPTY, request.mid, b"") if request.type == CON else None
+        if request.code == _EMPTY:  # a CoAP ping (CON) or nonsense
+            return encode(RST, _EMPTY, request.mid, b"") if request.type == CON else None
         for mid, sender, answer in self._seen:
             if mid == request.mid and sender == peer:
                 return answer
@@ -581,19 +548,19 @@ class CoapListener:
         if rqi is not None:
             echo.append((M2M_RQI, 0, rqi))
         if request.code != POST:
-            return METHOD_NOT_ALLOWED, echo + [(M2M_RSC, 0, uint(4005))], b""
+            return _METHOD_NOT_ALLOWED, echo + [(_M2M_RSC, 0, uint(4005))], b""
         for number, _ in request.options:
-            if number & 1 and number not in _UNDERSTOOD:
-                return BAD_OPTION, echo + [(M2M_RSC, 0, uint(4000))], b""
-        block = request.option(BLOCK1)
+            if number & 1 and not _understood(number):
+                return _BAD_OPTION, echo + [(_M2M_RSC, 0, uint(4000))], b""
+        block = request.option(_BLOCK1)
         if block is not None:
             body, reply = self._assemble(request, peer, read_uint(block))
             if reply is not None:
                 return reply[0], echo + reply[1], b""
             request.payload = body
-            echo.append((BLOCK1, 0, block))  # the final answer acknowledges the last block
+            echo.append((_BLOCK1, 0, block))  # the final answer acknowledges the last block
         rsc = self._deliver(request)
-        return code_for_rsc(rsc), echo + [(M2M_RSC, 0, uint(rsc))], b""
+        return code_for_rsc(rsc), echo + [(_M2M_RSC, 0, uint(rsc))], b""
 
     def _assemble(self, request, peer, block):
         """Block1 reassembly: (whole body, None) when complete, else (None, (code, options))."""
@@ -603,14 +570,14 @@ class CoapListener:
         assembly = self._assembly
         if assembly is None or assembly[0] != peer or len(assembly[2]) != number * size:
             self._assembly = None
-            return None, (REQUEST_ENTITY_INCOMPLETE, [(M2M_RSC, 0, uint(4000))])
+            return None, (_REQUEST_ENTITY_INCOMPLETE, [(_M2M_RSC, 0, uint(4000))])
         parts = assembly[2]
         if len(parts) + len(request.payload) > _ASSEMBLY_MAX:
             self._assembly = None
-            return None, (REQUEST_ENTITY_TOO_LARGE, [(M2M_RSC, 0, uint(4000))])
+            return None, (_REQUEST_ENTITY_TOO_LARGE, [(_M2M_RSC, 0, uint(4000))])
         parts.extend(request.payload)
         if more:
-            return None, (CONTINUE, [(BLOCK1, 0, uint(block))])
+            return None, (_CONTINUE, [(_BLOCK1, 0, uint(block))])
         self._assembly = None
         return bytes(parts), None
 
@@ -660,7 +627,7 @@ class CoapLink:
             config.get("listen_port") or 0,
         )
         self.poa_host = config.get("poa_host") or compat.local_host(host, port)
-        self.format = FORMAT_CBOR if dap.cbor else FORMAT_JSON
+        self.format = _FORMAT_CBOR if dap.cbor else _FORMAT_JSON
 
     def poa(self):
         return f"coap://{self.poa_host}:{self.listener.port}"
@@ -674,7 +641,7 @@ class CoapLink:
 
     async def request(self, primitive, registration):
         content = primitive.get("pc")
-        body = b"" if content is None else self.dap.encode(content)
+        body = [] if content is None else self.dap.encode(content)
         code, options = m2m_request(primitive, self.format, bool(body))
         reply = await self.client.request(code, options, body)
         return m2m_response(reply, self.dap.decode)

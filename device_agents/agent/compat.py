@@ -13,6 +13,8 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
 - `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
   (tokens, request-ID prefixes) that differ after every restart;
+- `json_parts(value)`, `parts_size`, `take`: JSON as a list of small parts, so that sending a
+  2 KB reading needs no block of that size on a small heap;
 - `LinkError`: "not delivered", raised by both transports.
 """
 
@@ -107,9 +109,78 @@ else:
             return None
 
 
-def dumps_json(value):
-    """Compact JSON as bytes (MicroPython's json has no sort_keys: key order is arbitrary)."""
-    return json.dumps(value, separators=(",", ":")).encode()
+def unload(name):
+    """Let a board free a module it uses rarely; the next import loads it again."""
+    if IS_MICROPYTHON:
+        sys.modules.pop(name, None)
+
+
+def json_parts(value):
+    """Compact JSON of `value` as a list of bytes-like parts (MicroPython's json has no
+    sort_keys: key order is arbitrary).
+
+    CPython: one bytes object. MicroPython: many small views of text, a long string in escaped
+    slices of 512 characters: a small heap fragments, and a 2 KB reading would otherwise need
+    a few contiguous blocks of that size at once (the escaped text, then its bytes)."""
+    if not IS_MICROPYTHON:
+        return [json.dumps(value, separators=(",", ":")).encode()]
+    out = []
+    _json_into(value, out)
+    return out
+
+
+def _json_into(value, out):
+    if isinstance(value, dict):
+        sep = "{"
+        for key in value:
+            out.append(memoryview(sep + json.dumps(key) + ":"))
+            _json_into(value[key], out)
+            sep = ","
+        out.append(memoryview("}" if sep == "," else "{}"))
+    elif isinstance(value, (list, tuple)):
+        sep = "["
+        for item in value:
+            out.append(memoryview(sep))
+            _json_into(item, out)
+            sep = ","
+        out.append(memoryview("]" if sep == "," else "[]"))
+    elif isinstance(value, str) and len(value) > 512:
+        out.append(memoryview('"'))
+        for start in range(0, len(value), 512):
+            out.append(memoryview(json.dumps(value[start : start + 512])[1:-1]))
+        out.append(memoryview('"'))
+    else:
+        out.append(memoryview(json.dumps(value)))
+
+
+def parts_size(parts):
+    size = 0
+    for part in parts:
+        size += len(part)
+    return size
+
+
+def take(parts, start, size):
+    """Bytes [start, start + size) of a list of parts: a view where one part holds them all,
+    else a copy (a block of at most `size` bytes)."""
+    offset = start
+    for part in parts:
+        if offset < len(part):
+            if offset + size <= len(part):
+                return memoryview(part)[offset : offset + size]
+            break
+        offset -= len(part)
+    out = bytearray()
+    offset = start
+    for part in parts:
+        if offset >= len(part):
+            offset -= len(part)
+            continue
+        out.extend(memoryview(part)[offset : offset + size - len(out)])
+        offset = 0
+        if len(out) >= size:
+            break
+    return out
 
 
 def random_bits(bits):

@@ -175,7 +175,9 @@ class MqttClient:
             raise LinkError(f"the broker refused a subscription: {bytes(codes)}")
 
     async def publish(self, topic, payload, wait=True):
-        """QoS 1 publish; with `wait`, returns once the broker has acknowledged it."""
+        """QoS 1 publish; with `wait`, returns once the broker has acknowledged it. `payload`:
+        bytes, or a list of bytes-like parts (written one after the other)."""
+        parts = payload if isinstance(payload, list) else [payload]
         pid = self._next_pid()
         header = _string(topic) + pid.to_bytes(2, "big")
         waiter = Waiter() if wait else None
@@ -183,7 +185,7 @@ class MqttClient:
             self._pending[pid] = waiter
         try:
             for attempt in range(self.retries + 1):
-                await self._send(PUBLISH | _QOS1 | (_DUP if attempt else 0), header, payload)
+                await self._send(PUBLISH | _QOS1 | (_DUP if attempt else 0), header, *parts)
                 if waiter is None:
                     return
                 try:
@@ -230,18 +232,21 @@ class MqttClient:
             raise LinkError("the broker did not answer in time") from None
 
     async def _send(self, first, *parts):
-        """One packet; any failure breaks the connection (half a packet cannot be taken back)."""
+        """One packet; any failure breaks the connection (half a packet cannot be taken back).
+
+        Written in pieces of at most 1 KB: the parts may be many small ones (compat.json_parts)
+        and TCP_NODELAY would turn each into a segment of its own."""
         async with self._write_lock:
             writer = self._writer
             if writer is None:
                 raise LinkError("not connected")
-            size = 0
-            for part in parts:
-                size += len(part)
-            writer.write(bytes((first,)) + _remaining_length(size))
-            for part in parts:
-                if part:
-                    writer.write(part)
+            parts = (bytes((first,)) + _remaining_length(compat.parts_size(parts)),) + parts
+            total = compat.parts_size(parts)
+            offset = 0
+            while offset < total:
+                piece = compat.take(parts, offset, 1024)
+                writer.write(piece)
+                offset += len(piece)
             try:
                 await compat.wait_for_ms(writer.drain(), self.timeout_ms)
             except (OSError, compat.TimeoutError) as error:

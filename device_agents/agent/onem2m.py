@@ -7,7 +7,8 @@
                                            # and its poa updated; a refusal is a LinkError
     await dap.ensure_container("reading")  # CREATE CNT under the AE: the rsc (4105 is fine)
     await dap.subscribe("command")         # CREATE SUB "cmdsub", nu [ae_id], net [3], pn 2
-    rsc = await dap.post("reading", {...}) # CREATE CIN: the rsc, or LinkError (keep the message)
+    rsc = await dap.post("reading", {...}, rqi)  # CREATE CIN: the rsc, or LinkError (keep it
+                                           # and send it again with the same rqi)
     dap.on_notify = handler                # handler(primitive) -> rsc, for every NOTIFY
     await dap.serve()                      # the receive loop; returns after close()
     await dap.close()
@@ -18,7 +19,8 @@ the link must not wait for the meter's work. Verification requests never reach i
 
 The meter's AE-ID is "C" + meter_id without characters outside [A-Za-z0-9._-]; its resource
 name is meter_id. Every request gets a unique rqi: meter id, a random boot tag, a counter (a
-restarted meter must not reuse an rqi: the CSE answers a repeated CREATE rqi from its cache).
+restarted meter must not reuse an rqi: the CSE answers a repeated CREATE rqi from its cache),
+except that a message sent again keeps the rqi of its first attempt (`post`).
 Content is JSON (compact, via `json`) or CBOR (`ucbor`) as config["serialization"] says;
 CREATEs other than the AE's ask for rcn 0, so replies stay small. Only the transport in use is
 imported (each costs kilobytes of a board's heap).
@@ -163,14 +165,17 @@ class Dap:
         )
         return reply["rsc"]
 
-    async def post(self, family, content):
-        """CREATE a contentInstance in container `family`; the rsc. LinkError: keep it."""
+    async def post(self, family, content, request_id=None):
+        """CREATE a contentInstance in container `family`; the rsc. LinkError: keep it.
+
+        A message sent again after a LinkError must carry the `request_id` of its first
+        attempt: the DAP then answers the retry from its record of the first (over CoAP and
+        MQTT) instead of storing the message twice when only the answer was lost."""
         if not self.cbor and not isinstance(content, str):
             content = json.dumps(content, separators=(",", ":"))
         instance = {"m2m:cin": {"cnf": "application/json:0", "con": content}}
-        reply = await self.request(
-            CREATE, self.ae_path + "/" + family, TY_CONTENT_INSTANCE, instance, result_content=0
-        )
+        to = self.ae_path + "/" + family
+        reply = await self.request(CREATE, to, TY_CONTENT_INSTANCE, instance, 0, False, request_id)
         return reply["rsc"]
 
     async def serve(self):
@@ -199,13 +204,14 @@ class Dap:
         content=None,
         result_content=None,
         registration=False,
+        request_id=None,
     ):
         """Send one request primitive; the response primitive (rsc, rqi, pc). LinkError."""
         primitive = {
             "op": operation,
             "to": to,
             "fr": self.ae_id,
-            "rqi": self.next_request_id(),
+            "rqi": request_id or self.next_request_id(),
             "rvi": "3",
         }
         if resource_type is not None:
@@ -221,10 +227,11 @@ class Dap:
         return reply
 
     def encode(self, value, cbor=None):
-        """Content or a primitive as bytes: this meter's serialization, or CBOR/JSON."""
+        """Content or a primitive as a list of bytes-like parts (compat.json_parts): this
+        meter's serialization, or CBOR/JSON."""
         if cbor is None:
             cbor = self.cbor
-        return self.ucbor().dumps(value) if cbor else compat.dumps_json(value)
+        return [self.ucbor().dumps(value)] if cbor else compat.json_parts(value)
 
     def decode(self, data, cbor=None):
         """ValueError (or UnicodeError) when data is not what it claims to be."""

@@ -1,7 +1,9 @@
 """Store-and-forward: the meter's outbox while the DAP is away.
 
-A bounded buffer of items `(priority, family, flow_id, body)`, sent in order of priority (0
-first) and, within a priority, age (oldest first). `body` is the message as the agent will send
+A bounded buffer of items `[priority, family, flow_id, body, request_id]`, sent in order of
+priority (0 first) and, within a priority, age (oldest first). `request_id` is None until the
+first attempt to send the item; from then on every attempt uses it (`set_request_id`), so the
+DAP can tell a retry from a new message. `body` is the message as the agent will send
 it, normally its JSON text: a string costs about its length in RAM, while the same message as
 a dict of lists costs two to three times that. Bounded by a count and by bytes (the length of
 the bodies). When a new item does not fit, the store drops the oldest item of the least
@@ -12,10 +14,11 @@ never dropped to make room. If nothing may go, the new item itself is dropped (c
 `dropped_alarms` as well: the first alarms of an outage are kept, they name the cause).
 
 Optional persistence to a flash file, an append-only log of one JSON line per change:
-`+[id, priority, family, flow_id, body]` (appended), `^[...]` (back at the front of its priority,
-after a failed send), `-id` (sent or dropped). The log is rewritten (compacted) when it holds
-far more lines than items, and replayed at start; a torn last line (power lost mid-write) is
-ignored. Plain `open`, `os.rename`, `os.remove`: MicroPython's VFS has them all.
+`+[id, priority, family, flow_id, body, request_id]` (appended), `^[...]` (back at the front of
+its priority, after a failed send), `*[id, request_id]` (first sent), `-id` (sent or dropped).
+The log is rewritten (compacted) when it holds far more lines than items, and replayed at
+start; a torn last line (power lost mid-write) is ignored. Plain `open`, `os.rename`,
+`os.remove`: MicroPython's VFS has them all.
 """
 
 import json
@@ -31,7 +34,8 @@ def _size(body):
 
 
 class Store:
-    """The outbox. Items are (priority, family, flow_id, body) tuples; identity is the tuple."""
+    """The outbox. Items are [priority, family, flow_id, body, request_id] lists (4-tuples are
+    taken too, without a request ID); identity is the object."""
 
     def __init__(self, max_items=200, max_bytes=16384, path=None):
         self.max_items = max_items
@@ -81,6 +85,14 @@ class Store:
             if level[i][2] is item:
                 return self._remove(level, i)
         return None
+
+    def set_request_id(self, item, request_id):
+        """Give a stored list item the request ID of its first send (logged to flash too)."""
+        item[4] = request_id
+        if self.path is not None:
+            for entry in self._levels[_level(item[0])]:
+                if entry[2] is item:
+                    self._append("*" + json.dumps([entry[0], request_id]))
 
     def items(self):
         """All items in sending order."""
@@ -188,7 +200,8 @@ def _level(priority):
 
 def _entry_json(entry):
     item = entry[2]
-    return json.dumps([entry[0], item[0], item[1], item[2], item[3]])
+    request_id = item[4] if len(item) > 4 else None
+    return json.dumps([entry[0], item[0], item[1], item[2], item[3], request_id])
 
 
 def _exists(path):
@@ -206,11 +219,16 @@ def _replay(line, entries, levels):
         if line[0] == "-":
             entries.pop(int(line[1:]), None)
             return
-        if line[0] not in "+^":
+        if line[0] not in "+^*":
             return
         rec = json.loads(line[1:])
+        if line[0] == "*":
+            found = entries.get(rec[0])
+            if found is not None:
+                found[4] = rec[1]
+            return
         entry_id, prio = rec[0], _level(rec[1])
-        item = (prio, rec[2], rec[3], rec[4])
+        item = [prio, rec[2], rec[3], rec[4], rec[5] if len(rec) > 5 else None]
     except (ValueError, IndexError, TypeError):
         return  # a torn or foreign line
     entries[entry_id] = item

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import resource
 import signal
@@ -198,17 +199,66 @@ class TimedDap(onem2m.Dap):  # the agent modules are untyped: no checks across t
         self._measurements = measurements
         self._transport = config["transport"]
 
-    async def post(self, family: str, content: Any) -> int:
+    async def post(self, family: str, content: Any, request_id: str | None = None) -> int:
         steady = self._measurements.steady_since is not None
         began = time.perf_counter()
-        rsc: int = await super().post(family, content)
+        rsc: int = await super().post(family, content, request_id)
         elapsed = (time.perf_counter() - began) * 1000
         self._measurements.add_latency(elapsed, steady, self._transport)
         return rsc
 
 
+TICK_SLOT_S = 0.01  # the wake-ups of all agents are rounded up to slots of this length
+
+
+class Ticker:
+    """The fleet's shared timer: agents that sleep until the same 10 ms slot share one
+    `loop.call_at`, and each waits on a bare future (an `asyncio.wait_for` per meter per tick
+    would cost a task and a timer each)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._slots: dict[int, list[asyncio.Future[None]]] = {}
+
+    def wait(self, ms: float) -> asyncio.Future[None]:
+        """A future that is done at the end of the slot `ms` from now."""
+        slot = math.ceil((self._loop.time() + ms / 1000) / TICK_SLOT_S)
+        waiters = self._slots.get(slot)
+        if waiters is None:
+            waiters = self._slots[slot] = []
+            self._loop.call_at(slot * TICK_SLOT_S, self._fire, slot)
+        future = self._loop.create_future()
+        waiters.append(future)
+        return future
+
+    def _fire(self, slot: int) -> None:
+        for future in self._slots.pop(slot, ()):
+            if not future.done():
+                future.set_result(None)
+
+
+class Wake:
+    """What `Agent._wake` does (set, clear, is_set), ending the agent's tick wait at once."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.waiting: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self.flag = True
+        if self.waiting is not None and not self.waiting.done():
+            self.waiting.set_result(None)
+
+    def clear(self) -> None:
+        self.flag = False
+
+    def is_set(self) -> bool:
+        return self.flag
+
+
 class FleetAgent(Agent):
-    """`Agent` whose start() waits for a registration slot and is timed."""
+    """`Agent` whose start() waits for a registration slot and is timed, and whose sleeps
+    between ticks go through the fleet's Ticker."""
 
     def __init__(
         self,
@@ -217,11 +267,22 @@ class FleetAgent(Agent):
         gate: asyncio.Semaphore,
         watch: Watch,
         measurements: Measurements,
+        ticker: Ticker,
     ) -> None:
         super().__init__(config, dap=dap, clock=measurements.clock)
         self._gate = gate
         self.watch = watch
         self._measurements = measurements
+        self._ticker = ticker
+        self._wake = Wake()
+
+    async def _sleep(self, ms: int) -> None:
+        wake = self._wake
+        if not wake.is_set():
+            wake.waiting = self._ticker.wait(ms)
+            await wake.waiting
+            wake.waiting = None
+        wake.clear()
 
     async def start(self) -> None:
         async with self._gate:
@@ -253,6 +314,7 @@ class Fleet:
         ensure_file_limit(plans)
         clock = FleetClock(config.clock_speed, config.start_ts)
         gate = asyncio.Semaphore(config.max_starting)
+        ticker = Ticker()
         measurements = Measurements(clock, len(plans))
         tasks: list[asyncio.Task[None]] = []
         probe = asyncio.create_task(_probe_loop(measurements))
@@ -265,7 +327,7 @@ class Fleet:
                     await asyncio.sleep(delay)  # the ramp's schedule, not a synchronisation
                 agent_cfg = agent_config(config, plan, clock.meter_time())
                 dap = TimedDap(agent_cfg, measurements)
-                agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements)
+                agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker)
                 self.agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run()))
 

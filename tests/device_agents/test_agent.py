@@ -56,6 +56,8 @@ class FakeDap:
         self.clock: VirtualClock | None = None
         self.closed = asyncio.Event()
         self.delivered = asyncio.Event()
+        self.request_ids = 0
+        self.sent_ids: list[str | None] = []  # the request ID of every post attempt
 
     def _link(self) -> None:
         if self.down:
@@ -80,8 +82,13 @@ class FakeDap:
         self.subscriptions.append(name)
         return 2001
 
-    async def post(self, family: str, content: Any) -> int:
+    def next_request_id(self) -> str:
+        self.request_ids += 1
+        return f"mtr-1-test-{self.request_ids}"
+
+    async def post(self, family: str, content: Any, request_id: str | None = None) -> int:
         await asyncio.sleep(0)
+        self.sent_ids.append(request_id)
         if self.clock is not None:
             self.attempts.append(self.clock.ms)
         self._link()
@@ -403,7 +410,10 @@ class Dap:
         self._link()
         return 2001
 
-    async def post(self, family, content):
+    def next_request_id(self):
+        return "r"
+
+    async def post(self, family, content, request_id=None):
         await asyncio.sleep(0)
         self._link()
         i = content.find('"seq":') + 6
@@ -585,3 +595,21 @@ async def test_main_runs_a_bundle_on_the_unix_port(tmp_path: Path) -> None:
                     break
         status, found = await dap.retrieve_as_admin(f"cse-in/{meter}/ondemand/la")
         assert status == 2000 and json.loads(found["m2m:cin"]["con"])["ref"] == "m1"
+
+
+async def test_a_message_keeps_its_request_id_across_retries() -> None:
+    agent, dap, clock = make()
+    await agent.start()
+    dap.command("a", {"cmd": "read", "id": "c1"})
+    dap.down = True
+    await agent.step()
+    clock.ms += 2000
+    await agent.step()
+    dap.down = False
+    clock.ms += 5000
+    await agent.step()
+    dap.command("b", {"cmd": "read", "id": "c2"})
+    await agent.step()
+    first, retry, delivered, other = dap.sent_ids
+    assert first is not None and first == retry == delivered  # one ID for every attempt
+    assert other is not None and other != first  # a new message, a new ID

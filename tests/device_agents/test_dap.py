@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from device_agents.agent import onem2m
+from device_agents.agent.agent import Agent
 from device_agents.agent.compat import LinkError
 from tests.brokers import Broker, private_broker
 from tests.device_agents.mp import DapCse, MicroPython, needs_micropython
@@ -443,3 +444,106 @@ async def test_request_ids_are_unique_across_restarts() -> None:
     first, second = onem2m.Dap(config), onem2m.Dap(config)
     ids = [first.next_request_id(), first.next_request_id(), second.next_request_id()]
     assert len(set(ids)) == 3 and all(rqi.startswith("mtr-1-") for rqi in ids)
+
+
+# ---- a lost answer: the retry carries the same request ID ----------------------------------------
+
+
+class LossyRelay(asyncio.DatagramProtocol):
+    """UDP between a meter and the CSE. While `lose_answers` is set, every datagram the CSE
+    sends back is dropped: the request arrives and is stored, the meter never hears of it."""
+
+    def __init__(self, cse_port: int) -> None:
+        self.cse = ("127.0.0.1", cse_port)
+        self.lose_answers = False
+        self.lost = 0
+        self.port = 0
+        self._meter: tuple[str, int] | None = None
+        self._facing_meter: asyncio.DatagramTransport | None = None
+        self._facing_cse: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class FromCse(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                if relay.lose_answers:
+                    relay.lost += 1
+                elif relay._meter is not None and relay._facing_meter is not None:
+                    relay._facing_meter.sendto(data, relay._meter)
+
+        self._facing_meter, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self._facing_cse, _ = await loop.create_datagram_endpoint(
+            FromCse, local_addr=("127.0.0.1", 0)
+        )
+        self.port = self._facing_meter.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._meter = addr
+        assert self._facing_cse is not None
+        self._facing_cse.sendto(data, self.cse)
+
+    def close(self) -> None:
+        for transport in (self._facing_meter, self._facing_cse):
+            if transport is not None:
+                transport.close()
+
+
+class StepClock:
+    """Milliseconds that pass only when the test says so (the agent's backoff, not the CoAP
+    client's timeouts, which run on the real ticks)."""
+
+    def __init__(self) -> None:
+        self.ms = 0
+
+    def now_ms(self) -> int:
+        return self.ms
+
+
+async def instances(dap: DapCse, path: str) -> int:
+    status, found = await dap.retrieve_as_admin(path)
+    assert status == 2000, found
+    return int(found["m2m:cnt"]["cni"])
+
+
+async def test_a_reading_whose_answer_was_lost_is_stored_once(dap: DapCse) -> None:
+    """The CREATE reaches the CSE but its answer is lost: the agent keeps the reading and sends
+    it again after its backoff with the same request ID, and the CSE's request record answers
+    the retry (2001) without a second contentInstance."""
+    relay = LossyRelay(dap.coap_port)
+    await relay.start()
+    meter = "mtr-lost-answer"
+    config = dap.config(meter, "coap", dap_port=relay.port, coap_ack_timeout_ms=200,
+                        coap_max_retransmit=1, seed=4, prepay=False, clock_speed=1,
+                        start_ts=1767225600)  # fmt: skip
+    clock = StepClock()
+    agent = Agent(config, clock=clock)
+    try:
+        await agent.start()
+        status, _ = await dap.create_as_admin(
+            f"cse-in/{meter}/command", 4, {"m2m:cin": {"con": '{"cmd": "read", "id": "c1"}'}}
+        )
+        assert status == 2001
+        async with asyncio.timeout(30):
+            while agent.commands == 0:  # the notification comes straight to the listener
+                await asyncio.sleep(0.01)
+        relay.lose_answers = True
+        await agent.step()  # the answer (mr-ondemand) is created, its answer lost
+        assert relay.lost >= 1 and agent.failed == 1 and agent.sent_total == 0
+        [waiting] = agent.store.items()
+        assert waiting[4] is not None  # the request ID of the first attempt, kept
+        assert await instances(dap, f"cse-in/{meter}/ondemand") == 1
+        relay.lose_answers = False
+        clock.ms += 120_000  # past the backoff
+        await agent.step()
+        assert agent.sent_total == 1 and len(agent.store) == 0 and agent.refused == 0
+        assert await instances(dap, f"cse-in/{meter}/ondemand") == 1  # not twice
+        status, latest = await dap.retrieve_as_admin(f"cse-in/{meter}/ondemand/la")
+        assert status == 2000 and json.loads(latest["m2m:cin"]["con"])["ref"] == "c1"
+    finally:
+        agent.stop()
+        await agent.close()
+        relay.close()

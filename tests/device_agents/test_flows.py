@@ -80,8 +80,9 @@ EXPECTED_IDS = {
 
 
 def test_the_table_has_one_entry_per_row_of_the_meter_to_dap_tables() -> None:
-    ids = [flow[flows.ID] for flow in flows.FLOWS]
-    assert ids == [flow_id for table in EXPECTED_IDS.values() for flow_id in table]
+    ids = [flow[flows.ID] for flow in flows.all_flows()]
+    # The scheduled flows (flows.py) come first, those that answer commands (commands.py) after.
+    assert sorted(ids) == sorted(flow_id for table in EXPECTED_IDS.values() for flow_id in table)
     assert len(ids) == len(set(ids)) == 49
     rows = {table: len(ids) for table, ids in EXPECTED_IDS.items()}
     rows["Meter Reading, Gas C/I -> DAP (row 1Dg)"] = 1  # one row, two entries
@@ -90,7 +91,7 @@ def test_the_table_has_one_entry_per_row_of_the_meter_to_dap_tables() -> None:
 
 def test_every_field_is_what_the_tables_say() -> None:
     types = {"resp-data", "cmd-err", "ack", "cmd", "alarm", "alert"}
-    for flow in flows.FLOWS:
+    for flow in flows.all_flows():
         assert flow[flows.FAMILY] in flows.FAMILIES
         assert flow[flows.TYPE] in types
         assert 0 < flow[flows.SMIN] <= flow[flows.SMAX] <= 2400
@@ -105,7 +106,7 @@ def test_every_field_is_what_the_tables_say() -> None:
             flow[flows.TYPE], 3 if flow[flows.FAMILY] == "reading" else 2
         )
         assert flow[flows.PRIORITY] == expected, flow[flows.ID]
-    spot = {f[flows.ID]: f for f in flows.FLOWS}
+    spot = {f[flows.ID]: f for f in flows.all_flows()}
     assert spot["mr-multi-interval"][3:8] == (200, 2400, 0.025, None, (7, 18))
     assert spot["ev-fault"][3:5] == (25, 278)
     assert spot["pp-switch-state"][flows.WINDOW] == (8, 20)
@@ -151,7 +152,7 @@ def meter_for(flow: tuple[Any, ...], seed: int) -> Meter:
     return Meter(kind, f"mtr-{seed}", seed, now=T_NOON - 3600 * (seed % 30))
 
 
-@pytest.mark.parametrize("flow", flows.FLOWS, ids=lambda flow: flow[flows.ID])
+@pytest.mark.parametrize("flow", flows.all_flows(), ids=lambda flow: flow[flows.ID])
 def test_payload_sizes_stay_in_the_table_range(flow: tuple[Any, ...]) -> None:
     low, high = flows.size_bounds(flow)
     sizes = []
@@ -181,7 +182,7 @@ def test_messages_carry_the_envelope_and_only_integers() -> None:
         else:
             assert value is None or isinstance(value, (int, str)), value
 
-    for flow in flows.FLOWS:
+    for flow in flows.all_flows():
         meter = meter_for(flow, 3)
         content = flows.build(flow, meter, 42, T_NOON, representative_args(flow, 3))
         assert content["flow"] == flow[flows.ID]

@@ -29,7 +29,7 @@ def run_day(meter: Meter, start: int = T0, step: int = 300, days: int = 1) -> li
 
 def only(meter: Meter, prefix: str) -> Meter:
     # Keep the schedule of some flows only, so a test can scale rare ones up cheaply.
-    meter._sched = [entry for entry in meter._sched if entry[0][flows.ID].startswith(prefix)]
+    meter._sched = [entry for entry in meter._sched if entry[0].startswith(prefix)]
     return meter
 
 
@@ -98,6 +98,8 @@ def test_gas_meters_report_every_four_or_six_hours_without_gaps() -> None:
     for period, count in ((4, 6), (6, 4)):
         meter = Meter("gas", "g", 11, now=T0, gas_period_h=period, rate_scale=0)
         messages = run_day(meter, step=3600, days=2)
+        # The last period's report goes up to 30 minutes after its boundary.
+        messages += [content for _, content in meter.due_flows(T0 + 2 * DAY + 1800)]
         assert [m["flow"] for m in messages] == [f"gas-interval-{period}h"] * (2 * count)
         assert [m["ts"] for m in messages] == [
             T0 + i * period * 3600 for i in range(1, 2 * count + 1)
@@ -107,6 +109,19 @@ def test_gas_meters_report_every_four_or_six_hours_without_gaps() -> None:
         for before, after in itertools.pairwise(records):
             assert after["vm"] == before["vm"] + after["dvm"]
             assert after["vb"] == before["vb"] + after["dvb"]
+
+
+def test_gas_meters_report_at_their_own_delay_after_the_boundary() -> None:
+    delays = set()
+    for seed in range(40):
+        meter = Meter("gas", f"g{seed}", seed, now=T0, gas_period_h=4, rate_scale=0)
+        assert 0 <= meter.report_delay < 1800
+        delays.add(meter.report_delay)
+        boundary = T0 + 4 * 3600
+        assert meter.due_flows(boundary + meter.report_delay - 1) == []  # not yet
+        [(_, report)] = meter.due_flows(boundary + meter.report_delay)
+        assert report["ts"] == boundary and report["recs"][-1]["t"] == boundary
+    assert len(delays) > 30  # spread out, not one instant for every meter
 
 
 def test_a_seed_is_a_meter() -> None:
@@ -254,8 +269,8 @@ def test_every_command_answers_with_its_flow_inside_the_table_sizes() -> None:
             if not content["flow"].startswith("dr-"):
                 assert content["ref"] == ref  # DR answers name the event instead
             reachable.add(content["flow"])
-    scheduled = {f[flows.ID] for f in flows.FLOWS if f[flows.SCHED] != flows.SCHED_CMD}
-    missing = {f[flows.ID] for f in flows.FLOWS} - reachable - scheduled
+    scheduled = {f[flows.ID] for f in flows.all_flows() if f[flows.SCHED] != flows.SCHED_CMD}
+    missing = {f[flows.ID] for f in flows.all_flows()} - reachable - scheduled
     assert missing == set()
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from device_agents.agent.store import Store
 from tests.device_agents import mp
 
-Item = tuple[int, str, str, str]
+Item = list[Any]  # [priority, family, flow_id, body, request_id]
 
 
 def item(priority: int, flow: str, number: int, size: int = 50) -> Item:
     body = json.dumps({"flow": flow, "seq": number})
-    return (priority, "family", flow, body + " " * max(0, size - len(body)))
+    return [priority, "family", flow, body + " " * max(0, size - len(body)), None]
 
 
 def flows_of(store: Store) -> list[str]:
@@ -147,3 +148,15 @@ def test_store_and_its_file_on_micropython() -> None:
     dropped, new, alarms, by_flow = result.lines[1].split(" ", 3)
     assert (int(dropped), int(new), int(alarms)) == (3, 0, 0)
     assert json.loads(by_flow) == {"f3": 3}
+
+
+def test_a_request_id_given_at_the_first_send_survives_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.log")
+    store = Store(path=path)
+    first, second = item(2, "read", 1), item(3, "bulk", 2)
+    store.put(first)
+    store.put(second)
+    store.set_request_id(first, "mtr-1-a1b2c3-7")  # sent once, the answer lost
+    again = Store(path=path)  # the meter restarts
+    assert [entry[4] for entry in again.items()] == ["mtr-1-a1b2c3-7", None]
+    assert Store(path=path).items() == again.items()  # and after the log was compacted

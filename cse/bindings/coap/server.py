@@ -12,6 +12,7 @@ becomes 4.08 instead of aiocoap's 5.00.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 import aiocoap  # type: ignore[import-untyped]
@@ -146,6 +147,25 @@ def _drop_undecodable(endpoint: Any) -> None:
     endpoint.datagram_msg_received = guarded
 
 
+RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _enlarge_receive_buffer(endpoint: Any) -> None:
+    """Ask for a 4 MiB UDP receive buffer: thousands of meters answering at once overflow the
+    default (~200 KB) and the kernel drops the datagrams. The OS caps what it grants (Linux:
+    net.core.rmem_max), so the granted size is logged."""
+    sock = endpoint.transport.get_extra_info("socket")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    except OSError as error:
+        logger.warning("could not set the CoAP receive buffer: %s", error)
+        return
+    logger.info(
+        "CoAP UDP receive buffer: asked for %d bytes, granted %d", RECEIVE_BUFFER_BYTES, granted
+    )
+
+
 class CoapServer:
     """Serves one CSE over CoAP/UDP; an async context manager that reports its bound port."""
 
@@ -176,6 +196,7 @@ class CoapServer:
         )
         endpoint = udp_endpoint(self._context)
         _drop_undecodable(endpoint)
+        _enlarge_receive_buffer(endpoint)
         self.port = bound_port(self._context)
 
     async def stop(self) -> None:
