@@ -70,6 +70,9 @@ class FleetConfig(BaseModel):
     mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
     transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
     dap: DapConfig = DapConfig()
+    # More options for every agent (docs/agents.md lists them), e.g. coap_ack_timeout_ms,
+    # mqtt_username. In a string, {meter_id} and {ae_id} become the meter's own.
+    agent: dict[str, str | int | float | bool] = {}
 
     @field_validator("id_prefix")
     @classmethod

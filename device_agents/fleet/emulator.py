@@ -68,6 +68,11 @@ class FleetClock:
         self.speed = speed
         self.start_ts = int(time.time()) if start_ts is None else start_ts
         self._t0 = time.monotonic()
+        self.t0_wall = time.time()  # wall time of meter time start_ts, for latency maths
+
+    def anchor(self) -> dict[str, float]:
+        """How meter time maps to wall time: wall = t0_wall + (meter - start_ts) / speed."""
+        return {"t0_wall": self.t0_wall, "start_ts": self.start_ts, "speed": self.speed}
 
     def now_ms(self) -> int:
         return int((time.monotonic() - self._t0) * 1000)
@@ -146,6 +151,16 @@ def agent_config(config: FleetConfig, plan: MeterPlan, start_ts: int) -> dict[st
         "rate_scale": config.rate_scale,
         "tick_ms": config.tick_ms,
         "timeout_ms": config.timeout_ms,
+        "count_flows": True,
+        **_agent_options(config, plan),
+    }
+
+
+def _agent_options(config: FleetConfig, plan: MeterPlan) -> dict[str, Any]:
+    names = {"meter_id": plan.meter_id, "ae_id": onem2m.ae_id_for(plan.meter_id)}
+    return {
+        key: value.format(**names) if isinstance(value, str) else value
+        for key, value in config.agent.items()
     }
 
 
@@ -355,6 +370,7 @@ class Fleet:
             meter_seconds=meter_seconds,
             measurements=measurements,
             family_of=_family_of,
+            clock=clock.anchor(),
         )
 
     async def _stop(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -113,6 +113,9 @@ class FleetSummary:
     cpu_s: float = 0.0  # CPU time of this process (every meter, the loop, the probes)
     peak_rss_mb: float = 0.0
     unregistered: list[str] = field(default_factory=list)
+    sent_by_flow: dict[str, int] = field(default_factory=dict)
+    generated_by_flow: dict[str, int] = field(default_factory=dict)
+    clock: dict[str, float] = field(default_factory=dict)  # FleetClock.anchor()
 
     @classmethod
     def collect(
@@ -126,6 +129,7 @@ class FleetSummary:
         meter_seconds: int,
         measurements: _Measurements,
         family_of: Callable[[str], str],
+        clock: dict[str, float] | None = None,
     ) -> FleetSummary:
         watches = list(watches)
         registered = [w for w in watches if w.registered_at is not None]
@@ -138,6 +142,13 @@ class FleetSummary:
             for flow_id, count in stat["sent"].items():
                 family = family_of(flow_id)
                 by_family[family] = by_family.get(family, 0) + count
+        by_flow: dict[str, int] = {}
+        generated_by_flow: dict[str, int] = {}
+        for stat in stats:
+            for flow_id, count in stat["sent"].items():
+                by_flow[flow_id] = by_flow.get(flow_id, 0) + count
+            for flow_id, count in stat.get("generated_by_flow", {}).items():
+                generated_by_flow[flow_id] = generated_by_flow.get(flow_id, 0) + count
         registered_ids = {w.plan.meter_id for w in registered}
         steady_since = measurements.steady_since
         return cls(
@@ -170,6 +181,9 @@ class FleetSummary:
             cpu_s=time.process_time(),
             peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             unregistered=[p.meter_id for p in plans if p.meter_id not in registered_ids],
+            sent_by_flow=dict(sorted(by_flow.items())),
+            generated_by_flow=dict(sorted(generated_by_flow.items())),
+            clock=dict(clock or {}),
         )
 
     def behind(self) -> list[str]:

@@ -78,9 +78,18 @@ def test_every_key_of_the_model_is_documented_in_the_example() -> None:
     text = EXAMPLE.read_text()
     lines = [line.removeprefix("# ") for line in text.splitlines()]
     documented = {line.split("=")[0].strip() for line in lines if "=" in line}
-    keys = set(FleetConfig.model_fields) - {"mix", "transports", "dap"}
+    keys = set(FleetConfig.model_fields) - {"mix", "transports", "dap", "agent"}
     keys |= set(FleetConfig.model_fields["dap"].annotation.model_fields)  # type: ignore[union-attr]
     assert keys <= documented, keys - documented
+
+
+def test_agent_options_reach_every_agent_with_its_own_names() -> None:
+    from device_agents.fleet.emulator import agent_config, plan_meters
+
+    config = FleetConfig(meters=2, agent={"mqtt_username": "{ae_id}", "coap_ack_timeout_ms": 500})
+    configs = [agent_config(config, plan, 0) for plan in plan_meters(config)]
+    assert [c["mqtt_username"] for c in configs] == ["Cmtr-000001", "Cmtr-000002"]
+    assert all(c["coap_ack_timeout_ms"] == 500 and c["count_flows"] for c in configs)
 
 
 @pytest.mark.parametrize(
