@@ -71,11 +71,17 @@ class CommandService:
         self.clock = clock
         self.ae_id = APPS_AE
         self._stem = os.urandom(2).hex()
+        self._id_stem = _base36(int.from_bytes(os.urandom(2)) % 1296).rjust(2, "0")
         self._counter = itertools.count(1)
 
-    def new_id(self) -> str:
-        # Short on purpose: acks carry it back and the tables size acks at 25 bytes.
-        return f"c{self._stem}{next(self._counter):x}"
+    async def new_id(self) -> str:
+        """A command id of at most 7 characters: acks carry it back as `ref`, and the tables
+        size acks at 25 bytes. A random stem per process, then a counter, both base 36; an id
+        the store already knows (from before a restart) is skipped."""
+        while True:
+            command_id = f"c{self._id_stem}{_base36(next(self._counter))}"
+            if await self.store.command(command_id) is None:
+                return command_id
 
     async def _send(
         self,
@@ -152,7 +158,7 @@ class CommandService:
     async def issue(
         self, meter: str, body: dict[str, Any], *, dap: str | None = None, issued_by: str = "cli"
     ) -> Issued:
-        command_id = self.new_id()
+        command_id = await self.new_id()
         command = self._body(body, command_id)
         csi = dap or await self.dap_of(meter)
         base = await self.dap_base(csi)
@@ -182,7 +188,7 @@ class CommandService:
         """One command to many meters of one DAP, fanned out there by a group."""
         if not meters:
             raise CommandError("a group command needs at least one meter")
-        command_id = self.new_id()
+        command_id = await self.new_id()
         command = self._body(body, command_id)
         base = await self.dap_base(dap)
         name = f"g-{command_id}"
@@ -221,6 +227,16 @@ class CommandService:
         # The fan-out answers 2000 with one response per member (m2m:agr).
         status = RSC.CREATED if reply.status in (RSC.OK, RSC.CREATED) else reply.status
         return Issued(command_id, tuple(meters), dap, int(status), _detail(reply))
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    text = ""
+    while True:
+        number, rest = divmod(number, 36)
+        text = digits[rest] + text
+        if not number:
+            return text
 
 
 def _detail(reply: Response) -> str:

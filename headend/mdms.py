@@ -37,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 STATUS_CONTAINER = "status"
 _SUBSCRIPTION = "mdms-sub"
-ENVELOPE = ("flow", "type", "seq", "ts")
+# Not counted in a message's payload size: the envelope every message carries (as the meter
+# agents count it, device_agents/agent/flows.py).
+NOT_PAYLOAD = ("flow", "type", "seq", "ts")
 
 
 class Mdms:
@@ -252,7 +254,7 @@ class Mdms:
         created = _epoch(labels.get("created") or instance.get("ct"), now)
         flow = str(content.get("flow", ""))
         info = flow_info(flow)
-        data = {key: value for key, value in content.items() if key not in ENVELOPE}
+        data = {key: value for key, value in content.items() if key not in NOT_PAYLOAD}
         seq, ts = content.get("seq"), content.get("ts")
         return MeterMessage(
             key=f"{csi}/{instance.get('rn', '')}",

@@ -1,0 +1,695 @@
+"""`gridm2m interop run`: drive the catalogue's flows through the real system and judge them.
+
+A run stands up the system on this machine (an MQTT broker, `gridm2m headend`,
+`gridm2m gateway`, `gridm2m fleet`), puts an impairment relay (loss, delay, jitter) between
+the meters and the gateway — UDP for CoAP meters, TCP for MQTT meters in front of the broker —
+and lets the fleet run on an accelerated clock for the duration, so every row's daily clock
+period passes several times. Meanwhile the head-end's applications issue the commands that
+the command-triggered rows answer (reads, switch operations, DR events, HAN joins, firmware
+updates, prices), and a PHEV application sends the head-end's PHEV rows to the DAP.
+
+Afterwards each row is measured from what the parts recorded:
+
+  sent          messages the meters generated for the row's agent flows (the fleet's count),
+                or commands / PHEV messages the head-end sent
+  delivered     how many arrived where the row ends: the DAP (meter → DAP rows, and the HAN
+                rows, whose IPD / customer EMS read at the DAP), the MDMS (rows ending at the
+                head-end, MDMS, CIS or NMS), the DAP's command containers (head-end → DAP)
+  latency       arrival time minus generation time, on real clocks. A meter stamps a message
+                with its (accelerated) meter time; the fleet's clock maps it back to wall time.
+  within budget delivered with latency ≤ the row's latency requirement
+
+A row passes when within-budget / sent meets every reliability threshold of the row (the gas
+rows' windows are all checked against the run's overall share). A row that produced no
+traffic in the run (a 1-in-1000 failure that did not happen) is reported as "no-traffic",
+a row the system does not model as "not-modelled" with the catalogue's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import signal
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from cse.core.clock import parse_timestamp
+from device_agents.fleet.emulator import load_fleet_config, plan_meters
+from gridm2m.broker import embedded_broker
+from gridm2m.processes import Stack, get_json, toml_text
+from gridm2m.processes import stop as stop_child
+from interop.catalogue import Catalogue, FlowRow, load_catalogue
+from interop.impair import Impairment, TcpRelay, UdpRelay
+from interop.report import SCHEMA, write_report
+
+logger = logging.getLogger(__name__)
+
+START_TS = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC
+SAMPLES_PER_ROW = 2000
+DRAIN_TIMEOUT_S = 120.0
+
+
+class RunError(Exception):
+    """The run could not start or reach the system; the message says what and where."""
+
+
+@dataclass
+class RunSettings:
+    flows_dir: Path | None = None
+    report_dir: Path = Path("interop-report")
+    transports: tuple[str, ...] = ("coap", "mqtt")
+    meters: int = 100
+    clock_speed: float = 1440.0
+    duration_s: float = 120.0
+    row_filter: str | None = None
+    loss: float = 0.0
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    rate_scale: float = 20.0
+    commands_per_s: float = 10.0
+    seed: int = 1
+
+
+@dataclass
+class Observed:
+    """One delivered message or command, as measured."""
+
+    latency_s: float
+    size: int | None = None
+
+
+@dataclass
+class Evidence:
+    sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    at_dap: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
+    at_mdms: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
+
+
+# ---- what the head-end does during a run ----------------------------------------------------
+
+# (weight, path, body): commands that make the meters' command-triggered flows, sent to random
+# meters. A bad field makes the meter answer with its command-error row.
+PLAYBOOK: list[tuple[float, str, dict[str, Any]]] = [
+    (4, "commands", {"cmd": "read"}),
+    (2, "commands", {"cmd": "read", "src": "ipd"}),
+    (2, "commands", {"cmd": "read", "src": "ems"}),
+    (2, "commands", {"cmd": "read", "n": 48}),
+    (1, "commands", {"cmd": "read", "n": 999}),
+    (1, "commands", {"cmd": "read", "src": "ipd", "n": 999}),
+    (1, "commands", {"cmd": "read", "src": "ems", "n": 999}),
+    (3, "commands", {"cmd": "switch", "op": "status"}),
+    (2, "commands", {"cmd": "switch", "op": "disconnect"}),
+    (2, "commands", {"cmd": "switch", "op": "connect"}),
+    (1, "dr", {"src": "lms", "prog": "utl"}),
+    (1, "dr", {"src": "dsm", "prog": "utl"}),
+    (1, "dr", {"src": "lms", "prog": "repi"}),
+    (1, "dr", {"src": "dsm", "prog": "repi"}),
+    (1, "commands", {"cmd": "han-join", "dev": "00124b0001020304", "by": "utl"}),
+    (1, "commands", {"cmd": "han-join", "dev": "00124b0001020305", "by": "repi"}),
+    (1, "commands", {"cmd": "han-join", "dev": "zz"}),
+    (1, "commands", {"cmd": "han-join", "dev": "zz", "by": "utl"}),
+    (1, "commands", {"cmd": "han-join", "dev": "zz", "by": "repi"}),
+    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b0001020304", "by": "utl"}),
+    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b0001020305", "by": "repi"}),
+    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff"}),
+    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff", "by": "utl"}),
+    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff", "by": "repi"}),
+    (1, "commands", {"cmd": "fw", "target": "metrology", "ver": "2.1.0"}),
+    (1, "commands", {"cmd": "fw", "target": "nic", "ver": "3.0.1"}),
+    (1, "commands", {"cmd": "fw", "target": "metrology", "image": "program", "ver": "p7"}),
+    (1, "commands", {"cmd": "fw", "target": "nic", "image": "program", "ver": "p8"}),
+    (1, "commands", {"cmd": "fw", "target": "metrology", "ver": "2.1.1", "via": "tool"}),
+    (1, "commands", {"cmd": "fw", "target": "nic", "ver": "3.0.2", "via": "tool"}),
+    (
+        1,
+        "commands",
+        {"cmd": "fw", "target": "metrology", "image": "program", "ver": "p9", "via": "tool"},
+    ),
+    (1, "price", {"price": 125000, "tier": 1}),
+    (1, "billing", {"intervals": 96}),
+]
+
+# The PHEV rows the head-end sends to the DAP (and the failure reports it keeps for a DMS).
+PHEV_MESSAGES: dict[str, tuple[str, dict[str, Any]]] = {
+    "phev-negotiate-to-dap": ("dap", {"flow": "phev-negotiate", "type": "negot-thrd", "kw": 66}),
+    "phev-negotiate-fail-to-dap": ("dap", {"flow": "phev-negotiate-fail", "type": "comm-err"}),
+    "phev-vin-fail-to-dap": ("dap", {"flow": "phev-vin-fail", "type": "comm-err", "vin": "x"}),
+    "phev-price-fail-to-dms-esi-utility": ("dms", {"flow": "phev-price-fail", "type": "comm-err"}),
+    "phev-price-fail-to-dms-esi-meter": ("dms", {"flow": "phev-price-fail", "type": "comm-err"}),
+    "phev-price-fail-to-dms-esi-meter-repeat": (
+        "dms",
+        {"flow": "phev-price-fail", "type": "comm-err"},
+    ),
+}
+
+
+class HeadendDriver:
+    """The head-end side of a run: commands to meters, and the PHEV application."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        stack: Stack,
+        electric: set[str],
+        rate: float,
+        seed: int,
+    ) -> None:
+        self.session = session
+        self.stack = stack
+        self.electric = electric
+        self.random = random.Random(seed)
+        self.meters: list[str] = []  # filled from the MDMS (see _refresh_meters)
+        # The playbook in a fixed shuffled order, each entry as often as its weight, cycled:
+        # every command kind comes round in a short run too.
+        self.playlist = [
+            (path, body) for weight, path, body in PLAYBOOK for _ in range(int(weight))
+        ]
+        self.random.shuffle(self.playlist)
+        self.rate = rate
+        self.issued = 0
+        self.refused = 0
+        self.phev_sent: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        self.events = 0
+        self._in = f"http://127.0.0.1:{stack.headend_port}"
+        self._requests = 0
+
+    async def _refresh_meters(self) -> None:
+        """Command only electric meters (gas C/I meters take no commands) that the MDMS has
+        heard from: they are registered at the DAP."""
+        found = await get_json(self.session, f"{self.stack.dashboard}/api/meters?limit=1000")
+        known = {m["meter"] for m in (found or {}).get("meters", []) if isinstance(m, dict)}
+        self.meters = sorted(known & self.electric)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        interval = 1.0 / self.rate
+        tick = 0
+        while not stop.is_set():
+            if tick % 20 == 0 or not self.meters:
+                await self._refresh_meters()
+            if not self.meters:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await stop.wait()  # no meter has reported yet
+                continue
+            path, body = self.playlist[tick % len(self.playlist)]
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await self._play(path, dict(body))
+            tick += 1
+            if tick % 20 == 0:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                    await self._phev()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> int:
+        async with self.session.post(f"{self.stack.dashboard}/api/{path}", json=body) as reply:
+            await reply.read()
+            return reply.status
+
+    async def _play(self, path: str, body: dict[str, Any]) -> None:
+        if path == "commands":
+            body["meter"] = self.random.choice(self.meters)
+        else:
+            self.events += 1
+            if path == "dr":
+                body["ev"] = self.events
+            count = 20 if path == "billing" else 5
+            body["meters"] = self.random.sample(self.meters, min(count, len(self.meters)))
+            path = f"apps/{path}"
+        status = await self._post(path, body)
+        if status == 202:
+            self.issued += 1
+        else:
+            self.refused += 1
+
+    # ---- PHEV: plain oneM2M requests to the head-end's IN-CSE as the AE Cphev --------------
+
+    async def _onem2m(self, path: str, ty: int, body: dict[str, Any]) -> int:
+        self._requests += 1
+        headers = {
+            "X-M2M-Origin": "Cphev",
+            "X-M2M-RI": f"phev-{self._requests}",
+            "X-M2M-RVI": "3",
+            "Content-Type": f"application/json;ty={ty}",
+            "Accept": "application/json",
+        }
+        async with self.session.post(f"{self._in}{path}", json=body, headers=headers) as reply:
+            await reply.read()
+            return int(reply.headers.get("X-M2M-RSC", "0"))
+
+    async def prepare_phev(self) -> None:
+        ae = {"m2m:ae": {"rn": "phev", "api": "Ngridm2m.phev", "rr": False, "srv": ["3"]}}
+        await self._onem2m("/cse-in", 2, ae)
+        # On the DAP (retargeted through the IN-CSE) and, for the DMS reports, on the head-end.
+        await self._onem2m("/~/id-dap1/dap1", 3, {"m2m:cnt": {"rn": "phev"}})
+        await self._onem2m("/cse-in/phev", 3, {"m2m:cnt": {"rn": "dms"}})
+
+    async def _phev(self) -> None:
+        for row_id, (where, content) in PHEV_MESSAGES.items():
+            message = {**content, "id": f"{row_id[:12]}-{len(self.phev_sent[row_id])}"}
+            body = {"m2m:cin": {"cnf": "application/json:0", "con": json.dumps(message)}}
+            path = "/~/id-dap1/dap1/phev" if where == "dap" else "/cse-in/phev/dms"
+            sent_at = time.time()
+            if await self._onem2m(path, 4, body) == 2001:
+                self.phev_sent[row_id].append((message["id"], sent_at))
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+def select_rows(catalogue: Catalogue, pattern: str | None) -> list[FlowRow]:
+    if not pattern:
+        return list(catalogue.rows)
+    matcher = re.compile(pattern)
+    return [r for r in catalogue.rows if matcher.search(r.id) or matcher.search(r.table)]
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
+async def run(settings: RunSettings) -> dict[str, Any]:
+    """Run and return the report (also written to settings.report_dir)."""
+    catalogue = load_catalogue(settings.flows_dir) if settings.flows_dir else load_catalogue()
+    rows = select_rows(catalogue, settings.row_filter)
+    if not rows:
+        raise RunError(f"no catalogue row matches {settings.row_filter!r}")
+    work = settings.report_dir / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    interrupted: list[str] = []
+
+    def interrupt() -> None:
+        interrupted.append("interrupted (Ctrl-C or SIGTERM)")
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, interrupt)
+    evidence = Evidence()
+    system: dict[str, Any] = {"headend": "", "gateway": "", "attached": False}
+    try:
+        async with embedded_broker(work / "broker") as broker:
+            evidence, system = await _run_system(settings, work, broker.port, stop, interrupted)
+    except RunError as error:
+        interrupted.append(str(error))
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    report = build_report(settings, catalogue, rows, evidence, system, started, interrupted)
+    write_report(report, settings.report_dir)
+    return report
+
+
+async def _run_system(
+    settings: RunSettings,
+    work: Path,
+    broker_port: int,
+    stop: asyncio.Event,
+    interrupted: list[str],
+) -> tuple[Evidence, dict[str, Any]]:
+    stack = Stack(
+        work,
+        broker_url=f"mqtt://127.0.0.1:{broker_port}",
+        gateway_extra={"outbox": {"retry_min": 0.2, "retry_max": 5.0}},
+    )
+    impairment = Impairment(
+        loss=settings.loss,
+        delay_ms=settings.delay_ms,
+        jitter_ms=settings.jitter_ms,
+        seed=settings.seed,
+    )
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        contextlib.AsyncExitStack() as exits,
+    ):
+        try:
+            await stack.start(session)
+        except RuntimeError as error:
+            await stack.stop()
+            raise RunError(f"the system did not start: {error}") from error
+        exits.push_async_callback(stack.stop)
+        udp = await exits.enter_async_context(
+            UdpRelay("127.0.0.1", 0, "127.0.0.1", stack.coap_port, impairment)
+        )
+        tcp = await exits.enter_async_context(
+            TcpRelay("127.0.0.1", 0, "127.0.0.1", broker_port, impairment)
+        )
+        fleet_toml = work / "fleet.toml"
+        shares = {name: float(name in settings.transports) for name in ("coap", "mqtt")}
+        fleet_toml.write_text(
+            toml_text(
+                "fleet",
+                {
+                    "meters": settings.meters,
+                    "duration": settings.duration_s,
+                    "clock_speed": settings.clock_speed,
+                    "rate_scale": settings.rate_scale,
+                    "ramp": max(2.0, settings.meters / 100),
+                    "start_ts": START_TS,
+                    "seed": settings.seed,
+                    "cse_id": "/id-dap1",
+                    "cse_name": "dap1",
+                    "buffer_max": 2000,
+                    "transports": shares,
+                    "dap": {"coap_port": udp.port, "mqtt_port": tcp.port},
+                    # Over a lossy link a meter retries sooner than RFC 7252's default 2 s.
+                    "agent": {"coap_ack_timeout_ms": 500, "coap_max_retransmit": 6},
+                },
+            )
+        )
+        summary_file = work / "fleet-summary.json"
+        summary_file.unlink(missing_ok=True)
+        fleet = await stack.spawn(
+            "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)]
+        )
+        fleet_config = load_fleet_config(fleet_toml)
+        electric = {p.meter_id for p in plan_meters(fleet_config) if p.kind == "electric"}
+        driver = HeadendDriver(session, stack, electric, settings.commands_per_s, settings.seed)
+        await driver.prepare_phev()
+        fleet_done = asyncio.ensure_future(fleet.process.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        playing = asyncio.ensure_future(driver.run(stop))
+        await asyncio.wait({fleet_done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await playing
+        await stop_child(fleet)
+        stopper.cancel()
+        if not summary_file.exists():
+            interrupted.append("the fleet wrote no summary")
+        await _drain(session, stack)
+        evidence = collect(stack, summary_file, driver)
+        system = {"headend": stack.dashboard, "gateway": stack.gateway_url, "attached": False}
+        logger.info("relays:\n%s\n%s", udp.stats.summary(), tcp.stats.summary())
+        return evidence, system
+
+
+async def _drain(session: aiohttp.ClientSession, stack: Stack) -> None:
+    """Let the gateway deliver what it still holds."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while time.monotonic() < deadline:
+        health = await get_json(session, stack.health_url)
+        if isinstance(health, dict) and not sum((health.get("outbox") or {}).values()):
+            return
+        await asyncio.sleep(0.5)  # polling another process's queue until it is empty
+
+
+# ---- collecting what the parts recorded ----------------------------------------------------
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def collect(stack: Stack, summary_file: Path, driver: HeadendDriver) -> Evidence:
+    evidence = Evidence()
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    for flow, count in (
+        summary.get("generated_by_flow") or summary.get("sent_by_flow") or {}
+    ).items():
+        evidence.sent[flow] += int(count)
+    clock = summary.get("clock") or {}
+    speed = float(clock.get("speed") or summary.get("clock_speed") or 1440.0)
+    start_ts = float(clock.get("start_ts") or START_TS)
+    with _read_only(stack.mdms_db) as mdms:
+        rows = mdms.execute(
+            "SELECT flow, meter_ts, created_at, received_at, size FROM messages"
+        ).fetchall()
+        commands = mdms.execute("SELECT id, name, issued_at, issued_by FROM commands").fetchall()
+    t0 = clock.get("t0_wall")
+    if t0 is None and rows:
+        # Calibrate the fleet clock from the data: the fastest message had ~no latency.
+        t0 = min(c - (ts - start_ts) / speed for _, ts, c, _, _ in rows if ts is not None)
+    for flow, meter_ts, created_at, received_at, size in rows:
+        if meter_ts is None or t0 is None:
+            continue
+        generated = float(t0) + (meter_ts - start_ts) / speed
+        evidence.at_dap[flow].append(Observed(max(0.0, created_at - generated), size))
+        evidence.at_mdms[flow].append(Observed(max(0.0, received_at - generated), size))
+    _collect_commands(stack, commands, evidence)
+    _collect_phev(stack, driver, evidence)
+    return evidence
+
+
+def _dap_instances(stack: Stack, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
+    with _read_only(stack.gateway_db) as dap:
+        for (body,) in dap.execute(
+            "SELECT body FROM resources WHERE ty = 4 AND path LIKE ?", (pattern,)
+        ):
+            attributes = json.loads(body)
+            try:
+                content = json.loads(attributes.get("con", "{}"))
+                created = parse_timestamp(attributes["ct"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if isinstance(content, dict):
+                yield content, created
+
+
+def _collect_commands(stack: Stack, commands: list[tuple[Any, ...]], evidence: Evidence) -> None:
+    """Head-end → DAP rows: commands (billing reads, prices) into the meters' containers."""
+    issued = {}
+    for command_id, name, issued_at, issued_by in commands:
+        base = str(command_id).split("@", 1)[0]
+        kind = "billing" if issued_by == "billing" else name
+        issued[base] = (kind, float(issued_at))
+        evidence.sent[f"command:{kind}"] += 1
+    for content, created in _dap_instances(stack, "dap1/%/command/%"):
+        found = issued.get(str(content.get("id")))
+        if found is not None:
+            kind, issued_at = found
+            evidence.at_dap[f"command:{kind}"].append(Observed(max(0.0, created - issued_at)))
+
+
+def _collect_phev(stack: Stack, driver: HeadendDriver, evidence: Evidence) -> None:
+    sent_at = {
+        message_id: (row_id, at)
+        for row_id, messages in driver.phev_sent.items()
+        for message_id, at in messages
+    }
+    for row_id, messages in driver.phev_sent.items():
+        evidence.sent[f"phev:{row_id}"] += len(messages)
+    for content, created in _dap_instances(stack, "dap1/phev/%"):
+        found = sent_at.get(str(content.get("id")))
+        if found:
+            evidence.at_dap[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
+    with _read_only(stack.directory / "id-in.db") as headend:
+        for (body,) in headend.execute(
+            "SELECT body FROM resources WHERE ty = 4 AND path LIKE 'cse-in/phev/dms/%'"
+        ):
+            attributes = json.loads(body)
+            content = json.loads(attributes.get("con", "{}"))
+            found = sent_at.get(str(content.get("id")))
+            if found:
+                created = parse_timestamp(attributes["ct"])
+                evidence.at_mdms[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
+
+
+# ---- judging rows ------------------------------------------------------------------------------
+
+
+def _percentile(values: Sequence[float], share: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))
+    return round(ordered[index], 4)
+
+
+def _source_of(row: FlowRow, catalogue: Catalogue) -> tuple[list[str], str] | None:
+    """Which evidence keys feed a row, and where it is measured (dap or mdms)."""
+    if row.modelled_by in ("meter-agent", "han-ae"):
+        return list(row.agent_flows), "dap"
+    if row.modelled_by == "gateway":
+        # End to end over the DAP: the agent flows of the rows it goes through.
+        flows = list(row.agent_flows)
+        for via in row.via:
+            with contextlib.suppress(KeyError):
+                flows.extend(catalogue.get(via).agent_flows)
+        return flows, "mdms"
+    if row.modelled_by == "headend-app":
+        if row.id in PHEV_MESSAGES:
+            return [f"phev:{row.id}"], PHEV_MESSAGES[row.id][0].replace("dms", "mdms")
+        if row.id == "bulk-read-cmd-mdms-to-headend":
+            return ["command:billing"], "dap"
+        if row.id == "phev-price-to-dap":
+            return ["command:price"], "dap"
+        if row.id == "bulk-read-data-headend-to-mdms":
+            return ["mr-multi-interval"], "mdms"
+        return None
+    return None
+
+
+def judge(row: FlowRow, evidence: Evidence, catalogue: Catalogue) -> dict[str, Any]:
+    thresholds = row.reliability_thresholds
+    required = max((t.fraction for t in thresholds), default=0.0)
+    above = any(t.above for t in thresholds if t.fraction == required)
+    entry: dict[str, Any] = {
+        "id": row.id,
+        "table": row.table,
+        "source": row.source,
+        "target": row.target,
+        "use_case": row.use_case,
+        "requirement": row.requirement,
+        "payload_type": row.payload_type,
+        "family": None,
+        "modelled_by": row.modelled_by,
+        "status": "not-modelled",
+        "reason": row.model_note,
+        "sent": 0,
+        "delivered": 0,
+        "within_budget": 0,
+        "reliability_required": required,
+        "reliability_above": above,
+        "reliability_measured": None,
+        "latency_budget_s": float(row.latency_seconds),
+        "latency_s": {"p50": None, "p95": None, "p99": None, "max": None},
+        "size_bytes": {
+            "min": None,
+            "max": None,
+            "spec_min": row.size_min_bytes,
+            "spec_max": row.size_max_bytes,
+            "spec_symbolic": row.size_symbolic,
+            "out_of_range": 0,
+        },
+        "latency_samples_s": [],
+    }
+    source = _source_of(row, catalogue)
+    if row.modelled_by == "not-modelled" or source is None:
+        return entry
+    keys, where = source
+    entry["family"] = _family(keys)
+    observed = [
+        o for key in keys for o in (evidence.at_dap if where == "dap" else evidence.at_mdms)[key]
+    ]
+    sent = sum(evidence.sent[key] for key in keys)
+    sent = max(sent, len(observed))  # a fleet count can lag what arrived after it summarised
+    latencies = [o.latency_s for o in observed]
+    within = sum(1 for value in latencies if value <= row.latency_seconds)
+    sizes = [o.size for o in observed if o.size is not None]
+    low, high = row.size_min_bytes, row.size_max_bytes
+    out_of_range = sum(
+        1
+        for s in sizes
+        if (low is not None and s < low * 0.8) or (high is not None and s > high * 1.2)
+    )
+    entry.update(
+        sent=sent,
+        delivered=len(observed),
+        within_budget=within,
+        latency_s={
+            "p50": _percentile(latencies, 0.50),
+            "p95": _percentile(latencies, 0.95),
+            "p99": _percentile(latencies, 0.99),
+            "max": _percentile(latencies, 1.0),
+        },
+        latency_samples_s=[
+            round(v, 4)
+            for v in random.Random(0).sample(latencies, min(len(latencies), SAMPLES_PER_ROW))
+        ],
+    )
+    entry["size_bytes"].update(
+        min=min(sizes) if sizes else None,
+        max=max(sizes) if sizes else None,
+        out_of_range=out_of_range,
+    )
+    if sent == 0:
+        entry.update(status="no-traffic", reason="the run produced no message for this row")
+        return entry
+    measured = within / sent
+    entry["reliability_measured"] = round(measured, 5)
+    failures = []
+    for threshold in thresholds:
+        ok = measured > threshold.fraction if threshold.above else measured >= threshold.fraction
+        if not ok:
+            failures.append(
+                f"{measured:.2%} within {row.latency_seconds:g} s, needs "
+                f"{'> ' if threshold.above else ''}{threshold.fraction:.1%}"
+            )
+    if out_of_range:
+        failures.append(f"{out_of_range} payloads outside the size range")
+    entry.update(status="fail" if failures else "pass", reason="; ".join(failures) or None)
+    return entry
+
+
+_FAMILIES = {
+    "mr-multi-interval": "reading", "gas": "reading", "mr-ondemand": "ondemand",
+    "ev-": "event", "pp-": "prepay", "dr-": "drdlc", "han-": "han", "fw-": "firmware",
+    "command:": "command", "phev:": "phev",
+}  # fmt: skip
+
+
+def _family(keys: Sequence[str]) -> str | None:
+    for key in keys:
+        for prefix, family in _FAMILIES.items():
+            if key.startswith(prefix):
+                return family
+    return None
+
+
+def build_report(
+    settings: RunSettings,
+    catalogue: Catalogue,
+    rows: Sequence[FlowRow],
+    evidence: Evidence,
+    system: dict[str, Any],
+    started: float,
+    interrupted: Sequence[str],
+) -> dict[str, Any]:
+    judged = [judge(row, evidence, catalogue) for row in rows]
+    count = {
+        s: sum(1 for r in judged if r["status"] == s)
+        for s in ("pass", "fail", "not-modelled", "no-traffic")
+    }
+    finished = time.time()
+    return {
+        "schema": SCHEMA,
+        "complete": not interrupted,
+        "incomplete_reason": "; ".join(interrupted) or None,
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "wall_s": round(finished - started, 1),
+        "settings": {
+            "meters": settings.meters,
+            "transports": list(settings.transports),
+            "clock_speed": settings.clock_speed,
+            "duration_s": settings.duration_s,
+            "row_filter": settings.row_filter,
+            "flows_dir": str(settings.flows_dir or "configs/flows"),
+            "impairment": {
+                "loss": settings.loss,
+                "delay_ms": settings.delay_ms,
+                "jitter_ms": settings.jitter_ms,
+            },
+        },
+        "system": system,
+        "summary": {
+            "rows": len(judged),
+            "executed": count["pass"] + count["fail"] + count["no-traffic"],
+            "passed": count["pass"],
+            "failed": count["fail"],
+            "not_modelled": count["not-modelled"],
+            "no_traffic": count["no-traffic"],
+        },
+        "rows": judged,
+    }
+
+
+def exit_status(report: dict[str, Any]) -> int:
+    return 0 if report["complete"] and not report["summary"]["failed"] else 1
