@@ -284,15 +284,41 @@ def _add_interop_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     run.add_argument("--rate-scale", type=_positive_float, default=20.0)
     run.add_argument("--commands-per-s", type=_positive_float, default=10.0)
     run.add_argument("--seed", type=int, default=1)
+    attach = run.add_argument_group(
+        "attach", "test a running system instead of starting one (give at least the first two)"
+    )
+    attach.add_argument("--attach-headend", metavar="URL", help="head-end web/API URL")
+    attach.add_argument("--attach-gateway-ops", metavar="URL", help="gateway ops URL")
+    attach.add_argument("--attach-dap-host", default="127.0.0.1")
+    attach.add_argument("--attach-coap-port", type=_port_number, default=5683)
+    attach.add_argument("--attach-mqtt-port", type=_port_number, default=1883)
+    attach.add_argument("--attach-headend-cse", metavar="URL", help="IN-CSE URL (PHEV rows)")
+    attach.add_argument("--attach-dap-cse-id", default="/id-dap1")
+    attach.add_argument("--attach-dap-cse-name", default="dap1")
     run.add_argument("--log-level", default="WARNING")
     run.set_defaults(run=_run_interop)
 
 
 def _run_interop(args: argparse.Namespace) -> int:
     from interop.catalogue import CatalogueError
-    from interop.runner import RunError, RunSettings, exit_status
+    from interop.runner import AttachTo, RunError, RunSettings, exit_status
     from interop.runner import run as run_flows
 
+    attach = None
+    if args.attach_headend or args.attach_gateway_ops:
+        if not (args.attach_headend and args.attach_gateway_ops):
+            print("gridm2m interop: attaching needs --attach-headend and --attach-gateway-ops")
+            return 2
+        attach = AttachTo(
+            headend=args.attach_headend,
+            gateway_ops=args.attach_gateway_ops,
+            dap_host=args.attach_dap_host,
+            coap_port=args.attach_coap_port,
+            mqtt_port=args.attach_mqtt_port,
+            headend_cse=args.attach_headend_cse,
+            dap_cse_id=args.attach_dap_cse_id,
+            dap_cse_name=args.attach_dap_cse_name,
+        )
     settings = RunSettings(
         flows_dir=Path(args.flows) if args.flows else None,
         report_dir=Path(args.report),
@@ -307,6 +333,7 @@ def _run_interop(args: argparse.Namespace) -> int:
         rate_scale=args.rate_scale,
         commands_per_s=args.commands_per_s,
         seed=args.seed,
+        attach=attach,
     )
     try:
         report = asyncio.run(run_flows(settings))

@@ -49,7 +49,7 @@ import aiohttp
 from cse.core.clock import parse_timestamp
 from device_agents.fleet.emulator import load_fleet_config, plan_meters
 from gridm2m.broker import embedded_broker
-from gridm2m.processes import Stack, get_json, toml_text
+from gridm2m.processes import Stack, get_json, spawn, toml_text
 from gridm2m.processes import stop as stop_child
 from interop.catalogue import Catalogue, FlowRow, load_catalogue
 from interop.impair import Impairment, TcpRelay, UdpRelay
@@ -67,6 +67,39 @@ class RunError(Exception):
 
 
 @dataclass
+class AttachTo:
+    """A running system to test instead of one the runner starts (`--attach-*` options)."""
+
+    headend: str  # the head-end's web/API URL, e.g. http://lab:8090
+    gateway_ops: str  # the gateway's ops URL, e.g. http://dap1:9110
+    dap_host: str = "127.0.0.1"
+    coap_port: int = 5683
+    mqtt_port: int = 1883  # the broker the gateway serves MQTT meters through
+    headend_cse: str | None = None  # the IN-CSE's HTTP URL, for the PHEV application
+    dap_cse_id: str = "/id-dap1"
+    dap_cse_name: str = "dap1"
+
+
+@dataclass
+class Target:
+    """Where the run's traffic goes and where its evidence is read."""
+
+    dashboard: str
+    health_url: str
+    coap: tuple[str, int]
+    broker: tuple[str, int]
+    headend_cse: str | None
+    dap_cse_id: str
+    dap_cse_name: str
+    attached: bool
+    gateway: str = ""
+    # The parts' databases, read directly when the runner started them itself.
+    mdms_db: Path | None = None
+    gateway_db: Path | None = None
+    headend_db: Path | None = None
+
+
+@dataclass
 class RunSettings:
     flows_dir: Path | None = None
     report_dir: Path = Path("interop-report")
@@ -81,6 +114,7 @@ class RunSettings:
     rate_scale: float = 20.0
     commands_per_s: float = 10.0
     seed: int = 1
+    attach: AttachTo | None = None
 
 
 @dataclass
@@ -162,13 +196,13 @@ class HeadendDriver:
     def __init__(
         self,
         session: aiohttp.ClientSession,
-        stack: Stack,
+        target: Target,
         electric: set[str],
         rate: float,
         seed: int,
     ) -> None:
         self.session = session
-        self.stack = stack
+        self.target = target
         self.electric = electric
         self.random = random.Random(seed)
         self.meters: list[str] = []  # filled from the MDMS (see _refresh_meters)
@@ -183,13 +217,14 @@ class HeadendDriver:
         self.refused = 0
         self.phev_sent: dict[str, list[tuple[str, float]]] = defaultdict(list)
         self.events = 0
-        self._in = f"http://127.0.0.1:{stack.headend_port}"
+        self._in = target.headend_cse
+        self._dap = f"/~{target.dap_cse_id}/{target.dap_cse_name}"
         self._requests = 0
 
     async def _refresh_meters(self) -> None:
         """Command only electric meters (gas C/I meters take no commands) that the MDMS has
         heard from: they are registered at the DAP."""
-        found = await get_json(self.session, f"{self.stack.dashboard}/api/meters?limit=1000")
+        found = await get_json(self.session, f"{self.target.dashboard}/api/meters?limit=1000")
         known = {m["meter"] for m in (found or {}).get("meters", []) if isinstance(m, dict)}
         self.meters = sorted(known & self.electric)
 
@@ -208,7 +243,7 @@ class HeadendDriver:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                 await self._play(path, dict(body))
             tick += 1
-            if tick % 20 == 0:
+            if tick % 20 == 0 and self._in:
                 with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                     await self._phev()
             with contextlib.suppress(TimeoutError):
@@ -216,7 +251,7 @@ class HeadendDriver:
                     await stop.wait()
 
     async def _post(self, path: str, body: dict[str, Any]) -> int:
-        async with self.session.post(f"{self.stack.dashboard}/api/{path}", json=body) as reply:
+        async with self.session.post(f"{self.target.dashboard}/api/{path}", json=body) as reply:
             await reply.read()
             return reply.status
 
@@ -252,17 +287,19 @@ class HeadendDriver:
             return int(reply.headers.get("X-M2M-RSC", "0"))
 
     async def prepare_phev(self) -> None:
+        if not self._in:
+            return  # attached without the IN-CSE's URL: the PHEV rows get no traffic
         ae = {"m2m:ae": {"rn": "phev", "api": "Ngridm2m.phev", "rr": False, "srv": ["3"]}}
         await self._onem2m("/cse-in", 2, ae)
         # On the DAP (retargeted through the IN-CSE) and, for the DMS reports, on the head-end.
-        await self._onem2m("/~/id-dap1/dap1", 3, {"m2m:cnt": {"rn": "phev"}})
+        await self._onem2m(self._dap, 3, {"m2m:cnt": {"rn": "phev"}})
         await self._onem2m("/cse-in/phev", 3, {"m2m:cnt": {"rn": "dms"}})
 
     async def _phev(self) -> None:
         for row_id, (where, content) in PHEV_MESSAGES.items():
             message = {**content, "id": f"{row_id[:12]}-{len(self.phev_sent[row_id])}"}
             body = {"m2m:cin": {"cnf": "application/json:0", "con": json.dumps(message)}}
-            path = "/~/id-dap1/dap1/phev" if where == "dap" else "/cse-in/phev/dms"
+            path = f"{self._dap}/phev" if where == "dap" else "/cse-in/phev/dms"
             sent_at = time.time()
             if await self._onem2m(path, 4, body) == 2001:
                 self.phev_sent[row_id].append((message["id"], sent_at))
@@ -304,9 +341,14 @@ async def run(settings: RunSettings) -> dict[str, Any]:
     evidence = Evidence()
     system: dict[str, Any] = {"headend": "", "gateway": "", "attached": False}
     try:
-        async with embedded_broker(work / "broker") as broker:
-            evidence, system = await _run_system(settings, work, broker.port, stop, interrupted)
+        if settings.attach is not None:
+            evidence, system = await _attach(settings, settings.attach, work, stop, interrupted)
+        else:
+            async with embedded_broker(work / "broker") as broker:
+                evidence, system = await _stand_up(settings, work, broker.port, stop, interrupted)
     except RunError as error:
+        if settings.attach is not None:
+            raise  # nothing ran: say so rather than write an empty report
         interrupted.append(str(error))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -316,7 +358,7 @@ async def run(settings: RunSettings) -> dict[str, Any]:
     return report
 
 
-async def _run_system(
+async def _stand_up(
     settings: RunSettings,
     work: Path,
     broker_port: int,
@@ -328,29 +370,85 @@ async def _run_system(
         broker_url=f"mqtt://127.0.0.1:{broker_port}",
         gateway_extra={"outbox": {"retry_min": 0.2, "retry_max": 5.0}},
     )
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        try:
+            await stack.start(session)
+        except RuntimeError as error:
+            await stack.stop()
+            raise RunError(f"the system did not start: {error}") from error
+        target = Target(
+            dashboard=stack.dashboard,
+            health_url=stack.health_url,
+            coap=("127.0.0.1", stack.coap_port),
+            broker=("127.0.0.1", broker_port),
+            headend_cse=f"http://127.0.0.1:{stack.headend_port}",
+            dap_cse_id="/id-dap1",
+            dap_cse_name="dap1",
+            attached=False,
+            gateway=stack.gateway_url,
+            mdms_db=stack.mdms_db,
+            gateway_db=stack.gateway_db,
+            headend_db=stack.directory / "id-in.db",
+        )
+        try:
+            return await _drive(settings, target, session, work, stop, interrupted)
+        finally:
+            await stack.stop()
+
+
+async def _attach(
+    settings: RunSettings,
+    attach: AttachTo,
+    work: Path,
+    stop: asyncio.Event,
+    interrupted: list[str],
+) -> tuple[Evidence, dict[str, Any]]:
+    target = Target(
+        dashboard=attach.headend.rstrip("/"),
+        health_url=attach.gateway_ops.rstrip("/") + "/health",
+        coap=(attach.dap_host, attach.coap_port),
+        broker=(attach.dap_host, attach.mqtt_port),
+        headend_cse=attach.headend_cse.rstrip("/") if attach.headend_cse else None,
+        dap_cse_id=attach.dap_cse_id,
+        dap_cse_name=attach.dap_cse_name,
+        attached=True,
+        gateway=attach.gateway_ops,
+    )
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for what, url in (
+            ("the head-end", f"{target.dashboard}/api/overview"),
+            ("the gateway", target.health_url),
+        ):
+            try:
+                async with session.get(url) as reply:
+                    if reply.status >= 400:
+                        raise RunError(f"{what} at {url} answers {reply.status}")
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                raise RunError(f"cannot reach {what} at {url}: {error or 'timed out'}") from None
+        return await _drive(settings, target, session, work, stop, interrupted)
+
+
+async def _drive(
+    settings: RunSettings,
+    target: Target,
+    session: aiohttp.ClientSession,
+    work: Path,
+    stop: asyncio.Event,
+    interrupted: list[str],
+) -> tuple[Evidence, dict[str, Any]]:
+    """Relays, the fleet and the head-end driver for the run's duration; then the evidence."""
     impairment = Impairment(
         loss=settings.loss,
         delay_ms=settings.delay_ms,
         jitter_ms=settings.jitter_ms,
         seed=settings.seed,
     )
-    timeout = aiohttp.ClientTimeout(total=30)
     async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
-        contextlib.AsyncExitStack() as exits,
+        UdpRelay("127.0.0.1", 0, *target.coap, impairment) as udp,
+        TcpRelay("127.0.0.1", 0, *target.broker, impairment) as tcp,
     ):
-        try:
-            await stack.start(session)
-        except RuntimeError as error:
-            await stack.stop()
-            raise RunError(f"the system did not start: {error}") from error
-        exits.push_async_callback(stack.stop)
-        udp = await exits.enter_async_context(
-            UdpRelay("127.0.0.1", 0, "127.0.0.1", stack.coap_port, impairment)
-        )
-        tcp = await exits.enter_async_context(
-            TcpRelay("127.0.0.1", 0, "127.0.0.1", broker_port, impairment)
-        )
         fleet_toml = work / "fleet.toml"
         shares = {name: float(name in settings.transports) for name in ("coap", "mqtt")}
         fleet_toml.write_text(
@@ -364,8 +462,8 @@ async def _run_system(
                     "ramp": max(2.0, settings.meters / 100),
                     "start_ts": START_TS,
                     "seed": settings.seed,
-                    "cse_id": "/id-dap1",
-                    "cse_name": "dap1",
+                    "cse_id": target.dap_cse_id,
+                    "cse_name": target.dap_cse_name,
                     "buffer_max": 2000,
                     "transports": shares,
                     "dap": {"coap_port": udp.port, "mqtt_port": tcp.port},
@@ -376,35 +474,39 @@ async def _run_system(
         )
         summary_file = work / "fleet-summary.json"
         summary_file.unlink(missing_ok=True)
-        fleet = await stack.spawn(
-            "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)]
+        fleet = await spawn(
+            "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)], work, ""
         )
-        fleet_config = load_fleet_config(fleet_toml)
-        electric = {p.meter_id for p in plan_meters(fleet_config) if p.kind == "electric"}
-        driver = HeadendDriver(session, stack, electric, settings.commands_per_s, settings.seed)
-        await driver.prepare_phev()
-        fleet_done = asyncio.ensure_future(fleet.process.wait())
-        stopper = asyncio.ensure_future(stop.wait())
-        playing = asyncio.ensure_future(driver.run(stop))
-        await asyncio.wait({fleet_done, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        await playing
-        await stop_child(fleet)
-        stopper.cancel()
+        try:
+            fleet_config = load_fleet_config(fleet_toml)
+            electric = {p.meter_id for p in plan_meters(fleet_config) if p.kind == "electric"}
+            driver = HeadendDriver(
+                session, target, electric, settings.commands_per_s, settings.seed
+            )
+            await driver.prepare_phev()
+            fleet_done = asyncio.ensure_future(fleet.process.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            playing = asyncio.ensure_future(driver.run(stop))
+            await asyncio.wait({fleet_done, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            await playing
+            stopper.cancel()
+        finally:
+            await stop_child(fleet)
         if not summary_file.exists():
             interrupted.append("the fleet wrote no summary")
-        await _drain(session, stack)
-        evidence = collect(stack, summary_file, driver)
-        system = {"headend": stack.dashboard, "gateway": stack.gateway_url, "attached": False}
+        await _drain(session, target)
+        evidence = await collect(session, target, summary_file, driver)
         logger.info("relays:\n%s\n%s", udp.stats.summary(), tcp.stats.summary())
-        return evidence, system
+    system = {"headend": target.dashboard, "gateway": target.gateway, "attached": target.attached}
+    return evidence, system
 
 
-async def _drain(session: aiohttp.ClientSession, stack: Stack) -> None:
+async def _drain(session: aiohttp.ClientSession, target: Target) -> None:
     """Let the gateway deliver what it still holds."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
-        health = await get_json(session, stack.health_url)
+        health = await get_json(session, target.health_url)
         if isinstance(health, dict) and not sum((health.get("outbox") or {}).values()):
             return
         await asyncio.sleep(0.5)  # polling another process's queue until it is empty
@@ -417,21 +519,28 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
-def collect(stack: Stack, summary_file: Path, driver: HeadendDriver) -> Evidence:
+async def collect(
+    session: aiohttp.ClientSession, target: Target, summary_file: Path, driver: HeadendDriver
+) -> Evidence:
     evidence = Evidence()
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    for flow, count in (
-        summary.get("generated_by_flow") or summary.get("sent_by_flow") or {}
-    ).items():
+    counted = summary.get("generated_by_flow") or summary.get("sent_by_flow") or {}
+    for flow, count in counted.items():
         evidence.sent[flow] += int(count)
     clock = summary.get("clock") or {}
     speed = float(clock.get("speed") or summary.get("clock_speed") or 1440.0)
     start_ts = float(clock.get("start_ts") or START_TS)
-    with _read_only(stack.mdms_db) as mdms:
-        rows = mdms.execute(
-            "SELECT flow, meter_ts, created_at, received_at, size FROM messages"
-        ).fetchall()
-        commands = mdms.execute("SELECT id, name, issued_at, issued_by FROM commands").fetchall()
+    commands: list[tuple[Any, ...]] = []
+    if target.mdms_db is not None:
+        with _read_only(target.mdms_db) as mdms:
+            rows = mdms.execute(
+                "SELECT flow, meter_ts, created_at, received_at, size FROM messages"
+            ).fetchall()
+            commands = mdms.execute(
+                "SELECT id, name, issued_at, issued_by FROM commands"
+            ).fetchall()
+    else:
+        rows = await _messages_from_api(session, target)
     t0 = clock.get("t0_wall")
     if t0 is None and rows:
         # Calibrate the fleet clock from the data: the fastest message had ~no latency.
@@ -442,13 +551,32 @@ def collect(stack: Stack, summary_file: Path, driver: HeadendDriver) -> Evidence
         generated = float(t0) + (meter_ts - start_ts) / speed
         evidence.at_dap[flow].append(Observed(max(0.0, created_at - generated), size))
         evidence.at_mdms[flow].append(Observed(max(0.0, received_at - generated), size))
-    _collect_commands(stack, commands, evidence)
-    _collect_phev(stack, driver, evidence)
+    if target.gateway_db is not None:
+        # Only with the gateway's database: when each command reached the DAP.
+        _collect_commands(target.gateway_db, commands, evidence)
+        _collect_phev(target, driver, evidence)
     return evidence
 
 
-def _dap_instances(stack: Stack, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
-    with _read_only(stack.gateway_db) as dap:
+async def _messages_from_api(
+    session: aiohttp.ClientSession, target: Target
+) -> list[tuple[Any, ...]]:
+    """Every message the MDMS stored, through the head-end's API (oldest first)."""
+    rows: list[tuple[Any, ...]] = []
+    after = 0
+    while True:
+        url = f"{target.dashboard}/api/messages?limit=1000&after_id={after}"
+        page = (await get_json(session, url) or {}).get("messages", [])
+        if not page:
+            return rows
+        page.sort(key=lambda m: m["id"])
+        for m in page:
+            rows.append((m["flow"], m["meter_ts"], m["created_at"], m["received_at"], m["size"]))
+        after = page[-1]["id"]
+
+
+def _dap_instances(database: Path, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
+    with _read_only(database) as dap:
         for (body,) in dap.execute(
             "SELECT body FROM resources WHERE ty = 4 AND path LIKE ?", (pattern,)
         ):
@@ -462,7 +590,9 @@ def _dap_instances(stack: Stack, pattern: str) -> Iterable[tuple[dict[str, Any],
                 yield content, created
 
 
-def _collect_commands(stack: Stack, commands: list[tuple[Any, ...]], evidence: Evidence) -> None:
+def _collect_commands(
+    gateway_db: Path, commands: list[tuple[Any, ...]], evidence: Evidence
+) -> None:
     """Head-end → DAP rows: commands (billing reads, prices) into the meters' containers."""
     issued = {}
     for command_id, name, issued_at, issued_by in commands:
@@ -470,14 +600,14 @@ def _collect_commands(stack: Stack, commands: list[tuple[Any, ...]], evidence: E
         kind = "billing" if issued_by == "billing" else name
         issued[base] = (kind, float(issued_at))
         evidence.sent[f"command:{kind}"] += 1
-    for content, created in _dap_instances(stack, "dap1/%/command/%"):
+    for content, created in _dap_instances(gateway_db, "%/command/%"):
         found = issued.get(str(content.get("id")))
         if found is not None:
             kind, issued_at = found
             evidence.at_dap[f"command:{kind}"].append(Observed(max(0.0, created - issued_at)))
 
 
-def _collect_phev(stack: Stack, driver: HeadendDriver, evidence: Evidence) -> None:
+def _collect_phev(target: Target, driver: HeadendDriver, evidence: Evidence) -> None:
     sent_at = {
         message_id: (row_id, at)
         for row_id, messages in driver.phev_sent.items()
@@ -485,11 +615,12 @@ def _collect_phev(stack: Stack, driver: HeadendDriver, evidence: Evidence) -> No
     }
     for row_id, messages in driver.phev_sent.items():
         evidence.sent[f"phev:{row_id}"] += len(messages)
-    for content, created in _dap_instances(stack, "dap1/phev/%"):
+    assert target.gateway_db is not None and target.headend_db is not None
+    for content, created in _dap_instances(target.gateway_db, f"{target.dap_cse_name}/phev/%"):
         found = sent_at.get(str(content.get("id")))
         if found:
             evidence.at_dap[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
-    with _read_only(stack.directory / "id-in.db") as headend:
+    with _read_only(target.headend_db) as headend:
         for (body,) in headend.execute(
             "SELECT body FROM resources WHERE ty = 4 AND path LIKE 'cse-in/phev/dms/%'"
         ):

@@ -84,3 +84,49 @@ async def test_a_short_run_exercises_a_row_of_every_family(tmp_path: Path) -> No
     saved = json.loads((settings.report_dir / "report.json").read_text())
     assert saved["summary"] == report["summary"]
     assert (settings.report_dir / "report.html").exists()
+
+
+async def test_a_runner_pointed_at_an_unreachable_system_says_so(tmp_path: Path) -> None:
+    from gridm2m.broker import free_port
+    from interop.runner import AttachTo, RunError
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    settings = RunSettings(
+        report_dir=tmp_path / "report", attach=AttachTo(headend=closed, gateway_ops=closed)
+    )
+    with pytest.raises(RunError, match="cannot reach the head-end"):
+        await run(settings)
+
+
+@pytest.mark.slow
+async def test_an_interrupted_run_writes_a_partial_report(tmp_path: Path) -> None:
+    import asyncio
+    import signal
+    import sys
+    import time
+
+    report = tmp_path / "report"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gridm2m",
+        "interop",
+        "run",
+        *("--meters", "10", "--duration", "600", "--rows", "^mr-ondemand$"),
+        *("--report", str(report)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    # The fleet's config is written once the system is up: interrupt the run from then on.
+    deadline = time.monotonic() + 120
+    while not (report / "run" / "fleet.log").exists():
+        assert time.monotonic() < deadline, "the run did not get as far as the fleet"
+        assert process.returncode is None
+        await asyncio.sleep(0.1)  # polling another process's progress on disk
+    process.send_signal(signal.SIGINT)
+    output, _ = await asyncio.wait_for(process.communicate(), 180)
+    assert process.returncode == 1, output.decode()
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["complete"] is False
+    assert "interrupted" in saved["incomplete_reason"]
+    assert "INCOMPLETE" in (report / "report.md").read_text()
