@@ -37,7 +37,7 @@ def send_command(
     dap: str | None,
     wait: float,
 ) -> int:
-    body: dict[str, Any] = {"cmd": name, **parse_fields(fields), "by": "cli"}
+    body: dict[str, Any] = {"cmd": name, **parse_fields(fields), "issued_by": "cli"}
     meters = [m for m in meters if m]
     if not meters:
         raise CommandLineError("give at least one meter id")

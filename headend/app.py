@@ -68,7 +68,7 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
         meters = body.pop("meters", None)
         meter = body.pop("meter", None)
         dap = body.pop("dap", None)
-        issued_by = str(body.pop("by", "api"))
+        issued_by = str(body.pop("issued_by", "api"))
         try:
             if meters is not None:
                 if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):

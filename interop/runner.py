@@ -112,6 +112,7 @@ class RunSettings:
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     rate_scale: float = 20.0
+    rate_floor: float = 0.5  # per meter and day, for the rare scheduled rows (events)
     commands_per_s: float = 10.0
     seed: int = 1
     attach: AttachTo | None = None
@@ -156,8 +157,8 @@ PLAYBOOK: list[tuple[float, str, dict[str, Any]]] = [
     (1, "commands", {"cmd": "han-join", "dev": "zz"}),
     (1, "commands", {"cmd": "han-join", "dev": "zz", "by": "utl"}),
     (1, "commands", {"cmd": "han-join", "dev": "zz", "by": "repi"}),
-    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b0001020304", "by": "utl"}),
-    (1, "commands", {"cmd": "han-unjoin", "dev": "00124b0001020305", "by": "repi"}),
+    (2, "han-cycle", {"dev": "00124b0001020306", "by": "utl"}),
+    (2, "han-cycle", {"dev": "00124b0001020307", "by": "repi"}),
     (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff"}),
     (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff", "by": "utl"}),
     (1, "commands", {"cmd": "han-unjoin", "dev": "00124b00ffffffff", "by": "repi"}),
@@ -256,8 +257,14 @@ class HeadendDriver:
             return reply.status
 
     async def _play(self, path: str, body: dict[str, Any]) -> None:
+        if path == "han-cycle":
+            # A device joined and then un-joined on the same meter: both acks.
+            meter = self.random.choice(self.meters)
+            for name in ("han-join", "han-unjoin"):
+                await self._play("commands", {**body, "cmd": name, "meter": meter})
+            return
         if path == "commands":
-            body["meter"] = self.random.choice(self.meters)
+            body.setdefault("meter", self.random.choice(self.meters))
         else:
             self.events += 1
             if path == "dr":
@@ -296,8 +303,8 @@ class HeadendDriver:
         await self._onem2m("/cse-in/phev", 3, {"m2m:cnt": {"rn": "dms"}})
 
     async def _phev(self) -> None:
-        for row_id, (where, content) in PHEV_MESSAGES.items():
-            message = {**content, "id": f"{row_id[:12]}-{len(self.phev_sent[row_id])}"}
+        for number, (row_id, (where, content)) in enumerate(PHEV_MESSAGES.items()):
+            message = {**content, "id": f"p{number}-{len(self.phev_sent[row_id])}"}
             body = {"m2m:cin": {"cnf": "application/json:0", "con": json.dumps(message)}}
             path = f"{self._dap}/phev" if where == "dap" else "/cse-in/phev/dms"
             sent_at = time.time()
@@ -468,7 +475,11 @@ async def _drive(
                     "transports": shares,
                     "dap": {"coap_port": udp.port, "mqtt_port": tcp.port},
                     # Over a lossy link a meter retries sooner than RFC 7252's default 2 s.
-                    "agent": {"coap_ack_timeout_ms": 500, "coap_max_retransmit": 6},
+                    "agent": {
+                        "coap_ack_timeout_ms": 500,
+                        "coap_max_retransmit": 6,
+                        "rate_floor": settings.rate_floor,
+                    },
                 },
             )
         )
@@ -645,14 +656,15 @@ def _percentile(values: Sequence[float], share: float) -> float | None:
 
 def _source_of(row: FlowRow, catalogue: Catalogue) -> tuple[list[str], str] | None:
     """Which evidence keys feed a row, and where it is measured (dap or mdms)."""
+    # The agent flows of the row, and of the rows it goes through (a HAN AE's or the
+    # head-end's view of a meter flow).
+    flows = list(row.agent_flows)
+    for via in row.via:
+        with contextlib.suppress(KeyError):
+            flows.extend(catalogue.get(via).agent_flows)
     if row.modelled_by in ("meter-agent", "han-ae"):
-        return list(row.agent_flows), "dap"
+        return flows, "dap"
     if row.modelled_by == "gateway":
-        # End to end over the DAP: the agent flows of the rows it goes through.
-        flows = list(row.agent_flows)
-        for via in row.via:
-            with contextlib.suppress(KeyError):
-                flows.extend(catalogue.get(via).agent_flows)
         return flows, "mdms"
     if row.modelled_by == "headend-app":
         if row.id in PHEV_MESSAGES:

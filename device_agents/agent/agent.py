@@ -21,8 +21,9 @@ Config keys besides those of docs/agents.md, all optional: start_ts (meter time 
 epoch seconds; default the real time), tick_ms (1000: how often the loop looks at the
 schedule), buffer_bytes (the outbox's bytes: 8192 on MicroPython, 16384 on CPython), prepay
 (default: 1 meter in 5, by seed), rate_scale (1: multiplies every scheduled rate, to see rare
-events in short runs), tz_offset_s (0: the meter's local time for the tables' clock windows),
-gas_period_h (4 or 6; default by seed), dr_programs (["utl", "repi"]), backoff_ms (1000),
+events in short runs), rate_floor (0: messages a day that every scheduled random flow sends at
+least, so rare rows show up in interop runs), tz_offset_s (0: the meter's local time for the
+tables' clock windows), gas_period_h (4 or 6; default by seed), dr_programs (["utl", "repi"]), backoff_ms (1000),
 backoff_max_ms (60000), verbose (false).
 """
 
@@ -96,6 +97,7 @@ class Agent:
             prepay=config.get("prepay"),
             opt_out_rate=0.01 if opt_out is None else opt_out,
             rate_scale=config.get("rate_scale") or 1,
+            rate_floor=config.get("rate_floor") or 0,
             tz=config.get("tz_offset_s") or 0,
             gas_period_h=config.get("gas_period_h"),
             dr_programs=config.get("dr_programs") or ("utl", "repi"),

@@ -99,6 +99,7 @@ class Meter:
         prepay=None,
         opt_out_rate=0.01,
         rate_scale=1,
+        rate_floor=0,
         tz=0,
         gas_period_h=None,
         dr_programs=("utl", "repi"),
@@ -111,6 +112,7 @@ class Meter:
         rng = self.rng = Rng(self.seed)
         self.tz = tz
         self.rate_scale = rate_scale
+        self.rate_floor = rate_floor  # per day: lifts rare flows (interop runs), 0 = off
         self.opt_out_rate = opt_out_rate
         self.dr_programs = tuple(dr_programs)
         self.seq = 0
@@ -303,7 +305,10 @@ class Meter:
                 entry[4] = state
                 continue
             span = (window[1] - window[0]) * 3600
-            state -= rate * self.rate_scale / span * window_seconds(last, now, window, self.tz)
+            rate = rate * self.rate_scale
+            if rate < self.rate_floor:
+                rate = self.rate_floor
+            state -= rate / span * window_seconds(last, now, window, self.tz)
             while state <= 0 and n < 16:
                 out.append(self.emit(flows.get(flow_id), now))
                 state += self.rng.exp()
