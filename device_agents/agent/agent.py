@@ -23,8 +23,8 @@ schedule), buffer_bytes (the outbox's bytes: 8192 on MicroPython, 16384 on CPyth
 (default: 1 meter in 5, by seed), rate_scale (1: multiplies every scheduled rate, to see rare
 events in short runs), rate_floor (0: messages a day that every scheduled random flow sends at
 least, so rare rows show up in interop runs), tz_offset_s (0: the meter's local time for the
-tables' clock windows), gas_period_h (4 or 6; default by seed), dr_programs (["utl", "repi"]), backoff_ms (1000),
-backoff_max_ms (60000), verbose (false).
+tables' clock windows), gas_period_h (4 or 6; default by seed), dr_programs (["utl",
+"repi"]), backoff_ms (1000), backoff_max_ms (60000), verbose (false).
 """
 
 import asyncio
