@@ -129,7 +129,12 @@ class Registrar:
             "rr": True,
             "poa": list(settings.points_of_access),
             "srv": ["3", "4"],
+            **self._policies(),
         }
+
+    def _policies(self) -> dict[str, list[str]]:
+        acpi = self.link.config.acpi
+        return {"acpi": list(acpi)} if acpi else {}
 
     async def _register_upstream(self) -> None:
         attributes = self._remote_cse()
@@ -148,7 +153,7 @@ class Registrar:
     async def _ensure_container(self, family: str) -> None:
         if family in self._containers:
             return
-        content: dict[str, object] = {"rn": family}
+        content: dict[str, object] = {"rn": family, **self._policies()}
         if family == STATUS_CONTAINER:
             content["mni"] = 10
         request = self.link.create(self.upstream_home, ResourceType.CONTAINER, {"m2m:cnt": content})

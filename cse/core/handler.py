@@ -306,5 +306,7 @@ class CommonServicesEntity:
         assert address.remote_cse is not None
         remote = await self.storage.get(address.remote_cse.lstrip("/"))
         if remote is None or remote.ty != T.REMOTE_CSE:
-            raise TargetNotReachable(f"CSE {address.remote_cse} is not registered here")
+            # An unknown CSE-ID is "not found" (TS-0004 7.3.2.6); a registered CSE that
+            # cannot be reached is 5103 (the forwarder says so).
+            raise NotFound(f"CSE {address.remote_cse} is not registered here")
         return await self.forwarder.forward(remote, request)

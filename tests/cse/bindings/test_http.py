@@ -231,9 +231,9 @@ async def test_create_through_an_sp_relative_path(meter: M2M) -> None:
     assert reply.headers["Content-Location"].startswith("/cse-in/meter/reads/")
 
 
-async def test_unknown_cse_is_not_reachable(meter: M2M) -> None:
+async def test_an_unknown_cse_is_not_found(meter: M2M) -> None:
     reply = await meter.retrieve("/~/id-mn/cse-mn", origin=AE)
-    assert (reply.status, reply.rsc) == (404, 5103)
+    assert (reply.status, reply.rsc) == (404, 4004)
 
 
 def test_paths_and_targets_map_both_ways() -> None:

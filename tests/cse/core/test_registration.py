@@ -121,6 +121,6 @@ async def test_remote_cse_registration_by_an_ae_is_not_allowed(
     assert response.status == RSC.OPERATION_NOT_ALLOWED
 
 
-async def test_request_to_an_unknown_cse_is_not_reachable(cse: CommonServicesEntity) -> None:
+async def test_request_to_an_unknown_cse_is_not_found(cse: CommonServicesEntity) -> None:
     response = await cse.handle(retrieve("/id-other/cse-x"))
-    assert response.status == RSC.TARGET_NOT_REACHABLE
+    assert response.status == RSC.NOT_FOUND
