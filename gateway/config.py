@@ -38,7 +38,8 @@ class UpstreamConfig(BaseModel):
     key_file: str | None = None
     # Access control policy IDs on the upstream CSE that the gateway links to its remoteCSE and
     # family containers there when it creates them: how an IN-CSE that does not trust its
-    # applications (ACME's creator-only default) gives them access to the mirrored data.
+    # applications (ACME's creator-only default) gives them access to the mirrored data. The
+    # policies must also grant the gateway's own CSE-ID every operation.
     acpi: list[str] = []
     timeout: float = Field(10.0, gt=0)  # per request
     check_interval: float = Field(30.0, gt=0)  # how often the registration is verified

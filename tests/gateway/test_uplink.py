@@ -238,3 +238,33 @@ async def test_full_budget_sheds_bulk_never_alarms(tmp_path: Path, budget: int) 
     reopened.open()
     assert reopened.shed[3] == 5 and reopened.depth[0] == 6 and reopened.high_water_seq == 11
     reopened.close()
+
+
+async def test_upstream_policies_are_linked_to_what_the_gateway_creates(tmp_path: Path) -> None:
+    async with running_cse(upstream_config(tmp_path)) as upstream:
+        policy = {
+            "m2m:acp": {
+                "rn": "headendApps",
+                # The gateway keeps full rights on what it creates; the application may read.
+                "pv": {
+                    "acr": [{"acor": ["/id-dap1"], "acop": 63}, {"acor": ["Chesapp"], "acop": 2}]
+                },
+                "pvs": {"acr": [{"acor": ["CAdmin"], "acop": 63}]},
+            }
+        }
+        made = await upstream.cse.handle(create("cse-in", 1, policy))
+        assert made.status == RSC.CREATED, made
+        acp_id = made.content["m2m:acp"]["ri"]
+        config = gateway_config(tmp_path, upstream.http.url)
+        config.upstream.acpi = [acp_id]
+        async with running_gateway(config) as gateway:
+            async with asyncio.timeout(TIMEOUT):
+                await gateway.registrar.registered.wait()
+            for path in ("cse-in/id-dap1", "cse-in/id-dap1/reading"):
+                found = await upstream.cse.handle(retrieve(path))
+                assert next(iter(found.content.values()))["acpi"] == [acp_id], path
+            # An application the policy names may now read the mirrored data.
+            app = await upstream.cse.handle(create("cse-in", 2, ae_body("hes"), "Chesapp"))
+            assert app.status == RSC.CREATED
+            read = await upstream.cse.handle(retrieve("cse-in/id-dap1/reading", "Chesapp"))
+            assert read.status == RSC.OK
