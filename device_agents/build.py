@@ -254,9 +254,19 @@ def flash_command(bundle: Bundle, port: str, mpremote: str = "mpremote") -> list
     return [*command, "+", "reset"]
 
 
+def _installed_mpremote() -> str:
+    """mpremote on PATH, else the one installed beside this Python (a virtualenv that is not
+    activated), else the bare name."""
+    found = shutil.which("mpremote")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "mpremote"
+    return str(beside) if beside.exists() else "mpremote"
+
+
 def flash(bundle: Bundle, port: str, dry_run: bool = False, mpremote: str | None = None) -> int:
     """Deploy `bundle` (or only print the command); returns mpremote's exit status."""
-    tool = mpremote or os.environ.get("MPREMOTE") or "mpremote"
+    tool = mpremote or os.environ.get("MPREMOTE") or _installed_mpremote()
     command = flash_command(bundle, port, tool)
     print(shlex.join(command), flush=True)
     if dry_run:
