@@ -131,6 +131,7 @@ class Evidence:
     sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     at_dap: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
     at_mdms: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
+    pending: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
 # ---- what the head-end does during a run ----------------------------------------------------
@@ -536,8 +537,12 @@ async def collect(
     evidence = Evidence()
     summary = json.loads(summary_file.read_text()) if summary_file.exists() else {}
     counted = summary.get("generated_by_flow") or summary.get("sent_by_flow") or {}
+    # Messages still in a meter's store when the run stopped were neither delivered nor lost:
+    # they are not counted as sent (a run stops the meters, not their links).
+    pending = summary.get("buffered_by_flow") or {}
     for flow, count in counted.items():
-        evidence.sent[flow] += int(count)
+        evidence.sent[flow] += int(count) - int(pending.get(flow, 0))
+        evidence.pending[flow] += int(pending.get(flow, 0))
     clock = summary.get("clock") or {}
     speed = float(clock.get("speed") or summary.get("clock_speed") or 1440.0)
     start_ts = float(clock.get("start_ts") or START_TS)

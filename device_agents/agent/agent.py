@@ -387,6 +387,12 @@ class Agent:
             answers = None
         compat.unload("commands")
 
+    def _buffered_by_flow(self):
+        counts = {}
+        for item in self.store.items():
+            counts[item[2]] = counts.get(item[2], 0) + 1
+        return counts
+
     def stats(self):
         """The counters as one dict."""
         return {
@@ -401,6 +407,7 @@ class Agent:
             "dropped": self.store.dropped,
             "dropped_by_flow": dict(self.store.dropped_by_flow),
             "buffered": len(self.store),
+            "buffered_by_flow": self._buffered_by_flow(),
             "commands": self.commands,
             "outages": self.outages,
             "memory_errors": self.memory_errors,

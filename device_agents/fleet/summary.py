@@ -115,6 +115,7 @@ class FleetSummary:
     unregistered: list[str] = field(default_factory=list)
     sent_by_flow: dict[str, int] = field(default_factory=dict)
     generated_by_flow: dict[str, int] = field(default_factory=dict)
+    buffered_by_flow: dict[str, int] = field(default_factory=dict)  # still in the stores
     clock: dict[str, float] = field(default_factory=dict)  # FleetClock.anchor()
 
     @classmethod
@@ -144,7 +145,10 @@ class FleetSummary:
                 by_family[family] = by_family.get(family, 0) + count
         by_flow: dict[str, int] = {}
         generated_by_flow: dict[str, int] = {}
+        buffered_by_flow: dict[str, int] = {}
         for stat in stats:
+            for flow_id, count in stat.get("buffered_by_flow", {}).items():
+                buffered_by_flow[flow_id] = buffered_by_flow.get(flow_id, 0) + count
             for flow_id, count in stat["sent"].items():
                 by_flow[flow_id] = by_flow.get(flow_id, 0) + count
             for flow_id, count in stat.get("generated_by_flow", {}).items():
@@ -183,6 +187,7 @@ class FleetSummary:
             unregistered=[p.meter_id for p in plans if p.meter_id not in registered_ids],
             sent_by_flow=dict(sorted(by_flow.items())),
             generated_by_flow=dict(sorted(generated_by_flow.items())),
+            buffered_by_flow=dict(sorted(buffered_by_flow.items())),
             clock=dict(clock or {}),
         )
 
