@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 START_TS = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC
 SAMPLES_PER_ROW = 2000
 DRAIN_TIMEOUT_S = 120.0
+SETTLE_S = 2.0  # the MDMS has stored nothing new for this long: the run's traffic is in
 
 
 class RunError(Exception):
@@ -515,13 +516,21 @@ async def _drive(
 
 
 async def _drain(session: aiohttp.ClientSession, target: Target) -> None:
-    """Let the gateway deliver what it still holds."""
+    """Let the system deliver what it still holds: wait until the gateway's outbox is empty
+    and the MDMS has stored nothing new for a while (what the gateway sent may still be on
+    its way through the IN-CSE's notifications)."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    stored, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         health = await get_json(session, target.health_url)
-        if isinstance(health, dict) and not sum((health.get("outbox") or {}).values()):
+        counts = await get_json(session, f"{target.dashboard}/api/counts")
+        total = counts.get("total", 0) if isinstance(counts, dict) else 0
+        if total != stored:
+            stored, quiet_since = total, time.monotonic()
+        queued = sum((health.get("outbox") or {}).values()) if isinstance(health, dict) else 1
+        if not queued and time.monotonic() - quiet_since >= SETTLE_S:
             return
-        await asyncio.sleep(0.5)  # polling another process's queue until it is empty
+        await asyncio.sleep(0.25)  # polling other processes until their queues are empty
 
 
 # ---- collecting what the parts recorded ----------------------------------------------------

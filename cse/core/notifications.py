@@ -287,8 +287,12 @@ class Notifier:
                     return
                 if not 2000 <= status < 3000:
                     logger.info("%s answered a notification with %s", target, status)
-                for _ in batch:
-                    queue.popleft()
+                # A batch holds one subscription's entries, which need not be the first ones
+                # in the queue (several subscriptions can notify the same target).
+                sent = {item.id for item in batch}
+                remaining = [item for item in queue if item.id not in sent]
+                queue.clear()
+                queue.extend(remaining)
                 await self._cse.storage.apply([Dequeue(tuple(item.id for item in batch))])
                 self.delivered += len(batch)
                 self._retry_delay.pop(target, None)

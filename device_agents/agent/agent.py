@@ -389,6 +389,8 @@ class Agent:
 
     def _buffered_by_flow(self):
         counts = {}
+        if self.generated_by_flow is None:
+            return counts  # only where per-flow counts were asked for (not on a board)
         for item in self.store.items():
             counts[item[2]] = counts.get(item[2], 0) + 1
         return counts

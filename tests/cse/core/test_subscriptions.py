@@ -133,6 +133,31 @@ async def test_batch_notify_sends_aggregates(meter: CommonServicesEntity) -> Non
     ]
 
 
+async def test_batches_of_two_subscriptions_to_one_target_lose_nothing(
+    meter: CommonServicesEntity,
+) -> None:
+    await meter.handle(create("cse-in/meter", 3, {"m2m:cnt": {"rn": "events"}}, AE))
+    async with NotificationReceiver() as receiver:
+        for container in ("reads", "events"):
+            body = {"m2m:sub": {"nu": [receiver.url], "enc": {"net": [3]}, "bn": {"num": 2}}}
+            reply = await meter.handle(create(f"cse-in/meter/{container}", 23, body, AE))
+            assert reply.status == RSC.CREATED, reply.content
+        # Interleaved: the target's queue holds reads and events alternately.
+        for index in range(4):
+            for container in ("reads", "events"):
+                body = {"m2m:cin": {"con": f"{container}{index}"}}
+                reply = await meter.handle(create(f"cse-in/meter/{container}", 4, body, AE))
+                assert reply.status == RSC.CREATED
+        received = await receiver.wait_for(2 + 4)  # two verifications, four batches of two
+    contents = [
+        n["nev"]["rep"]["m2m:cin"]["con"]
+        for r in received
+        if "m2m:agn" in r["body"]
+        for n in r["body"]["m2m:agn"]["m2m:sgn"]
+    ]
+    assert sorted(contents) == sorted(f"{c}{i}" for c in ("reads", "events") for i in range(4))
+
+
 async def test_batch_notify_flushes_after_its_duration(
     meter: CommonServicesEntity, clock: ManualClock
 ) -> None:
