@@ -131,8 +131,6 @@ class Agent:
         self.sent = {}  # flow id -> messages the DAP accepted
         self.sent_total = 0
         self.generated = 0  # messages put into the store
-        # Per flow as well, where asked (the fleet's interop runs; a board saves the dict).
-        self.generated_by_flow = {} if config.get("count_flows") else None
         self.failed = 0  # send attempts that raised LinkError or got 5xxx
         self.refused = 0  # messages the DAP refused (4xxx), dropped
         self.commands = 0  # command notifications handled
@@ -340,8 +338,6 @@ class Agent:
         flow = flows.get(flow_id)
         priority = flow[flows.PRIORITY] if flow is not None else 2
         self.generated += 1
-        if self.generated_by_flow is not None:
-            self.generated_by_flow[flow_id] = self.generated_by_flow.get(flow_id, 0) + 1
         try:
             body = json.dumps(content, separators=(",", ":"))
         except MemoryError:
@@ -387,14 +383,6 @@ class Agent:
             answers = None
         compat.unload("commands")
 
-    def _buffered_by_flow(self):
-        counts = {}
-        if self.generated_by_flow is None:
-            return counts  # only where per-flow counts were asked for (not on a board)
-        for item in self.store.items():
-            counts[item[2]] = counts.get(item[2], 0) + 1
-        return counts
-
     def stats(self):
         """The counters as one dict."""
         return {
@@ -403,13 +391,11 @@ class Agent:
             "sent": dict(self.sent),
             "sent_total": self.sent_total,
             "generated": self.generated,
-            "generated_by_flow": dict(self.generated_by_flow or {}),
             "failed": self.failed,
             "refused": self.refused,
             "dropped": self.store.dropped,
             "dropped_by_flow": dict(self.store.dropped_by_flow),
             "buffered": len(self.store),
-            "buffered_by_flow": self._buffered_by_flow(),
             "commands": self.commands,
             "outages": self.outages,
             "memory_errors": self.memory_errors,

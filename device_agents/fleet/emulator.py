@@ -151,7 +151,6 @@ def agent_config(config: FleetConfig, plan: MeterPlan, start_ts: int) -> dict[st
         "rate_scale": config.rate_scale,
         "tick_ms": config.tick_ms,
         "timeout_ms": config.timeout_ms,
-        "count_flows": True,
         **_agent_options(config, plan),
     }
 
@@ -290,6 +289,21 @@ class FleetAgent(Agent):
         self._measurements = measurements
         self._ticker = ticker
         self._wake = Wake()
+        # Per flow, for interop runs: kept here, not in the agent (a board's heap is tight).
+        self.generated_by_flow: dict[str, int] = {}
+
+    def _enqueue(self, family: str, content: dict[str, Any]) -> None:
+        flow_id = str(content.get("flow"))
+        self.generated_by_flow[flow_id] = self.generated_by_flow.get(flow_id, 0) + 1
+        super()._enqueue(family, content)
+
+    def stats(self) -> dict[str, Any]:
+        counts: dict[str, Any] = super().stats()
+        buffered: dict[str, int] = {}
+        for item in self.store.items():
+            buffered[item[2]] = buffered.get(item[2], 0) + 1
+        counts.update(generated_by_flow=dict(self.generated_by_flow), buffered_by_flow=buffered)
+        return counts
 
     async def _sleep(self, ms: int) -> None:
         wake = self._wake
