@@ -127,7 +127,8 @@ def environment(
     """The environment with MICROPYPATH (or PYTHONPATH) for the agent."""
     if cpython:
         folders = [*(str(Path(folder).resolve()) for folder in path), str(AGENT_DIR)]
-        return {**os.environ, "PYTHONPATH": ":".join(folders)}
+        # Unbuffered, so the test sees each line when it is printed, as from MicroPython.
+        return {**os.environ, "PYTHONPATH": ":".join(folders), "PYTHONUNBUFFERED": "1"}
     folders = [str(compile_agent())] if compiled else []
     folders += [*(str(Path(folder).resolve()) for folder in path), str(AGENT_DIR), ".frozen"]
     return {**os.environ, "MICROPYPATH": ":".join(folders)}
