@@ -167,7 +167,11 @@ class Mdms:
 
     async def _watch_family(self, csi: str, container_path: str) -> None:
         family = container_path.rsplit("/", 1)[-1]
-        await self._watch(container_path, (csi, family), [ResourceType.CONTENT_INSTANCE])
+        fresh = await self._watch(container_path, (csi, family), [ResourceType.CONTENT_INSTANCE])
+        if not fresh:
+            # Subscribed before (a head-end restart): the IN-CSE kept what it could not
+            # deliver (pn), so there is nothing to read again.
+            return
         # Catch up with what arrived before the subscription (the store skips known ones).
         reply = await self._send(
             Operation.RETRIEVE,
