@@ -26,10 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: the HTTP benchmark against GridM2M and ACME side by side, then the scale benchmark
+## bench: HTTP against ACME side by side, scale, CoAP/MQTT against the bare transports, the gateway
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_http --acme
 	$(BIN)/python -m bench.bench_scale
+	$(BIN)/python -m bench.bench_coap_mqtt
+	$(BIN)/python -m bench.bench_gateway
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
