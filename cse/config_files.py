@@ -25,6 +25,17 @@ def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:
     target[dotted[-1]] = value
 
 
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `override` laid over it, nested tables merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge_tables(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_section(
     model: type[Model],
     section: str,

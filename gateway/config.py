@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cse.app import CSEConfig, HttpConfig, default_data_dir
 from cse.bindings.mqtt.settings import MqttSettings
-from cse.config_files import load_section
+from cse.config_files import load_section, merge_tables
 
 ENV_PREFIX = "GRIDM2M_GATEWAY__"
 
@@ -114,7 +114,7 @@ class GatewayConfig(BaseModel):
         # A [gateway.cse] table fills in over the gateway's defaults, not the bare CSE's.
         if isinstance(data, dict) and isinstance(data.get("cse"), dict):
             base = _gateway_cse().model_dump()
-            merged = _merge(base, data["cse"])
+            merged = merge_tables(base, data["cse"])
             data = {**data, "cse": merged}
         return data
 
@@ -134,16 +134,6 @@ class GatewayConfig(BaseModel):
         if self.cse.db:
             return str(Path(self.cse.db).with_suffix("")) + "-outbox.db"
         return str(default_data_dir() / f"{self.cse.cse_id.lstrip('/')}-outbox.db")
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def load_gateway_config(

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 
+from cse.config_files import merge_tables
 from gridm2m.broker import free_port, free_udp_port
 
 START_TIMEOUT_S = 60.0
@@ -130,16 +131,6 @@ async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
         return None
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 @dataclass
 class Stack:
     """A head-end and a gateway on loopback, configured into `directory`."""
@@ -184,9 +175,9 @@ class Stack:
         if self.broker_url:
             gateway["cse"]["mqtt"] = {"url": self.broker_url}
         headend_toml = directory / "headend.toml"
-        headend_toml.write_text(toml_text("headend", _merge(headend, self.headend_extra)))
+        headend_toml.write_text(toml_text("headend", merge_tables(headend, self.headend_extra)))
         gateway_toml = directory / "gateway.toml"
-        gateway_toml.write_text(toml_text("gateway", _merge(gateway, self.gateway_extra)))
+        gateway_toml.write_text(toml_text("gateway", merge_tables(gateway, self.gateway_extra)))
         return headend_toml, gateway_toml
 
     async def start(self, session: aiohttp.ClientSession) -> None:
