@@ -144,16 +144,20 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._wanted_dashboard_port = self.dashboard_port
+        self._pick_ports()
+        self.mdms_db = self.directory / "mdms.db"
+        self.gateway_db = self.directory / "id-dap1.db"
+
+    def _pick_ports(self) -> None:
         self.headend_port = free_port()
         self.gateway_port = free_port()
         self.ops_port = free_port()
         self.coap_port = free_udp_port()
-        self.dashboard_port = port_or_free(self.dashboard_port)
+        self.dashboard_port = port_or_free(self._wanted_dashboard_port)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.health_url = f"http://127.0.0.1:{self.ops_port}/health"
         self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
-        self.mdms_db = self.directory / "mdms.db"
-        self.gateway_db = self.directory / "id-dap1.db"
 
     def write_configs(self) -> tuple[Path, Path]:
         directory = self.directory
@@ -181,6 +185,19 @@ class Stack:
         return headend_toml, gateway_toml
 
     async def start(self, session: aiohttp.ClientSession) -> None:
+        for attempt in range(3):
+            try:
+                await self._start_parts()
+                break
+            except RuntimeError:
+                # A port picked as free may have been taken before the part bound it.
+                await self.stop()
+                if attempt == 2:
+                    raise
+                self._pick_ports()
+        await self.wait_registered(session)
+
+    async def _start_parts(self) -> None:
         headend_toml, gateway_toml = self.write_configs()
         marker = "listening on"
         self.headend = await spawn(
@@ -191,7 +208,6 @@ class Stack:
             "gateway", ["gateway", "--config", str(gateway_toml)], self.directory, marker
         )
         self.children.append(self.gateway)
-        await self.wait_registered(session)
 
     async def wait_registered(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S

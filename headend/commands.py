@@ -25,10 +25,11 @@ from typing import Any
 import orjson
 
 from cse.core.handler import CommonServicesEntity
-from cse.core.primitives import FilterCriteria, Request, Response
+from cse.core.primitives import FilterCriteria, Response
 from cse.core.types import Operation, ResourceType
 from cse.core.types import ResponseStatusCode as RSC
 from headend.config import APPS_AE
+from headend.local_ae import LocalAe
 from headend.store import CommandRecord, MdmsStore
 
 COMMAND_NAMES = frozenset({"read", "switch", "dr", "han-join", "han-unjoin", "fw", "price"})
@@ -70,7 +71,7 @@ class CommandService:
         self.store = store
         self.clock = clock
         self.ae_id = APPS_AE
-        self._stem = os.urandom(2).hex()
+        self._send = LocalAe(cse, APPS_AE).request
         self._id_stem = _base36(int.from_bytes(os.urandom(2)) % 1296).rjust(2, "0")
         self._counter = itertools.count(1)
 
@@ -82,28 +83,6 @@ class CommandService:
             command_id = f"c{self._id_stem}{_base36(next(self._counter))}"
             if await self.store.command(command_id) is None:
                 return command_id
-
-    async def _send(
-        self,
-        operation: Operation,
-        to: str,
-        *,
-        resource_type: ResourceType | None = None,
-        content: Any = None,
-        filter_criteria: FilterCriteria | None = None,
-    ) -> Response:
-        return await self.cse.handle(
-            Request(
-                operation,
-                to,
-                self.ae_id,
-                f"cmd-{self._stem}-{next(self._counter)}",
-                "3",
-                resource_type=resource_type,
-                content=content,
-                filter_criteria=filter_criteria,
-            )
-        )
 
     async def start(self) -> None:
         reply = await self._send(

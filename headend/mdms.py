@@ -26,11 +26,12 @@ import orjson
 
 from cse.core.clock import parse_timestamp
 from cse.core.handler import CommonServicesEntity
-from cse.core.primitives import FilterCriteria, Request, Response
+from cse.core.primitives import FilterCriteria
 from cse.core.types import Operation, ResourceType, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
 from headend.config import MDMS_AE
 from headend.flows import flow_info
+from headend.local_ae import LocalAe
 from headend.store import MdmsStore, MeterMessage
 
 logger = logging.getLogger(__name__)
@@ -58,37 +59,11 @@ class Mdms:
         self.notify_url = notify_url
         self.clock = clock
         self.ae_id = MDMS_AE
+        self._ae = LocalAe(cse, MDMS_AE)
+        self._send = self._ae.request
         # subscription ri -> what it watches: ("base", "") | ("dap", csi) | (csi, family)
         self._watching: dict[str, tuple[str, str]] = {}
-        self._ids = 0
         self._lock = asyncio.Lock()
-
-    # ---- requests to our own IN-CSE ---------------------------------------------------------
-
-    async def _send(
-        self,
-        operation: Operation,
-        to: str,
-        *,
-        resource_type: ResourceType | None = None,
-        content: Any = None,
-        result_content: ResultContent | None = None,
-        filter_criteria: FilterCriteria | None = None,
-    ) -> Response:
-        self._ids += 1
-        return await self.cse.handle(
-            Request(
-                operation,
-                to,
-                self.ae_id,
-                f"mdms-{self._ids}",
-                "3",
-                resource_type=resource_type,
-                content=content,
-                result_content=result_content,
-                filter_criteria=filter_criteria,
-            )
-        )
 
     @property
     def _base(self) -> str:

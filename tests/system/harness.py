@@ -84,12 +84,23 @@ class System:
     ) -> None:
         self.directory = directory
         self.broker = broker
+        self.upstream_mqtt = upstream_mqtt
+        directory.mkdir(parents=True, exist_ok=True)
+        self._configure()
+        self.headend = Part("headend", directory / "headend.toml", directory / "headend.log")
+        self.gateway = Part("gateway", directory / "gateway.toml", directory / "gateway.log")
+        self.meters: list[Agent] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    def _configure(self) -> None:
+        """Pick free ports and write both parts' configs."""
+        directory, broker, upstream_mqtt = self.directory, self.broker, self.upstream_mqtt
         self.headend_port = free_port()
         self.dashboard_port = free_port()
         self.gateway_port = free_port()
         self.ops_port = free_port()
         self.coap_port = free_udp_port()
-        directory.mkdir(parents=True, exist_ok=True)
         headend_cse: dict[str, Any] = {
             "db": str(directory / "in.db"),
             "http": {"port": self.headend_port},
@@ -127,18 +138,25 @@ class System:
                 },
             )
         )
-        self.headend = Part("headend", directory / "headend.toml", directory / "headend.log")
-        self.gateway = Part("gateway", directory / "gateway.toml", directory / "gateway.log")
         self.api = f"http://127.0.0.1:{self.dashboard_port}"
         self.ops = f"http://127.0.0.1:{self.ops_port}"
-        self.meters: list[Agent] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> System:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        await self.headend.start()
-        await self.gateway.start()
+        for attempt in range(3):
+            try:
+                await self.headend.start()
+                await self.gateway.start()
+                break
+            except RuntimeError as error:
+                # A port picked as free was taken before the part bound it: pick again.
+                if "Address already in use" not in str(error) or attempt == 2:
+                    raise
+                await self.gateway.stop()
+                await self.headend.stop()
+                for part in (self.headend, self.gateway):
+                    part.log.unlink(missing_ok=True)
+                self._configure()
         await self.wait_registered()
         return self
 
