@@ -143,6 +143,15 @@ class System:
 
     async def __aenter__(self) -> System:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        try:
+            await self._start()
+        except BaseException:
+            # Nothing may outlive a test that could not start its system.
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
         for attempt in range(3):
             try:
                 await self.headend.start()
@@ -158,7 +167,6 @@ class System:
                     part.log.unlink(missing_ok=True)
                 self._configure()
         await self.wait_registered()
-        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         for meter in self.meters:
