@@ -55,6 +55,10 @@ class CoapConfig(BaseModel):
     host: str | None = None  # default: the HTTP host
     port: int | None = Field(None, ge=0, le=65535)
     max_body_size: int = Field(64 * 1024, ge=1024)
+    # RFC 7252 MAX_LATENCY in seconds (None: the RFC's 100 s). It sets how long every exchange
+    # is remembered against retransmissions, and so the memory a busy CoAP server holds; a
+    # local meter network can use 10-20 s. Process-wide in aiocoap.
+    max_latency: float | None = Field(None, gt=0)
 
 
 class MqttConfig(BaseModel):
@@ -222,6 +226,7 @@ async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
                     config.coap.host or config.http.host,
                     config.coap.port,
                     max_body_size=config.coap.max_body_size,
+                    max_latency=config.coap.max_latency,
                 )
             )
         mqtt = None

@@ -987,3 +987,21 @@ def test_random_datagrams_then_a_normal_request(datagrams: list[bytes]) -> None:
     # A datagram reusing the probe's message ID would be taken for its duplicate.
     datagrams = [d for d in datagrams if d[2:4] != b"\xbe\xef"]
     assert asyncio.run(_serve_after(datagrams)) == Code.CONTENT
+
+
+async def test_max_latency_sets_how_long_exchanges_are_remembered(
+    cse: CommonServicesEntity,
+) -> None:
+    from cse.bindings.coap.server import set_max_latency
+
+    before = aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME
+    assert before == 247.0  # RFC 7252's defaults
+    try:
+        async with CoapServer(cse, "127.0.0.1", 0, max_latency=10.0):
+            # 45 s of retransmission span + 2 x 10 s + 2 s processing delay
+            assert aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME == 67.0
+        with pytest.raises(ValueError, match="MAX_LATENCY"):
+            set_max_latency(0)
+    finally:
+        set_max_latency(100.0)  # aiocoap keeps it per process: leave the default behind
+    assert before == aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME
