@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from cse.bindings.coap.client import CoapClient, CoapSender
 from cse.bindings.coap.server import CoapServer
@@ -19,7 +19,7 @@ from cse.bindings.http import HttpClient, HttpSender, HttpServer
 from cse.bindings.mqtt.client import MqttSender
 from cse.bindings.mqtt.server import MqttBinding
 from cse.bindings.mqtt.settings import MqttSettings
-from cse.config_files import load_section
+from cse.config_files import CseId, CseName, load_section
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.notifications import Sender
@@ -99,8 +99,8 @@ class CSEConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     role: Literal["in", "mn"] = "in"
-    cse_id: str = "/id-in"
-    cse_name: str = "cse-in"
+    cse_id: CseId = "/id-in"
+    cse_name: CseName = "cse-in"
     admin_originator: str = "CAdmin"
     # Originators that pass every access check (a CSE-ID covers its AEs): a gateway lists
     # its head-end so the head-end's applications can command meters.
@@ -116,20 +116,6 @@ class CSEConfig(BaseModel):
     http: HttpConfig = HttpConfig()
     coap: CoapConfig = CoapConfig()
     mqtt: MqttConfig = MqttConfig()
-
-    @field_validator("cse_id")
-    @classmethod
-    def _cse_id_form(cls, value: str) -> str:
-        if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
-            raise ValueError("cse_id must look like /id-in")
-        return value
-
-    @field_validator("cse_name")
-    @classmethod
-    def _cse_name_form(cls, value: str) -> str:
-        if not value or "/" in value:
-            raise ValueError("cse_name must be a single name such as cse-in")
-        return value
 
     def settings(self, points_of_access: tuple[str, ...] = ()) -> CSESettings:
         return CSESettings(

@@ -12,11 +12,28 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def _cse_id_form(value: str) -> str:
+    if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
+        raise ValueError("cse_id must look like /id-in")
+    return value
+
+
+def _cse_name_form(value: str) -> str:
+    if not value or "/" in value:
+        raise ValueError("cse_name must be a single name such as cse-in")
+    return value
+
+
+# Config fields every part checks the same way: an SP-relative CSE-ID, a CSEBase name.
+CseId = Annotated[str, AfterValidator(_cse_id_form)]
+CseName = Annotated[str, AfterValidator(_cse_name_form)]
 
 
 def _set_path(target: dict[str, Any], dotted: list[str], value: Any) -> None:

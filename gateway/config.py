@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cse.app import CSEConfig, HttpConfig, default_data_dir
 from cse.bindings.mqtt.settings import MqttSettings
-from cse.config_files import load_section, merge_tables
+from cse.config_files import CseId, CseName, load_section, merge_tables
 
 ENV_PREFIX = "GRIDM2M_GATEWAY__"
 
@@ -29,8 +29,8 @@ class UpstreamConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     url: str = "http://127.0.0.1:8080"  # http(s)://host:port or mqtt(s)://broker:port
-    cse_id: str = "/id-in"
-    cse_name: str = "cse-in"
+    cse_id: CseId = "/id-in"
+    cse_name: CseName = "cse-in"
     username: str | None = None  # MQTT broker credentials
     password: str | None = None
     ca_file: str | None = None

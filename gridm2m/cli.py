@@ -53,23 +53,7 @@ def _run_cse(args: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"gridm2m cse: {error}", file=sys.stderr)
         return 2
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await serve_until_stopped(config, stop)
-
-    try:
-        _event_loop_runner()(run())
-    except (OSError, ConfigError) as error:
-        print(f"gridm2m cse: cannot start: {error}", file=sys.stderr)
-        return 1
-    except aiomqtt.MqttError as error:
-        print(f"gridm2m cse: cannot reach the MQTT broker: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return _serve("cse", serve_until_stopped, config)
 
 
 def _serve(
@@ -86,7 +70,7 @@ def _serve(
 
     try:
         _event_loop_runner()(run())
-    except OSError as error:
+    except (OSError, ConfigError) as error:
         print(f"gridm2m {name}: cannot start: {error}", file=sys.stderr)
         return 1
     except aiomqtt.MqttError as error:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cse.config_files import load_section
+from cse.config_files import CseId, CseName, load_section
 
 ENV_PREFIX = "GRIDM2M_FLEET__"
 KINDS = ("electric", "gas")
@@ -65,8 +65,8 @@ class FleetConfig(BaseModel):
     dr_opt_out_rate: float = Field(0.1, ge=0, le=1)
     timeout_ms: int = Field(10000, ge=100)
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
-    cse_id: str = "/id-in"
-    cse_name: str = "cse-in"
+    cse_id: CseId = "/id-in"
+    cse_name: CseName = "cse-in"
     mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
     transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
     dap: DapConfig = DapConfig()
@@ -79,20 +79,6 @@ class FleetConfig(BaseModel):
     def _prefix_form(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9._~-]*", value):
             raise ValueError("id_prefix may hold only A-Z a-z 0-9 . _ ~ -")
-        return value
-
-    @field_validator("cse_id")
-    @classmethod
-    def _cse_id_form(cls, value: str) -> str:
-        if not value.startswith("/") or value.count("/") != 1 or len(value) < 2:
-            raise ValueError("cse_id must look like /id-in")
-        return value
-
-    @field_validator("cse_name")
-    @classmethod
-    def _cse_name_form(cls, value: str) -> str:
-        if not value or "/" in value:
-            raise ValueError("cse_name must be a single name such as cse-in")
         return value
 
     @field_validator("mix")
