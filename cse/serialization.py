@@ -65,3 +65,14 @@ def encode(content: Any, serialization: str) -> bytes:
     if serialization == CBOR:
         return cbor2.dumps(content)
     return orjson.dumps(content)
+
+
+def content_object(content: Any) -> dict[str, Any]:
+    """A contentInstance's `con` as a dict: JSON text decoded, a CBOR map as it is; anything
+    that is not an object gives {}."""
+    if isinstance(content, str | bytes):
+        try:
+            content = orjson.loads(content)
+        except orjson.JSONDecodeError:
+            return {}
+    return content if isinstance(content, dict) else {}

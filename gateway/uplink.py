@@ -23,12 +23,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
-from cse.core.clock import parse_timestamp
+from cse.core.clock import timestamp_or
 from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResourceType
 from cse.core.types import ResponseStatusCode as RSC
+from cse.serialization import content_object
 from cse.storage.base import Change, Put, Resource
 from gateway.config import MirrorConfig, OutboxConfig
 from gateway.metrics import GatewayMetrics
@@ -45,17 +44,6 @@ _FEED_BATCH = 500
 
 ALARM_TYPES = frozenset({"alarm", "alert"})
 ACK_TYPES = frozenset({"cmd-err", "ack", "comm-err", "cmd"})
-
-
-def message_of(resource: Resource) -> dict[str, Any]:
-    """The flow message in a contentInstance: `con` as a dict, JSON text decoded."""
-    content = resource.attributes.get("con")
-    if isinstance(content, str | bytes):
-        try:
-            content = orjson.loads(content)
-        except orjson.JSONDecodeError:
-            return {}
-    return content if isinstance(content, dict) else {}
 
 
 def classify(family: str, message: dict[str, Any], bulk_containers: Sequence[str]) -> int:
@@ -172,9 +160,9 @@ class Uplink:
             return None
         meter, family = parts[1], parts[2]
         attributes = resource.attributes
-        created = _epoch(attributes.get("ct"), self.clock())
+        created = timestamp_or(attributes.get("ct"), self.clock())
         self.last_heard[meter] = max(self.last_heard.get(meter, 0.0), created)
-        message = message_of(resource)
+        message = content_object(attributes.get("con"))
         priority = classify(family, message, self.mirror.bulk_containers)
         labels = [f"meter:{meter}", f"created:{attributes.get('ct', '')}"]
         flow = message.get("flow")
@@ -311,10 +299,3 @@ class Uplink:
     @property
     def link_up(self) -> bool:
         return not self._link_backoff
-
-
-def _epoch(timestamp: Any, default: float) -> float:
-    try:
-        return parse_timestamp(str(timestamp))
-    except ValueError:
-        return default

@@ -148,6 +148,7 @@ class Stack:
         self._pick_ports()
         self.mdms_db = self.directory / "mdms.db"
         self.gateway_db = self.directory / "id-dap1.db"
+        self.headend_db = self.directory / "id-in.db"
 
     def _pick_ports(self) -> None:
         self.headend_port = free_port()
@@ -162,7 +163,7 @@ class Stack:
     def write_configs(self) -> tuple[Path, Path]:
         directory = self.directory
         headend: dict[str, Any] = {
-            "cse": {"db": str(directory / "id-in.db"), "http": {"port": self.headend_port}},
+            "cse": {"db": str(self.headend_db), "http": {"port": self.headend_port}},
             "mdms": {"db": str(self.mdms_db)},
             "dashboard": {"port": self.dashboard_port},
         }

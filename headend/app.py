@@ -42,6 +42,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
 
 
+async def _object_body(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None if the body is not one."""
+    try:
+        body = await request.json(loads=orjson.loads)
+    except (orjson.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
     """Routes beside the dashboard's: MDMS notifications and issuing commands."""
 
@@ -58,11 +67,8 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
         return web.Response(status=200 if status < 4000 else 400, headers=headers)
 
     async def issue(request: web.Request) -> web.Response:
-        try:
-            body = await request.json(loads=orjson.loads)
-        except (orjson.JSONDecodeError, UnicodeDecodeError):
-            return _json({"error": "the body must be a JSON object"}, 400)
-        if not isinstance(body, dict):
+        body = await _object_body(request)
+        if body is None:
             return _json({"error": "the body must be a JSON object"}, 400)
         commands: CommandService = holder["commands"]
         meters = body.pop("meters", None)
@@ -98,11 +104,8 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
 
     async def run_app(request: web.Request) -> web.Response:
         apps: HeadendApps = holder["apps"]
-        try:
-            body = await request.json(loads=orjson.loads)
-        except (orjson.JSONDecodeError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict):
+        body = await _object_body(request)
+        if body is None:
             return _json({"error": "the body must be a JSON object"}, 400)
         name = request.match_info["name"]
         meters = body.get("meters") or ([body["meter"]] if "meter" in body else [])

@@ -150,9 +150,7 @@ class CommandService:
             Operation.CREATE,
             f"{base}/{meter}/{COMMAND_CONTAINER}",
             resource_type=ResourceType.CONTENT_INSTANCE,
-            content={
-                "m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}
-            },
+            content=_instance_of(command),
         )
         return Issued(command_id, (meter,), csi, int(reply.status), _detail(reply))
 
@@ -199,13 +197,16 @@ class CommandService:
             Operation.CREATE,
             f"{base}/{name}/fopt",
             resource_type=ResourceType.CONTENT_INSTANCE,
-            content={
-                "m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}
-            },
+            content=_instance_of(command),
         )
         # The fan-out answers 2000 with one response per member (m2m:agr).
         status = RSC.CREATED if reply.status in (RSC.OK, RSC.CREATED) else reply.status
         return Issued(command_id, tuple(meters), dap, int(status), _detail(reply))
+
+
+def _instance_of(command: dict[str, Any]) -> dict[str, Any]:
+    """The contentInstance that carries a command (JSON text, as the meters read it)."""
+    return {"m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}}
 
 
 def _base36(number: int) -> str:

@@ -24,11 +24,12 @@ from typing import Any
 
 import orjson
 
-from cse.core.clock import parse_timestamp
+from cse.core.clock import timestamp_or
 from cse.core.handler import CommonServicesEntity
 from cse.core.primitives import FilterCriteria
 from cse.core.types import Operation, ResourceType, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
+from cse.serialization import content_object
 from headend.config import MDMS_AE
 from headend.flows import flow_info
 from headend.local_ae import LocalAe
@@ -198,7 +199,7 @@ class Mdms:
         now = self.clock()
         if family == STATUS_CONTAINER:
             for instance in instances:
-                status = _decode(instance.get("con"))
+                status = content_object(instance.get("con"))
                 at = status.get("at")
                 await self.store.record_gateway_status(
                     csi, float(at) if isinstance(at, int | float) else now, status
@@ -227,7 +228,7 @@ class Mdms:
     def _message(
         self, csi: str, family: str, instance: dict[str, Any], now: float
     ) -> MeterMessage | None:
-        content = _decode(instance.get("con"))
+        content = content_object(instance.get("con"))
         labels = {
             key: value
             for key, _, value in (str(label).partition(":") for label in instance.get("lbl", []))
@@ -236,7 +237,7 @@ class Mdms:
         if not meter or not content:
             logger.info("ignoring an instance without meter or content in %s/%s", csi, family)
             return None
-        created = _epoch(labels.get("created") or instance.get("ct"), now)
+        created = timestamp_or(labels.get("created") or instance.get("ct"), now)
         flow = str(content.get("flow", ""))
         info = flow_info(flow)
         data = {key: value for key, value in content.items() if key not in NOT_PAYLOAD}
@@ -257,19 +258,3 @@ class Mdms:
             priority=info.priority if info else 2,
             content=content,
         )
-
-
-def _decode(con: Any) -> dict[str, Any]:
-    if isinstance(con, str | bytes):
-        try:
-            con = orjson.loads(con)
-        except orjson.JSONDecodeError:
-            return {}
-    return con if isinstance(con, dict) else {}
-
-
-def _epoch(timestamp: Any, default: float) -> float:
-    try:
-        return parse_timestamp(str(timestamp))
-    except ValueError:
-        return default

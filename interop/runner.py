@@ -46,7 +46,8 @@ from typing import Any
 
 import aiohttp
 
-from cse.core.clock import parse_timestamp
+from cse.core.clock import timestamp_or
+from cse.serialization import content_object
 from device_agents.fleet.emulator import load_fleet_config, plan_meters
 from gridm2m.broker import embedded_broker
 from gridm2m.processes import Stack, get_json, spawn, toml_text
@@ -398,7 +399,7 @@ async def _stand_up(
             gateway=stack.gateway_url,
             mdms_db=stack.mdms_db,
             gateway_db=stack.gateway_db,
-            headend_db=stack.directory / "id-in.db",
+            headend_db=stack.headend_db,
         )
         try:
             return await _drive(settings, target, session, work, stop, interrupted)
@@ -600,19 +601,17 @@ async def _messages_from_api(
         after = page[-1]["id"]
 
 
-def _dap_instances(database: Path, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
-    with _read_only(database) as dap:
-        for (body,) in dap.execute(
+def _stored_instances(database: Path, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
+    """(content, creation time) of the contentInstances whose path matches, from a CSE's
+    database file."""
+    with _read_only(database) as cse:
+        for (body,) in cse.execute(
             "SELECT body FROM resources WHERE ty = 4 AND path LIKE ?", (pattern,)
         ):
             attributes = json.loads(body)
-            try:
-                content = json.loads(attributes.get("con", "{}"))
-                created = parse_timestamp(attributes["ct"])
-            except (ValueError, KeyError, TypeError):
-                continue
-            if isinstance(content, dict):
-                yield content, created
+            created = timestamp_or(attributes.get("ct"), math.nan)
+            if not math.isnan(created):
+                yield content_object(attributes.get("con")), created
 
 
 def _collect_commands(
@@ -625,7 +624,7 @@ def _collect_commands(
         kind = "billing" if issued_by == "billing" else name
         issued[base] = (kind, float(issued_at))
         evidence.sent[f"command:{kind}"] += 1
-    for content, created in _dap_instances(gateway_db, "%/command/%"):
+    for content, created in _stored_instances(gateway_db, "%/command/%"):
         found = issued.get(str(content.get("id")))
         if found is not None:
             kind, issued_at = found
@@ -641,20 +640,14 @@ def _collect_phev(target: Target, driver: HeadendDriver, evidence: Evidence) -> 
     for row_id, messages in driver.phev_sent.items():
         evidence.sent[f"phev:{row_id}"] += len(messages)
     assert target.gateway_db is not None and target.headend_db is not None
-    for content, created in _dap_instances(target.gateway_db, f"{target.dap_cse_name}/phev/%"):
+    for content, created in _stored_instances(target.gateway_db, f"{target.dap_cse_name}/phev/%"):
         found = sent_at.get(str(content.get("id")))
         if found:
             evidence.at_dap[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
-    with _read_only(target.headend_db) as headend:
-        for (body,) in headend.execute(
-            "SELECT body FROM resources WHERE ty = 4 AND path LIKE 'cse-in/phev/dms/%'"
-        ):
-            attributes = json.loads(body)
-            content = json.loads(attributes.get("con", "{}"))
-            found = sent_at.get(str(content.get("id")))
-            if found:
-                created = parse_timestamp(attributes["ct"])
-                evidence.at_mdms[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
+    for content, created in _stored_instances(target.headend_db, "cse-in/phev/dms/%"):
+        found = sent_at.get(str(content.get("id")))
+        if found:
+            evidence.at_mdms[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
 
 
 # ---- judging rows ------------------------------------------------------------------------------

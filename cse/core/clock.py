@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 _FORMAT = "%Y%m%dT%H%M%S"
 
@@ -71,3 +71,11 @@ def parse_timestamp(text: str) -> float:
         raise ValueError(f"timestamp {text!r} is not YYYYMMDDThhmmss")
     moment = datetime.strptime(value, _FORMAT).replace(tzinfo=UTC)
     return moment.timestamp() + fraction
+
+
+def timestamp_or(value: Any, default: float) -> float:
+    """Epoch seconds of a oneM2M timestamp, or `default` if `value` is not one."""
+    try:
+        return parse_timestamp(str(value))
+    except ValueError:
+        return default
