@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,53 +25,34 @@ import aiohttp
 
 from device_agents.agent.agent import Agent
 from gridm2m.broker import Broker, free_port, free_udp_port
-from gridm2m.processes import toml_text
+from gridm2m.processes import Child, spawn, toml_text
+from gridm2m.processes import stop as stop_child
 
 TIMEOUT = 60.0
 T0 = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC
 
 
 class Part:
-    """One `python -m gridm2m <part> --config FILE` process."""
+    """One `python -m gridm2m <part> --config FILE` process, started and stopped the way
+    gridm2m/processes.py runs every part; it can be started again after a stop or a kill."""
 
     def __init__(self, name: str, config: Path, log: Path) -> None:
         self.name = name
         self.config = config
         self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-        self.banner = ""
+        self.child: Child | None = None
 
     async def start(self) -> str:
-        with self.log.open("ab") as errors:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gridm2m",
-                self.name,
-                "--config",
-                str(self.config),
-                "--log-level",
-                "INFO",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errors,
-            )
-        assert self.process.stdout is not None
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                line = (await self.process.stdout.readline()).decode()
-                if not line:
-                    raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-                if "listening on" in line:
-                    self.banner = line.strip()
-                    return self.banner
+        args = [self.name, "--config", str(self.config), "--log-level", "INFO"]
+        try:
+            self.child = await spawn(self.name, args, self.log.parent, "listening on")
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}: {self.log.read_text()[-3000:]}") from None
+        return self.child.banner
 
-    async def stop(self, how: signal.Signals = signal.SIGTERM) -> int:
-        process = self.process
-        if process is None:
-            return 0
-        if process.returncode is None:
-            process.send_signal(how)
-        return await process.wait()
+    async def stop(self, how: signal.Signals = signal.SIGTERM) -> None:
+        if self.child is not None:
+            await stop_child(self.child, how)
 
     async def kill(self) -> None:
         await self.stop(signal.SIGKILL)
