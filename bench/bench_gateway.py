@@ -91,7 +91,8 @@ from bench.rawcoap import (
 )
 from bench.rawhttp import build_request, run_load
 from gridm2m.broker import free_port, free_udp_port
-from gridm2m.processes import toml_text
+from gridm2m.processes import Child, spawn, toml_text
+from gridm2m.processes import stop as stop_child
 
 HOST = "127.0.0.1"
 CSE_NAME = "dap1"
@@ -178,71 +179,35 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 class Part:
-    """One `python -m gridm2m <part> --config FILE` process; its stdout is read for the banner."""
+    """One `python -m gridm2m <part> --config FILE` process, run by gridm2m/processes.py."""
 
     def __init__(self, name: str, config: Path, log: Path) -> None:
         self.name = name
         self.config = config
         self.log = log
-        self.process: asyncio.subprocess.Process | None = None
+        self.child: Child | None = None
         self.spawned = 0.0  # perf_counter() just before the spawn
-        self._drain: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
+        assert self.child is not None
+        return self.child.process.pid
 
     async def start(self) -> float:
         """Spawn the process; seconds until it printed its "listening on" line."""
-        with self.log.open("ab") as errors:
-            self.spawned = time.perf_counter()
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gridm2m",
-                self.name,
-                "--config",
-                str(self.config),
-                "--log-level",
-                "WARNING",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errors,
-                start_new_session=True,  # a Ctrl-C in the terminal is ours to handle
-            )
-        stdout = self.process.stdout
-        assert stdout is not None
-        async with asyncio.timeout(START_TIMEOUT):
-            while True:
-                line = await stdout.readline()
-                if not line:
-                    tail = self.log.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"{self.name} exited while starting: {tail}")
-                if b"listening on" in line:
-                    elapsed = time.perf_counter() - self.spawned
-                    break
-        self._drain = asyncio.create_task(self._drain_stdout(stdout))
-        return elapsed
-
-    async def _drain_stdout(self, stdout: asyncio.StreamReader) -> None:
-        while await stdout.readline():
-            pass
+        args = [self.name, "--config", str(self.config), "--log-level", "WARNING"]
+        self.spawned = time.perf_counter()
+        try:
+            self.child = await spawn(self.name, args, self.log.parent, "listening on")
+        except RuntimeError as error:
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{error}: {tail}") from None
+        return time.perf_counter() - self.spawned
 
     async def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None:
-            return
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(30):
-                    await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-        if self._drain is not None:
-            await self._drain
+        child, self.child = self.child, None
+        if child is not None:
+            await stop_child(child)
 
 
 class Http:
