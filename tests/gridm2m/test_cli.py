@@ -1,4 +1,4 @@
-"""The `gridm2m cse` command: config precedence, bad config, start and clean stop."""
+"""The command line: config precedence, bad config and arguments, start and clean stop."""
 
 from __future__ import annotations
 
@@ -55,3 +55,31 @@ async def test_starts_prints_address_and_stops_on_sigterm(tmp_path: Path) -> Non
     url = await process.start()
     assert url.startswith("http://127.0.0.1:")
     assert await process.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["gateway", "--upstream-url", "ftp://head-end"], "upstream"),
+        (["gateway", "--http-port", "70000"], "http.port"),
+        (["headend", "--dashboard-port", "70000"], "dashboard.port"),
+        (["command", "mtr-1", "read", "n"], "name=value"),
+    ],
+)
+def test_bad_arguments_of_the_other_parts_exit_with_a_message(
+    args: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gridm2m.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+
+
+def test_an_impossible_loss_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from gridm2m.cli import main
+
+    with pytest.raises(SystemExit) as ended:
+        main(["interop", "run", "--loss", "1.5"])
+    assert ended.value.code == 2
+    assert "loss" in capsys.readouterr().err
