@@ -97,8 +97,12 @@ class Uplink:
 
     async def start(self) -> None:
         self.cse.durable_listeners.append(self._on_durable)
-        # Everything in the database is durable at start: catch up from the high-water mark.
-        self._durable_seq = 1 << 62
+        # Catch up from the high-water mark with what is durable now: what was applied before
+        # this sync() is committed when it returns; later batches arrive through the listener.
+        # (The bindings already serve meters, so a batch may be applied but not yet committed.)
+        applied = await self.cse.storage.last_seq()
+        await self.cse.storage.sync()
+        self._durable_seq = max(self._durable_seq, applied)
         self._fed.set()
         self._tasks = [
             asyncio.create_task(self._feed_forever(), name="uplink feeder"),

@@ -165,6 +165,10 @@ class Storage(ABC):
         """Resources of one type whose sequence number is above `seq`, in creation order."""
 
     @abstractmethod
+    async def last_seq(self) -> int:
+        """The highest sequence number applied so far (0 when empty)."""
+
+    @abstractmethod
     async def expired(self, now: str, limit: int) -> list[Resource]:
         """Resources whose et is before `now` (a oneM2M timestamp), soonest first."""
 

@@ -99,6 +99,9 @@ class MemoryStorage(Storage):
         found.sort(key=lambda r: r.seq)
         return found[:limit]
 
+    async def last_seq(self) -> int:
+        return max((r.seq for r in self._by_ri.values()), default=0)
+
     async def expired(self, now: str, limit: int) -> list[Resource]:
         found = [r for r in self._by_ri.values() if r.et is not None and r.et < now]
         found.sort(key=lambda r: str(r.et))

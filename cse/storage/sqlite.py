@@ -239,6 +239,11 @@ class SQLiteStorage(Storage):
         )
         return [self._row_to_resource(row) for row in rows]
 
+    async def last_seq(self) -> int:
+        conn = await self._ready()
+        row = conn.execute("SELECT max(seq) FROM resources").fetchone()
+        return int(row[0] or 0)
+
     async def expired(self, now: str, limit: int) -> list[Resource]:
         conn = await self._ready()
         rows = conn.execute(

@@ -95,6 +95,7 @@ async def test_created_since_resumes_after_a_sequence_number(storage_factory: An
     assert [r.ri for r in await storage.created_since(items["i1"].seq, 4, 10)] == ["cin2"]
     assert [r.ri for r in await storage.created_since(0, 4, 1)] == ["cin1"]
     assert await storage.created_since(items["i2"].seq, 4, 10) == []
+    assert await storage.last_seq() == max(r.seq for r in items.values())
     await storage.close()
 
 
