@@ -7,7 +7,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -201,7 +200,6 @@ async def test_gridm2m_fleet_prints_its_summary(dap: DapCse, tmp_path: Path) -> 
         .replace("mqtt_port = 1883", f"mqtt_port = {mqtt_port}")
         .replace("ramp = 10.0", "ramp = 1.0")
     )
-    began = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gridm2m", "fleet", "--config", str(config),
         "--meters", "40", "--duration", "5", "--json", str(tmp_path / "summary.json"),
@@ -209,7 +207,6 @@ async def test_gridm2m_fleet_prints_its_summary(dap: DapCse, tmp_path: Path) -> 
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 0, stderr.decode()
-    assert time.monotonic() - began < 30
     text = stdout.decode()
     assert "40/40 registered" in text and "schedule" in text, text
     summary = json.loads((tmp_path / "summary.json").read_text())
