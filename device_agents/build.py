@@ -37,8 +37,9 @@ from typing import Any
 AGENT_DIR = Path(__file__).resolve().parent / "agent"
 ENTRY_POINT = "main.py"
 CONFIG_FILE = "config.json"
-# Package markers mean nothing in a flat bundle; the entry point ships as source.
-NOT_COMPILED = frozenset({ENTRY_POINT, "__init__.py"})
+# Package markers mean nothing in a flat bundle; the entry point ships as source; what only
+# CPython runs stays out (code a board never runs would still take its heap).
+NOT_COMPILED = frozenset({ENTRY_POINT, "__init__.py", "cpython_compat.py"})
 
 TRANSPORTS = ("coap", "mqtt")
 KINDS = ("electric", "gas")

@@ -62,51 +62,21 @@ if IS_MICROPYTHON:
                 return None
             raise
 
-else:
+else:  # CPython: the fleet emulator and the tests (the module never goes into a bundle)
+    try:
+        from . import cpython_compat as _host
+    except ImportError:
+        import cpython_compat as _host
 
-    def const(value):
-        return value
-
-    _TICKS_PERIOD = 1 << 30  # as on a board with 31-bit small ints: wraps after ~12.4 days
-    _TICKS_MAX = _TICKS_PERIOD - 1
-    _TICKS_HALF = _TICKS_PERIOD // 2
-
-    def ticks_ms():
-        return time.monotonic_ns() // 1_000_000 & _TICKS_MAX
-
-    def ticks_diff(end, start):
-        return ((end - start + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
-
-    def ticks_add(ticks, delta):
-        return (ticks + delta) & _TICKS_MAX
-
-    def sleep_ms(ms):
-        return asyncio.sleep(ms / 1000)
-
-    def wait_for_ms(awaitable, ms):
-        return asyncio.wait_for(awaitable, ms / 1000)
-
-    def _wake(future):
-        if not future.done():
-            future.set_result(None)
-
-    async def wait_readable(sock):
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        descriptor = sock.fileno()
-        loop.add_reader(descriptor, _wake, ready)
-        try:
-            await ready
-        finally:
-            loop.remove_reader(descriptor)
-
-    def receive(sock, buffer, size):
-        """One datagram (a view of buffer, which holds `size` bytes), or None when nothing is
-        waiting."""
-        try:
-            return memoryview(buffer)[: sock.recv_into(buffer)]
-        except BlockingIOError:
-            return None
+    const = _host.const
+    ticks_ms = _host.ticks_ms
+    ticks_diff = _host.ticks_diff
+    ticks_add = _host.ticks_add
+    sleep_ms = _host.sleep_ms
+    wait_for_ms = _host.wait_for_ms
+    wait_readable = _host.wait_readable
+    receive = _host.receive
+    host_address = _host.host_address
 
 
 def unload(name):
@@ -243,23 +213,16 @@ def set_nodelay(writer):
 
 def local_host(peer_host, peer_port):
     """The address the peer can reach us at (for a poa); 127.0.0.1 when it cannot be known."""
+    if not IS_MICROPYTHON:
+        return host_address(peer_host, peer_port)
     if IS_BOARD:
         try:
             import network
 
             return network.WLAN(network.STA_IF).ifconfig()[0]
         except (ImportError, OSError, AttributeError):
-            return "127.0.0.1"
-    if IS_MICROPYTHON:
-        return "127.0.0.1"  # the unix port cannot tell its own address: set poa_host
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect((peer_host, peer_port))  # UDP: nothing is sent
-        return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()
+            pass
+    return "127.0.0.1"  # the unix port cannot tell its own address: set poa_host
 
 
 def seeded_random(seed=None):

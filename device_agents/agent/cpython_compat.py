@@ -1,0 +1,75 @@
+"""What compat.py gives on CPython (the fleet emulator, the tests, `python main.py`).
+
+Kept apart so that none of it is compiled into a board's bundle: every function of a module
+costs heap on MicroPython when the module is imported, whether it runs there or not.
+"""
+
+import asyncio
+import socket
+import time
+
+
+def const(value):
+    return value
+
+
+_TICKS_PERIOD = 1 << 30  # as on a board with 31-bit small ints: wraps after ~12.4 days
+_TICKS_MAX = _TICKS_PERIOD - 1
+_TICKS_HALF = _TICKS_PERIOD // 2
+
+
+def ticks_ms():
+    return time.monotonic_ns() // 1_000_000 & _TICKS_MAX
+
+
+def ticks_diff(end, start):
+    return ((end - start + _TICKS_HALF) & _TICKS_MAX) - _TICKS_HALF
+
+
+def ticks_add(ticks, delta):
+    return (ticks + delta) & _TICKS_MAX
+
+
+def sleep_ms(ms):
+    return asyncio.sleep(ms / 1000)
+
+
+def wait_for_ms(awaitable, ms):
+    return asyncio.wait_for(awaitable, ms / 1000)
+
+
+def _wake(future):
+    if not future.done():
+        future.set_result(None)
+
+
+async def wait_readable(sock):
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    descriptor = sock.fileno()
+    loop.add_reader(descriptor, _wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(descriptor)
+
+
+def receive(sock, buffer, size):
+    """One datagram (a view of buffer, which holds `size` bytes), or None when nothing is
+    waiting."""
+    try:
+        return memoryview(buffer)[: sock.recv_into(buffer)]
+    except BlockingIOError:
+        return None
+
+
+def host_address(peer_host, peer_port):
+    """The local address a UDP socket would use towards the peer (nothing is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((peer_host, peer_port))
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
