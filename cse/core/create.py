@@ -224,6 +224,8 @@ async def _add_instance(
     max_size = attrs.get("mbs")
     if max_size is not None and size > max_size:
         raise NotAcceptable(f"content of {size} bytes exceeds the container's mbs {max_size}")
+    if attrs.get("mni") == 0:  # no instance fits, not even the new one: as for mbs above
+        raise NotAcceptable("the container's mni is 0: it keeps no content instance")
     new["cs"] = size
     state = int(attrs.get("st", 0)) + 1
     new["st"] = state

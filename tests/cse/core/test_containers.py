@@ -52,6 +52,15 @@ async def test_max_number_of_instances_evicts_the_oldest(meter: CommonServicesEn
     assert gone.status == RSC.NOT_FOUND
 
 
+async def test_a_container_with_mni_0_takes_no_instance(meter: CommonServicesEntity) -> None:
+    # Found by the counters fuzz test: the new instance was stored, cni 1 over mni 0.
+    await _container(meter, mni=0)
+    refused = await meter.handle(create("cse-in/meter/reads", 4, {"m2m:cin": {"con": "12.5"}}, AE))
+    assert refused.status == RSC.NOT_ACCEPTABLE
+    cnt = (await meter.handle(retrieve("cse-in/meter/reads", AE))).content["m2m:cnt"]
+    assert (cnt["cni"], cnt["cbs"], cnt["st"]) == (0, 0, 0)
+
+
 async def test_max_byte_size_evicts_until_it_fits(meter: CommonServicesEntity) -> None:
     await _container(meter, mbs=10)
     for con in ("aaaa", "bbbb", "cccc"):
