@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cse.bindings.http import HttpClient, HttpSender
 from cse.core.clock import ManualClock
@@ -11,6 +13,12 @@ from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
+
+# The fuzz tests draw new examples on every run, which is how they find bugs. CI
+# (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the same examples every time, so that a
+# submission is judged on its own change, not on what a random draw found elsewhere.
+settings.register_profile("ci", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture
