@@ -74,6 +74,11 @@ class Agent:
     """One meter agent; see the module docstring."""
 
     def __init__(self, config, dap=None, clock=None):
+        if compat.IS_MICROPYTHON:
+            # Collect after every few KB allocated, not only when the heap is full: garbage
+            # freed early leaves fewer holes between live objects, so a 1-2 KB block (a
+            # datagram, a piece of a reading) is still found late in a send.
+            gc.threshold(4096)
         self.config = config
         self.meter_id = config["meter_id"]
         self.kind = config.get("kind") or "electric"
@@ -102,7 +107,6 @@ class Agent:
             gas_period_h=config.get("gas_period_h"),
             dr_programs=config.get("dr_programs") or ("utl", "repi"),
         )
-        self.cbor = config.get("serialization") == "cbor"
         self.store = Store(
             config.get("buffer_max") or 200,
             config.get("buffer_bytes") or (8192 if compat.IS_MICROPYTHON else 16384),
@@ -226,15 +230,7 @@ class Agent:
         """One pass: the meter's due flows into the store, then send while the link is up."""
         if compat.IS_MICROPYTHON:
             gc.collect()  # a bulk read needs a few KB in one piece: free the garbage first
-        try:
-            due = self.meter.due_flows(self.meter_time())
-        except MemoryError:
-            # A full heap loses this step's scheduled messages, not the meter.
-            self._out_of_memory("schedule")
-            due = ()
-        for family, content in due:
-            self._enqueue(family, content)
-        due = None
+        self._generate()
         if self._commands:
             self._handle_commands()
         if not self._retry_due():
@@ -250,6 +246,20 @@ class Agent:
                 return
         await self._send()
 
+    def _generate(self):
+        """The meter's due flows into the store, as JSON. A plain function, not part of the
+        step coroutine: MicroPython keeps a coroutine's frame whole while it waits, and
+        values left in it (the last message: 5-7 KB of dicts and lists for a 2 KB read) would
+        stay reachable through the whole send."""
+        try:
+            due = self.meter.due_flows(self.meter_time())
+        except MemoryError:
+            # A full heap loses this step's scheduled messages, not the meter.
+            self._out_of_memory("schedule")
+            return
+        for family, content in due:
+            self._enqueue(family, content)
+
     # ---- sending ----------------------------------------------------------------------------
 
     async def _send(self):
@@ -263,9 +273,8 @@ class Agent:
                 # answer is lost, the DAP's request record turns the retry into no second copy.
                 self.store.set_request_id(item, self.dap.next_request_id())
             try:
-                # JSON text goes out as it is stored; CBOR wants the map itself.
-                content = _decode(body) if self.cbor else body
-                rsc = await self.dap.post(item[1], content, item[4])
+                # The stored JSON text; the Dap turns it into CBOR where that is the format.
+                rsc = await self.dap.post(item[1], body, item[4])
             except (LinkError, OSError) as error:  # a socket error the link let through
                 self._link_failed(error)
                 return
@@ -339,7 +348,7 @@ class Agent:
         priority = flow[flows.PRIORITY] if flow is not None else 2
         self.generated += 1
         try:
-            body = json.dumps(content, separators=(",", ":"))
+            body = flows.to_json(content)
         except MemoryError:
             self._out_of_memory(flow_id)
             self.store.count_drop([priority, family, flow_id, "", None])
@@ -447,6 +456,8 @@ def command_of(primitive):
 
 
 def _decode(body):
+    if isinstance(body, list):  # a long message's text in pieces (flows.to_json)
+        body = "".join(body)
     if isinstance(body, (str, bytes)):
         try:
             body = json.loads(body)

@@ -72,7 +72,7 @@ ACK_TIMEOUT_MS = const(2000)
 MAX_RETRANSMIT = const(4)
 _BLOCK_SZX = const(6)
 _BLOCK_SIZE = const(1024)
-_DATAGRAM_MAX = const(1280)  # a 1024 B block plus headers and options
+_DATAGRAM_MAX = const(1152)  # a 1024 B block plus up to 127 B of header, token and options
 _ASSEMBLY_MAX = const(16384)  # largest NOTIFY body the listener reassembles
 _SEEN_MAX = const(4)  # answers kept to repeat for retransmitted CONs
 _POLL_MS = const(30000)  # serve() looks at close() at least this often
@@ -125,8 +125,9 @@ def _extended(number):
     return 14, (number - 269).to_bytes(2, "big")
 
 
-def encode(mtype, code, mid, token, options=(), payload=b""):
-    """One datagram. `options`: (number, index, value) tuples in any order."""
+def encode(mtype, code, mid, token, options=(), payload=b"", into=None):
+    """One datagram. `options`: (number, index, value) tuples in any order. With `into` (a
+    bytearray) the datagram is written there and a view of it returned."""
     out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
     out.extend(token)
     ordered = sorted(options)  # (number, index) is unique: an unstable sort is harmless
@@ -140,10 +141,18 @@ def encode(mtype, code, mid, token, options=(), payload=b""):
         out.extend(length_ext)
         out.extend(value)
         previous = number
+    if into is None:
+        if payload:
+            out.append(0xFF)
+            out.extend(payload)
+        return out
+    size = len(out)
+    into[:size] = out
     if payload:
-        out.append(0xFF)
-        out.extend(payload)
-    return out
+        into[size] = 0xFF
+        into[size + 1 : size + 1 + len(payload)] = payload
+        size += 1 + len(payload)
+    return memoryview(into)[:size]
 
 
 class Message:
@@ -229,6 +238,8 @@ class CoapClient:
         self._sock = None
         # CPython receives into a buffer; MicroPython's recv() allocates (see compat.receive).
         self._buffer = None if compat.IS_MICROPYTHON else bytearray(_DATAGRAM_MAX)
+        self._out = bytearray(_DATAGRAM_MAX)  # every request datagram is built here
+        self._reply_max = _DATAGRAM_MAX
         self._mid = compat.random_bits(16)
         self._lock = None
 
@@ -255,11 +266,14 @@ class CoapClient:
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
-    async def request(self, code, options, payload=b""):
+    async def request(self, code, options, payload=b"", reply_max=_DATAGRAM_MAX):
         """Send a request; return the final response Message. Raises LinkError.
 
         `options`: (number, value) pairs, value str, bytes or int, repeated ones in order.
         `payload`: bytes, or a list of bytes-like parts (compat.json_parts).
+        `reply_max`: the largest answer datagram taken; a longer one is cut there (MicroPython
+        allocates that much for each datagram received, so asking for less helps a small heap
+        where the answer is known to be short).
         """
         if self._sock is None:
             raise LinkError("the CoAP client is not open")
@@ -268,11 +282,23 @@ class CoapClient:
         parts = payload if isinstance(payload, list) else [payload]
         total = compat.parts_size(parts)
         async with self._lock:
+            self._reply_max = reply_max
             if total <= _BLOCK_SIZE:
-                body = compat.take(parts, 0, total)
-                datagram = encode(CON, code, self._next_mid(), token, numbered, body)
+                datagram = self._datagram(code, numbered, token, parts, 0, total)
                 return await self._exchange(datagram, self._mid, token)
             return await self._blockwise(code, numbered, parts, total, token)
+
+    def _datagram(self, code, options, token, parts, offset, size):
+        """A CON carrying bytes [offset, offset + size) of the body, built in the client's
+        one outgoing buffer (one request at a time: the lock in request())."""
+        head = encode(CON, code, self._next_mid(), token, options, b"", self._out)
+        start = len(head)
+        if not size:
+            return head
+        self._out[start] = 0xFF
+        view = memoryview(self._out)
+        filled = compat.take_into(parts, offset, view[start + 1 : start + 1 + size])
+        return view[: start + 1 + filled]
 
     async def _blockwise(self, code, options, parts, total, token):
         offset = 0
@@ -285,9 +311,8 @@ class CoapClient:
             block.append((_BLOCK1, 0, uint(number << 4 | (8 if more else 0) | szx)))
             if offset == 0:
                 block.append((_SIZE1, 0, uint(total)))
-            chunk = compat.take(parts, offset, size)
-            datagram = encode(CON, code, self._next_mid(), token, block, chunk)
-            chunk = None
+            chunk = size if offset + size <= total else total - offset
+            datagram = self._datagram(code, block, token, parts, offset, chunk)
             reply = await self._exchange(datagram, self._mid, token)
             if not more or reply.code != _CONTINUE:
                 return reply
@@ -354,10 +379,10 @@ class CoapClient:
     async def _receive(self, ms):
         """The next datagram; None after `ms` or on a spurious wake-up."""
         try:
-            data = compat.receive(self._sock, self._buffer, _DATAGRAM_MAX)
+            data = compat.receive(self._sock, self._buffer, self._reply_max)
             if data is None:
                 await compat.wait_for_ms(compat.wait_readable(self._sock), ms)
-                data = compat.receive(self._sock, self._buffer, _DATAGRAM_MAX)
+                data = compat.receive(self._sock, self._buffer, self._reply_max)
         except compat.TimeoutError:
             return None
         except OSError as error:
@@ -435,7 +460,7 @@ def m2m_response(message, decode):
     rqi = message.option(M2M_RQI)
     try:
         content = decode_content(message, decode)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, IndexError):  # IndexError: CBOR cut short
         content = None
     return {"rsc": rsc, "rqi": rqi.decode() if rqi else None, "pc": content}
 
@@ -643,7 +668,10 @@ class CoapLink:
         content = primitive.get("pc")
         body = [] if content is None else self.dap.encode(content)
         code, options = m2m_request(primitive, self.format, bool(body))
-        reply = await self.client.request(code, options, body)
+        # An answer to a request for no content (rcn 0: every message a meter posts) is a
+        # code and options: 256 B hold it.
+        short = primitive.get("rcn") == 0
+        reply = await self.client.request(code, options, body, 256 if short else _DATAGRAM_MAX)
         return m2m_response(reply, self.dap.decode)
 
     async def serve(self, closing):

@@ -13,8 +13,8 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
 - `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
   (tokens, request-ID prefixes) that differ after every restart;
-- `json_parts(value)`, `parts_size`, `take`: JSON as a list of small parts, so that sending a
-  2 KB reading needs no block of that size on a small heap;
+- `json_parts(value)`, `parts_size`, `take`, `take_into`: JSON as a list of small parts, so
+  that sending a 2 KB reading needs no block of that size on a small heap;
 - `LinkError`: "not delivered", raised by both transports.
 """
 
@@ -85,6 +85,14 @@ def unload(name):
         sys.modules.pop(name, None)
 
 
+class Pieces:
+    """A string given as a list of pieces (a long stored message): json_parts writes it as
+    one JSON string, escaping piece by piece."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+
 def json_parts(value):
     """Compact JSON of `value` as a list of bytes-like parts (MicroPython's json has no
     sort_keys: key order is arbitrary).
@@ -93,10 +101,16 @@ def json_parts(value):
     slices of 512 characters: a small heap fragments, and a 2 KB reading would otherwise need
     a few contiguous blocks of that size at once (the escaped text, then its bytes)."""
     if not IS_MICROPYTHON:
-        return [json.dumps(value, separators=(",", ":")).encode()]
+        return [json.dumps(value, separators=(",", ":"), default=_joined).encode()]
     out = []
     _json_into(value, out)
     return out
+
+
+def _joined(value):
+    if isinstance(value, Pieces):
+        return "".join(value.parts)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 def _json_into(value, out):
@@ -114,6 +128,11 @@ def _json_into(value, out):
             _json_into(item, out)
             sep = ","
         out.append(memoryview("]" if sep == "," else "[]"))
+    elif isinstance(value, Pieces):
+        out.append(memoryview('"'))
+        for piece in value.parts:
+            out.append(memoryview(json.dumps(piece))[1:-1])
+        out.append(memoryview('"'))
     elif isinstance(value, str) and len(value) > 512:
         out.append(memoryview('"'))
         for start in range(0, len(value), 512):
@@ -130,6 +149,26 @@ def parts_size(parts):
     return size
 
 
+def take_into(parts, start, buffer):
+    """Copy bytes [start, start + len(buffer)) of a list of parts into `buffer` (a bytearray
+    or a view of one); the count copied. A link reuses one buffer for every datagram: a
+    fresh 1 KB block each time is what a small, fragmented heap cannot find."""
+    size = len(buffer)
+    filled = 0
+    offset = start
+    for part in parts:
+        if offset >= len(part):
+            offset -= len(part)
+            continue
+        piece = memoryview(part)[offset : offset + size - filled]
+        buffer[filled : filled + len(piece)] = piece
+        filled += len(piece)
+        offset = 0
+        if filled >= size:
+            break
+    return filled
+
+
 def take(parts, start, size):
     """Bytes [start, start + size) of a list of parts: a view where one part holds them all,
     else a copy (a block of at most `size` bytes)."""
@@ -140,16 +179,8 @@ def take(parts, start, size):
                 return memoryview(part)[offset : offset + size]
             break
         offset -= len(part)
-    out = bytearray()
-    offset = start
-    for part in parts:
-        if offset >= len(part):
-            offset -= len(part)
-            continue
-        out.extend(memoryview(part)[offset : offset + size - len(out)])
-        offset = 0
-        if len(out) >= size:
-            break
+    out = bytearray(min(size, parts_size(parts) - start))
+    take_into(parts, start, out)
     return out
 
 

@@ -58,7 +58,7 @@ def receive(sock, buffer, size):
     """One datagram (a view of buffer, which holds `size` bytes), or None when nothing is
     waiting."""
     try:
-        return memoryview(buffer)[: sock.recv_into(buffer)]
+        return memoryview(buffer)[: sock.recv_into(buffer, size)]
     except BlockingIOError:
         return None
 

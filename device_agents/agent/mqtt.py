@@ -119,6 +119,9 @@ class MqttClient:
         self._pending = {}  # packet id -> Waiter for PUBACK / SUBACK
         self._pid = 0
         self._ping_sent = False
+        # Packets go out through this one buffer, 512 B at a time: few segments even with
+        # TCP_NODELAY, and no fresh block per piece on a board's small heap.
+        self._out = bytearray(512)
 
     async def connect(self):
         """Open a new connection; returns whether the broker kept our session."""
@@ -234,7 +237,7 @@ class MqttClient:
     async def _send(self, first, *parts):
         """One packet; any failure breaks the connection (half a packet cannot be taken back).
 
-        Written in pieces of at most 1 KB: the parts may be many small ones (compat.json_parts)
+        Written in pieces of at most 512 B: the parts may be many small ones (compat.json_parts)
         and TCP_NODELAY would turn each into a segment of its own."""
         async with self._write_lock:
             writer = self._writer
@@ -242,11 +245,12 @@ class MqttClient:
                 raise LinkError("not connected")
             parts = (bytes((first,)) + _remaining_length(compat.parts_size(parts)),) + parts
             total = compat.parts_size(parts)
+            out = self._out
             offset = 0
             while offset < total:
-                piece = compat.take(parts, offset, 1024)
-                writer.write(piece)
-                offset += len(piece)
+                size = compat.take_into(parts, offset, out)
+                writer.write(out if size == len(out) else memoryview(out)[:size])  # copied
+                offset += size
             try:
                 await compat.wait_for_ms(writer.drain(), self.timeout_ms)
             except (OSError, compat.TimeoutError) as error:

