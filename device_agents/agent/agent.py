@@ -107,13 +107,14 @@ class Agent:
             gas_period_h=config.get("gas_period_h"),
             dr_programs=config.get("dr_programs") or ("utl", "repi"),
         )
+        self._cbor = config.get("serialization") == "cbor"
         self.store = Store(
             config.get("buffer_max") or 200,
             config.get("buffer_bytes") or (8192 if compat.IS_MICROPYTHON else 16384),
             config.get("buffer_file"),
         )
         for item in self.store.items():  # restored from flash: continue the sequence
-            seq = _decode(item[3]).get("seq")
+            seq = self._decode(item[3]).get("seq")
             if isinstance(seq, int) and seq > self.meter.seq:
                 self.meter.seq = seq
         self._rng = Rng(seed ^ 0x2545F491)  # backoff jitter, apart from the meter's stream
@@ -348,7 +349,8 @@ class Agent:
         priority = flow[flows.PRIORITY] if flow is not None else 2
         self.generated += 1
         try:
-            body = flows.to_json(content)
+            # CBOR is stored as the pieces that go out: nothing to convert at send time.
+            body = _ucbor().dump_parts(content) if self._cbor else flows.to_json(content)
         except MemoryError:
             self._out_of_memory(flow_id)
             self.store.count_drop([priority, family, flow_id, "", None])
@@ -391,6 +393,16 @@ class Agent:
                 self._enqueue(family, content)
             answers = None
         compat.unload("commands")
+
+    def _decode(self, body):
+        """A stored message as a dict: JSON text (or its pieces), or CBOR pieces."""
+        if isinstance(body, list) and body and not isinstance(body[0], str):
+            try:
+                body = _ucbor().loads(b"".join(body))
+            except ValueError:
+                return {}
+            return body if isinstance(body, dict) else {}
+        return _decode(body)
 
     def stats(self):
         """The counters as one dict."""
@@ -464,6 +476,14 @@ def _decode(body):
         except ValueError:
             return {}
     return body if isinstance(body, dict) else {}
+
+
+def _ucbor():
+    try:
+        from . import ucbor
+    except ImportError:
+        import ucbor
+    return ucbor
 
 
 def _crc(text):

@@ -176,6 +176,8 @@ class Dap:
                 content = compat.Pieces(content)
             elif not isinstance(content, str):
                 content = json.dumps(content, separators=(",", ":"))
+        elif isinstance(content, list) and content and not isinstance(content[0], str):
+            content = self.ucbor().Raw(content)  # stored as CBOR pieces (Agent._enqueue)
         elif isinstance(content, (str, list)):
             content = self._cbor_of_json(content)
         instance = {"m2m:cin": {"cnf": "application/json:0", "con": content}}

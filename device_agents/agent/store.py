@@ -21,6 +21,7 @@ start; a torn last line (power lost mid-write) is ignored. Plain `open`, `os.ren
 `os.remove`: MicroPython's VFS has them all.
 """
 
+import binascii
 import json
 import os
 
@@ -206,7 +207,10 @@ def _level(priority):
 def _entry_json(entry):
     item = entry[2]
     request_id = item[4] if len(item) > 4 else None
-    return json.dumps([entry[0], item[0], item[1], item[2], item[3], request_id])
+    body = item[3]
+    if isinstance(body, list) and body and not isinstance(body[0], str):
+        body = {"cbor": [binascii.hexlify(piece).decode() for piece in body]}  # as hex text
+    return json.dumps([entry[0], item[0], item[1], item[2], body, request_id])
 
 
 def _exists(path):
@@ -233,8 +237,11 @@ def _replay(line, entries, levels):
                 found[4] = rec[1]
             return
         entry_id, prio = rec[0], _level(rec[1])
-        item = [prio, rec[2], rec[3], rec[4], rec[5] if len(rec) > 5 else None]
-    except (ValueError, IndexError, TypeError):
+        body = rec[4]
+        if isinstance(body, dict):  # a CBOR message, logged as hex text
+            body = [binascii.unhexlify(piece) for piece in body["cbor"]]
+        item = [prio, rec[2], rec[3], body, rec[5] if len(rec) > 5 else None]
+    except (ValueError, IndexError, TypeError, KeyError):
         return  # a torn or foreign line
     entries[entry_id] = item
     if line[0] == "^":

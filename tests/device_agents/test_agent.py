@@ -522,9 +522,9 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 @mp.needs_micropython
 @pytest.mark.parametrize(
     ("transport", "serialization", "heap"),
-    # A board's 96 KB. A CBOR meter decodes each stored JSON message again to encode it as
-    # it sends, which with a command's code loaded takes more than 96 KB on this 64-bit port
-    # (docs/agents.md, "Heap"): 128k there, about 60 % of that on a 32-bit board.
+    # A board's 96 KB. A CBOR meter that handles a command holds the CBOR codec, the MQTT
+    # client and commands.py at once: more than 96 KB on this 64-bit port (docs/agents.md,
+    # "Heap"), so 128k there, about 60 % of that on a 32-bit board.
     [("coap", "json", "96k"), ("mqtt", "json", "96k"), ("mqtt", "cbor", "128k")],
     ids=["coap", "mqtt", "mqtt-cbor"],
 )

@@ -445,14 +445,7 @@ async def test_bundle_runs_under_micropython_over_coap(tmp_path: Path, heap: str
         ("json", "128k"),
         ("json", HEAP),
         ("cbor", "128k"),
-        # A CBOR meter turns the stored JSON text back into a map to encode it as it sends:
-        # for the 6 h gas report that is a few KB more than a 96 KB heap has left on most
-        # runs (docs/agents.md, "Heap"). Not strict: on some runs it fits.
-        pytest.param(
-            "cbor",
-            HEAP,
-            marks=pytest.mark.xfail(HEAP == "96k", reason="a CBOR meter's 6 h report: ~100 KB"),
-        ),
+        ("cbor", HEAP),
     ],
 )
 async def test_bundle_runs_under_micropython_over_mqtt(

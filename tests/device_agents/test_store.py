@@ -160,3 +160,34 @@ def test_a_request_id_given_at_the_first_send_survives_a_restart(tmp_path: Path)
     again = Store(path=path)  # the meter restarts
     assert [entry[4] for entry in again.items()] == ["mtr-1-a1b2c3-7", None]
     assert Store(path=path).items() == again.items()  # and after the log was compacted
+
+
+PIECES_ON_MICROPYTHON = """
+import json
+import ucbor
+from store import Store
+store = Store(max_items=5, max_bytes=8000, path="outbox.log")
+records = [{"t": n} for n in range(99)]
+cbor = ucbor.dump_parts({"flow": "gas-interval-6h", "seq": 7, "recs": records})
+text = ["{\\"flow\\":\\"mr-multi-interval\\",", "\\"seq\\":8}"]
+store.put([3, "reading", "gas-interval-6h", cbor, None])
+store.put([3, "reading", "mr-multi-interval", text, None])
+again = Store(max_items=5, max_bytes=8000, path="outbox.log")
+items = again.items()
+size = sum(len(p) for p in cbor) + sum(len(p) for p in text)
+print(again.bytes == store.bytes, store.bytes == size)
+print(json.dumps(ucbor.loads(b"".join(items[0][3]))))
+print(json.dumps(items[1][3]))
+"""
+
+
+@mp.needs_micropython
+def test_a_message_in_pieces_survives_a_restart_as_cbor_and_as_json() -> None:
+    # A board keeps a long message in pieces: bytes for CBOR (hex on the flash log), strings
+    # for JSON (flows.to_json); both come back as they were put.
+    result = mp.run(PIECES_ON_MICROPYTHON)
+    assert result.rc == 0, result.output
+    assert result.lines[0] == "True True"
+    restored = json.loads(result.lines[1])
+    assert restored["seq"] == 7 and [r["t"] for r in restored["recs"]] == list(range(99))
+    assert json.loads(result.lines[2]) == ['{"flow":"mr-multi-interval",', '"seq":8}']
