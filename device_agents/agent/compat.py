@@ -13,8 +13,8 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
 - `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
   (tokens, request-ID prefixes) that differ after every restart;
-- `json_parts(value)`, `parts_size`, `take`, `take_into`: JSON as a list of small parts, so
-  that sending a 2 KB reading needs no block of that size on a small heap;
+- `json_parts(value)`, `parts_size`, `take`, `take_into`, `Pieces`: JSON as a list of small
+  parts, so that sending a 2 KB reading needs no block of that size on a small heap;
 - `LinkError`: "not delivered", raised by both transports.
 """
 

@@ -118,8 +118,11 @@ def get(flow_id):
         return _parsed[flow_id]
     line = _find(_TABLE, flow_id)
     if line is None:
-        line = _find(_commands().ROWS, flow_id)
-        if line is None:
+        for table in _commands().ROWS:
+            line = _find(table, flow_id)
+            if line is not None:
+                break
+        else:
             return None
     flow = _parse(line)
     if _parsed is not None:
@@ -147,7 +150,10 @@ def scheduled(kind):
 
 def for_kind(kind):
     """Every flow a meter of this kind can produce (loads commands.py on a board)."""
-    return _flows(_TABLE, kind) + _flows(_commands().ROWS, kind)
+    found = _flows(_TABLE, kind)
+    for table in _commands().ROWS:
+        found += _flows(table, kind)
+    return found
 
 
 def all_flows():
