@@ -114,7 +114,7 @@ class Agent:
             config.get("buffer_file"),
         )
         for item in self.store.items():  # restored from flash: continue the sequence
-            seq = self._decode(item[3]).get("seq")
+            seq = _decode(item[3]).get("seq")
             if isinstance(seq, int) and seq > self.meter.seq:
                 self.meter.seq = seq
         self._rng = Rng(seed ^ 0x2545F491)  # backoff jitter, apart from the meter's stream
@@ -350,7 +350,7 @@ class Agent:
         self.generated += 1
         try:
             # CBOR is stored as the pieces that go out: nothing to convert at send time.
-            body = _ucbor().dump_parts(content) if self._cbor else flows.to_json(content)
+            body = compat.ucbor().dump_parts(content) if self._cbor else flows.to_json(content)
         except MemoryError:
             self._out_of_memory(flow_id)
             self.store.count_drop([priority, family, flow_id, "", None])
@@ -393,16 +393,6 @@ class Agent:
                 self._enqueue(family, content)
             answers = None
         compat.unload("commands")
-
-    def _decode(self, body):
-        """A stored message as a dict: JSON text (or its pieces), or CBOR pieces."""
-        if isinstance(body, list) and body and not isinstance(body[0], str):
-            try:
-                body = _ucbor().loads(b"".join(body))
-            except ValueError:
-                return {}
-            return body if isinstance(body, dict) else {}
-        return _decode(body)
 
     def stats(self):
         """The counters as one dict."""
@@ -468,7 +458,14 @@ def command_of(primitive):
 
 
 def _decode(body):
-    if isinstance(body, list):  # a long message's text in pieces (flows.to_json)
+    """A stored message as a dict: JSON text, its pieces (flows.to_json), or CBOR pieces."""
+    if isinstance(body, list):
+        if body and not isinstance(body[0], str):
+            try:
+                body = compat.ucbor().loads(b"".join(body))
+            except ValueError:
+                return {}
+            return body if isinstance(body, dict) else {}
         body = "".join(body)
     if isinstance(body, (str, bytes)):
         try:
@@ -476,14 +473,6 @@ def _decode(body):
         except ValueError:
             return {}
     return body if isinstance(body, dict) else {}
-
-
-def _ucbor():
-    try:
-        from . import ucbor
-    except ImportError:
-        import ucbor
-    return ucbor
 
 
 def _crc(text):

@@ -125,9 +125,8 @@ def _extended(number):
     return 14, (number - 269).to_bytes(2, "big")
 
 
-def encode(mtype, code, mid, token, options=(), payload=b"", into=None):
-    """One datagram. `options`: (number, index, value) tuples in any order. With `into` (a
-    bytearray) the datagram is written there and a view of it returned."""
+def encode(mtype, code, mid, token, options=(), payload=b""):
+    """One datagram. `options`: (number, index, value) tuples in any order."""
     out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
     out.extend(token)
     ordered = sorted(options)  # (number, index) is unique: an unstable sort is harmless
@@ -141,18 +140,10 @@ def encode(mtype, code, mid, token, options=(), payload=b"", into=None):
         out.extend(length_ext)
         out.extend(value)
         previous = number
-    if into is None:
-        if payload:
-            out.append(0xFF)
-            out.extend(payload)
-        return out
-    size = len(out)
-    into[:size] = out
     if payload:
-        into[size] = 0xFF
-        into[size + 1 : size + 1 + len(payload)] = payload
-        size += 1 + len(payload)
-    return memoryview(into)[:size]
+        out.append(0xFF)
+        out.extend(payload)
+    return out
 
 
 class Message:
@@ -291,12 +282,13 @@ class CoapClient:
     def _datagram(self, code, options, token, parts, offset, size):
         """A CON carrying bytes [offset, offset + size) of the body, built in the client's
         one outgoing buffer (one request at a time: the lock in request())."""
-        head = encode(CON, code, self._next_mid(), token, options, b"", self._out)
+        head = encode(CON, code, self._next_mid(), token, options)  # tens of bytes
         start = len(head)
-        if not size:
-            return head
-        self._out[start] = 0xFF
         view = memoryview(self._out)
+        view[:start] = head
+        if not size:
+            return view[:start]
+        view[start] = 0xFF
         filled = compat.take_into(parts, offset, view[start + 1 : start + 1 + size])
         return view[: start + 1 + filled]
 

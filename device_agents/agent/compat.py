@@ -13,8 +13,9 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
 - `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
   (tokens, request-ID prefixes) that differ after every restart;
-- `json_parts(value)`, `parts_size`, `take`, `take_into`, `Pieces`: JSON as a list of small
-  parts, so that sending a 2 KB reading needs no block of that size on a small heap;
+- `json_parts(value)`, `parts_size`, `take_into`, `Pieces`: JSON as a list of small parts, so
+  that sending a 2 KB reading needs no block of that size on a small heap;
+- `ucbor()`: the CBOR module, imported when first asked for;
 - `LinkError`: "not delivered", raised by both transports.
 """
 
@@ -77,6 +78,15 @@ else:  # CPython: the fleet emulator and the tests (the module never goes into a
     wait_readable = _host.wait_readable
     receive = _host.receive
     host_address = _host.host_address
+
+
+def ucbor():
+    """The CBOR codec module, loaded on first use (a JSON meter never pays its heap)."""
+    try:
+        from . import ucbor as codec
+    except ImportError:
+        import ucbor as codec
+    return codec
 
 
 def unload(name):
@@ -167,21 +177,6 @@ def take_into(parts, start, buffer):
         if filled >= size:
             break
     return filled
-
-
-def take(parts, start, size):
-    """Bytes [start, start + size) of a list of parts: a view where one part holds them all,
-    else a copy (a block of at most `size` bytes)."""
-    offset = start
-    for part in parts:
-        if offset < len(part):
-            if offset + size <= len(part):
-                return memoryview(part)[offset : offset + size]
-            break
-        offset -= len(part)
-    out = bytearray(min(size, parts_size(parts) - start))
-    take_into(parts, start, out)
-    return out
 
 
 def random_bits(bits):

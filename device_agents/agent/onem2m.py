@@ -70,14 +70,6 @@ def ae_id_for(meter_id):
     return "C" + "".join(kept)
 
 
-def _ucbor():
-    try:
-        from . import ucbor
-    except ImportError:
-        import ucbor
-    return ucbor
-
-
 class Dap:
     """The oneM2M link of one meter (see the module docstring for the contract)."""
 
@@ -97,7 +89,7 @@ class Dap:
         self._closing = None
         self._counter = 0
         self._boot = f"{compat.random_bits(24):06x}"
-        self._ucbor = _ucbor() if self.cbor else None
+        self._ucbor = compat.ucbor() if self.cbor else None
         # Only the transport in use is imported: each costs kilobytes of a board's heap.
         if config.get("transport", "coap") == "mqtt":
             try:
@@ -250,12 +242,12 @@ class Dap:
         """JSON text (as the store keeps a message) as encoded CBOR. Not a coroutine: the
         decoded dicts (5-7 KB for a 2 KB read on a board) are gone before anything is sent."""
         codec = self.ucbor()
-        value = json.loads(text) if isinstance(text, str) else codec.json_of_pieces(text)
+        value = json.loads(text if isinstance(text, str) else "".join(text))
         return codec.Raw(codec.dump_parts(value))
 
     def ucbor(self):
         if self._ucbor is None:
-            self._ucbor = _ucbor()
+            self._ucbor = compat.ucbor()
         return self._ucbor
 
     # ---- notifications ------------------------------------------------------------------------

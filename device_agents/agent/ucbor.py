@@ -41,34 +41,6 @@ def dumps(value):
     return b"".join(dump_parts(value))
 
 
-def json_of_pieces(pieces):
-    """The value of JSON text given as a list of strings, read without joining them (a board
-    stores a long message that way). MicroPython only: its json.load reads any io.IOBase."""
-    import io
-    import json
-
-    class Reader(io.IOBase):
-        def __init__(self):
-            self.index = 0
-            self.offset = 0
-
-        def readinto(self, buffer):
-            count = 0
-            while count < len(buffer) and self.index < len(pieces):
-                piece = memoryview(pieces[self.index])  # its UTF-8 bytes (MicroPython)
-                if self.offset >= len(piece):
-                    self.index += 1
-                    self.offset = 0
-                    continue
-                take = min(len(buffer) - count, len(piece) - self.offset)
-                buffer[count : count + take] = piece[self.offset : self.offset + take]
-                self.offset += take
-                count += take
-            return count
-
-    return json.load(Reader())
-
-
 def dump_parts(value):
     """`value` as CBOR in a list of pieces of about 256 bytes: a 2 KB reading then needs no
     block of that size (and no regrown one) on a board's small heap."""
