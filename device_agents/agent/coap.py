@@ -452,7 +452,7 @@ def m2m_response(message, decode):
     rqi = message.option(M2M_RQI)
     try:
         content = decode_content(message, decode)
-    except (ValueError, UnicodeError, IndexError):  # IndexError: CBOR cut short
+    except (ValueError, UnicodeError):
         content = None
     return {"rsc": rsc, "rqi": rqi.decode() if rqi else None, "pc": content}
 

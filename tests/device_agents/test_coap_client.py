@@ -140,7 +140,8 @@ async def main(config):
     body = bytes((48 + n % 10 for n in range(config.get("size", 20))))
     for _ in range(config.get("requests", 1)):
         try:
-            reply = await client.request(coap.POST, options, body)
+            limit = [config["reply_max"]] if "reply_max" in config else []
+            reply = await client.request(coap.POST, options, body, *limit)
             response = coap.m2m_response(reply, decode)
             print("reply", reply.code, response["rsc"], json.dumps(response["pc"]))
         except coap.LinkError as error:
@@ -231,6 +232,23 @@ async def test_only_truncated_replies_end_in_link_error(runtime: str, peers: Any
     lines = await run_client(runtime, peer.port, requests=2, **FAST)
     assert [line.split()[0] for line in lines] == ["LinkError", "LinkError"]
     assert len(peer.requests) == 4  # two transmissions each
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_reply_longer_than_the_limit_keeps_its_code_and_status(
+    runtime: str, peers: Any
+) -> None:
+    # A meter asks for rcn 0 and takes answers of up to 256 B; should one carry content
+    # anyway, its code and options (the status) still count, the cut content is dropped.
+    def long_answer(peer: ScriptedPeer, request: aiocoap.Message, raw: bytes) -> list[bytes]:
+        content = b'{"m2m:cin":{"con":"' + b"x" * 600 + b'"}}'
+        options = [rsc(2001), (12, bytes([50]))]
+        return [datagram(ACK, 65, request.mid, request.token, options, content)]
+
+    peer = await peers(long_answer)
+    assert await run_client(runtime, peer.port, reply_max=256) == ["reply 65 2001 null"]
+    [whole] = await run_client(runtime, peer.port)
+    assert whole.startswith("reply 65 2001 {") and len(whole) > 600
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
