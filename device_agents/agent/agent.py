@@ -19,7 +19,7 @@ the agent themselves.
 
 Config keys besides those of docs/agents.md, all optional: start_ts (meter time at start,
 epoch seconds; default the real time), tick_ms (1000: how often the loop looks at the
-schedule), buffer_bytes (the outbox's bytes: 8192 on MicroPython, 16384 on CPython), prepay
+schedule), buffer_bytes (the outbox's RAM budget: 6144 on MicroPython, 16384 on CPython), prepay
 (default: 1 meter in 5, by seed), rate_scale (1: multiplies every scheduled rate, to see rare
 events in short runs), rate_floor (0: messages a day that every scheduled random flow sends at
 least, so rare rows show up in interop runs), tz_offset_s (0: the meter's local time for the
@@ -110,7 +110,7 @@ class Agent:
         self._cbor = config.get("serialization") == "cbor"
         self.store = Store(
             config.get("buffer_max") or 200,
-            config.get("buffer_bytes") or (8192 if compat.IS_MICROPYTHON else 16384),
+            config.get("buffer_bytes") or (6144 if compat.IS_MICROPYTHON else 16384),
             config.get("buffer_file"),
         )
         for item in self.store.items():  # restored from flash: continue the sequence
@@ -194,7 +194,10 @@ class Agent:
         started = self.clock.now_ms()
         try:
             while not self._stop:
-                await self.step()
+                try:
+                    await self.step()
+                except MemoryError:  # whatever ran out, the meter runs on (the store keeps)
+                    self._out_of_memory("step")
                 if duration is not None and self.clock.now_ms() - started >= duration * 1000:
                     break
                 if self._stop:
@@ -248,18 +251,15 @@ class Agent:
         await self._send()
 
     def _generate(self):
-        """The meter's due flows into the store, as JSON. A plain function, not part of the
-        step coroutine: MicroPython keeps a coroutine's frame whole while it waits, and
-        values left in it (the last message: 5-7 KB of dicts and lists for a 2 KB read) would
-        stay reachable through the whole send."""
+        """The meter's due flows into the store, each stored as soon as it is built (a long
+        step may make several 2 KB reads: 5-7 KB of dicts each). A plain function, not part
+        of the step coroutine: MicroPython keeps a coroutine's frame whole while it waits,
+        and values left in it (the last message) would stay reachable through the send."""
         try:
-            due = self.meter.due_flows(self.meter_time())
+            self.meter.due_flows(self.meter_time(), self._enqueue)
         except MemoryError:
-            # A full heap loses this step's scheduled messages, not the meter.
+            # A full heap loses the rest of this step's scheduled messages, not the meter.
             self._out_of_memory("schedule")
-            return
-        for family, content in due:
-            self._enqueue(family, content)
 
     # ---- sending ----------------------------------------------------------------------------
 
@@ -345,12 +345,17 @@ class Agent:
 
     def _enqueue(self, family, content):
         flow_id = content.get("flow")
-        flow = flows.get(flow_id)
-        priority = flow[flows.PRIORITY] if flow is not None else 2
+        priority = 2
         self.generated += 1
         try:
+            flow = flows.get(flow_id)
+            if flow is not None:
+                priority = flow[flows.PRIORITY]
             # CBOR is stored as the pieces that go out: nothing to convert at send time.
-            body = compat.ucbor().dump_parts(content) if self._cbor else flows.to_json(content)
+            if self._cbor:
+                body = compat.ucbor().dump_parts(content)
+            else:
+                body = compat.jsonparts().to_json(content)
         except MemoryError:
             self._out_of_memory(flow_id)
             self.store.count_drop([priority, family, flow_id, "", None])
@@ -458,7 +463,7 @@ def command_of(primitive):
 
 
 def _decode(body):
-    """A stored message as a dict: JSON text, its pieces (flows.to_json), or CBOR pieces."""
+    """A stored message as a dict: JSON text, its pieces (jsonparts.to_json), or CBOR pieces."""
     if isinstance(body, list):
         if body and not isinstance(body[0], str):
             try:

@@ -261,7 +261,7 @@ class CoapClient:
         """Send a request; return the final response Message. Raises LinkError.
 
         `options`: (number, value) pairs, value str, bytes or int, repeated ones in order.
-        `payload`: bytes, or a list of bytes-like parts (compat.json_parts).
+        `payload`: bytes, or a list of bytes-like parts (jsonparts.dump_parts).
         `reply_max`: the largest answer datagram taken; a longer one is cut there (MicroPython
         allocates that much for each datagram received, so asking for less helps a small heap
         where the answer is known to be short).
@@ -647,7 +647,9 @@ class CoapLink:
         self.format = _FORMAT_CBOR if dap.cbor else _FORMAT_JSON
 
     def poa(self):
-        return f"coap://{self.poa_host}:{self.listener.port}"
+        # ?ct=cbor: the DAP notifies a CBOR meter in CBOR (it never loads the JSON code).
+        poa = f"coap://{self.poa_host}:{self.listener.port}"
+        return poa + "?ct=cbor" if self.dap.cbor else poa
 
     async def open(self):
         self.client.open()

@@ -45,71 +45,16 @@ Error codes (`e`): the name of the field whose value is wrong, or "cmd" (unknown
 failed), "full" (HAN table full), "notj" (device not joined), "enrol" (not in that DR
 program), "internal".
 
-The flows that only answer commands are here too (`ROWS`, in the columns of flows.py, and
-their payload builders): commands are rare, so a board loads this module when one arrives and
-lets it go afterwards (`Meter.handle_command`, `Agent`, `flows.get`); it would otherwise take
-a sixth of a 96 KB heap.
+The payload builders of the flows that only answer commands are here too (their rows are in
+answers.txt, which a board reads from flash): commands are rare, so a board loads this module
+when one arrives and lets it go afterwards (`Meter.handle_command`, `Agent`, `flows.get`); it
+would otherwise take a tenth of a 96 KB heap.
 """
 
 try:
     from . import flows
 except (ImportError, KeyError):
     import flows
-
-# The flows that answer commands (flows.py has the columns and the scheduled flows).
-# One string per family, not one for all: a board loads this module while it runs, and a
-# 2.6 KB string would need that much heap in one piece.
-ROWS = (
-    """
-mr-ondemand-err ondemand cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-mr-ondemand-err-ems ondemand cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-mr-ondemand-err-ipd ondemand cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-mr-ondemand-ipd ondemand resp-data 100 100 - - 7-22 5 2 e C ondemand
-mr-ondemand-ems ondemand resp-data 100 100 - - 7-22 5 2 e C ondemand
-""",
-    """
-pp-switch-ack prepay ack 25 25 .0015 - 8-20 30 1 e C switch-ack
-pp-switch-fail prepay cmd-err 50 50 - .001 8-20 30 1 e C cmd-err
-pp-metrology prepay resp-data 100 100 .0015 - 8-20 30 2 e C switch-metrology
-pp-ondemand prepay resp-data 100 100 - - 7-22 5 2 e C ondemand
-pp-ondemand-ipd prepay resp-data 100 100 - - 7-22 5 2 e C ondemand
-pp-ondemand-ems prepay resp-data 100 100 - - 7-22 5 2 e C ondemand
-pp-ondemand-err prepay cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-pp-ondemand-err-ems prepay cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-pp-ondemand-err-ipd prepay cmd-err 50 50 - - 7-22 5 1 e C cmd-err
-""",
-    """
-dr-ack-lms-utl drdlc ack 25 25 - - 0-24 5 1 e C dr
-dr-optout-lms-utl drdlc cmd 25 25 - .01 0-24 5 1 e C dr
-dr-ack-dsm-utl drdlc ack 25 25 - - 0-24 5 1 e C dr
-dr-optout-dsm-utl drdlc cmd 25 25 - .01 0-24 5 1 e C dr
-dr-ack-lms-repi drdlc ack 25 25 - - 0-24 5 1 e C dr
-dr-optout-lms-repi drdlc cmd 25 25 - .01 0-24 5 1 e C dr
-dr-ack-dsm-repi drdlc ack 25 25 - - 0-24 5 1 e C dr
-dr-optout-dsm-repi drdlc cmd 25 25 - .01 0-24 5 1 e C dr
-""",
-    """
-han-join-ack-utl han ack 25 25 - - 0-24 5 1 e C han
-han-unjoin-ack-utl han ack 25 25 - - 0-24 5 1 e C han
-han-join-err-utl han cmd-err 25 25 - .001 0-24 5 1 e C han
-han-join-err han cmd-err 25 25 - .001 0-24 5 1 e C han
-han-unjoin-err-utl han cmd-err 25 25 - .001 0-24 5 1 e C han
-han-unjoin-err han cmd-err 25 25 - .001 0-24 5 1 e C han
-han-join-ack-repi han ack 25 25 - - 0-24 5 1 e C han
-han-unjoin-ack-repi han ack 25 25 - - 0-24 5 1 e C han
-han-join-err-repi han cmd-err 25 25 - .001 0-24 5 1 e C han
-han-unjoin-err-repi han cmd-err 25 25 - .001 0-24 5 1 e C han
-""",
-    """
-fw-metrology-fw firmware resp-data 50 50 - - 0-24 5 2 e C fw
-fw-nic-fw firmware resp-data 50 50 - - 0-24 5 2 e C fw
-fw-metrology-prog firmware resp-data 50 50 - - 0-24 5 2 e C fw
-fw-nic-prog firmware resp-data 50 50 - - 0-24 5 2 e C fw
-fw-metrology-fw-tool firmware resp-data 50 50 - - 7-18 5 2 e C fw
-fw-nic-fw-tool firmware resp-data 50 50 - - 7-18 5 2 e C fw
-fw-metrology-prog-tool firmware resp-data 50 50 - - 7-18 5 2 e C fw
-""",
-)
 
 _HAN_MAX = 8
 _MAX_N = 192  # two days of 15-minute intervals

@@ -13,15 +13,15 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
 - `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
   (tokens, request-ID prefixes) that differ after every restart;
-- `json_parts(value)`, `parts_size`, `take_into`, `Pieces`: JSON as a list of small parts, so
-  that sending a 2 KB reading needs no block of that size on a small heap;
-- `ucbor()`: the CBOR module, imported when first asked for;
+- `parts_size`, `take_into`: a message as a list of small parts, so that sending a 2 KB
+  reading needs no block of that size on a small heap;
+- `ucbor()`, `jsonparts()`: the CBOR and the JSON-in-pieces modules, each imported when
+  first asked for (a meter loads the one of its serialization);
 - `LinkError`: "not delivered", raised by both transports.
 """
 
 import asyncio
 import errno
-import json
 import os
 import socket
 import sys
@@ -89,67 +89,19 @@ def ucbor():
     return codec
 
 
+def jsonparts():
+    """The JSON-in-pieces module, loaded on first use (a CBOR meter never pays its heap)."""
+    try:
+        from . import jsonparts as codec
+    except ImportError:
+        import jsonparts as codec
+    return codec
+
+
 def unload(name):
     """Let a board free a module it uses rarely; the next import loads it again."""
     if IS_MICROPYTHON:
         sys.modules.pop(name, None)
-
-
-class Pieces:
-    """A string given as a list of pieces (a long stored message): json_parts writes it as
-    one JSON string, escaping piece by piece."""
-
-    def __init__(self, parts):
-        self.parts = parts
-
-
-def json_parts(value):
-    """Compact JSON of `value` as a list of bytes-like parts (MicroPython's json has no
-    sort_keys: key order is arbitrary).
-
-    CPython: one bytes object. MicroPython: many small views of text, a long string in escaped
-    slices of 512 characters: a small heap fragments, and a 2 KB reading would otherwise need
-    a few contiguous blocks of that size at once (the escaped text, then its bytes)."""
-    if not IS_MICROPYTHON:
-        return [json.dumps(value, separators=(",", ":"), default=_joined).encode()]
-    out = []
-    _json_into(value, out)
-    return out
-
-
-def _joined(value):
-    if isinstance(value, Pieces):
-        return "".join(value.parts)
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
-
-
-def _json_into(value, out):
-    if isinstance(value, dict):
-        sep = "{"
-        for key in value:
-            out.append(memoryview(sep + json.dumps(key) + ":"))
-            _json_into(value[key], out)
-            sep = ","
-        out.append(memoryview("}" if sep == "," else "{}"))
-    elif isinstance(value, (list, tuple)):
-        sep = "["
-        for item in value:
-            out.append(memoryview(sep))
-            _json_into(item, out)
-            sep = ","
-        out.append(memoryview("]" if sep == "," else "[]"))
-    elif isinstance(value, Pieces):
-        out.append(memoryview('"'))
-        for piece in value.parts:
-            out.append(memoryview(json.dumps(piece))[1:-1])
-        out.append(memoryview('"'))
-    elif isinstance(value, str) and len(value) > 512:
-        out.append(memoryview('"'))
-        for start in range(0, len(value), 512):
-            out.append(memoryview(json.dumps(value[start : start + 512])[1:-1]))
-        out.append(memoryview('"'))
-    else:
-        out.append(memoryview(json.dumps(value)))
 
 
 def parts_size(parts):

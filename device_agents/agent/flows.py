@@ -8,10 +8,12 @@ are separate entries; the gas C/I row (1Dg) becomes two entries, one per reporti
 row sizes (1600 B for 4 h, 2400 B for 6 h of 15-minute data).
 
 The table is text, a line per flow: on a 96 KB heap one string costs a tenth of what 49
-tuples of 14 objects cost. The flows a meter sends on its own schedule are here; those that
-only answer a command are in commands.py (`ROWS`, with their builders), which a board loads
-only while it handles a command. `get(flow_id)` reads a line of either into a tuple (CPython
-keeps the tuples; a board builds them when asked and lets them go):
+tuples of 14 objects cost. The flows a meter sends on its own schedule are here (`_TABLE`:
+a board looks them up while it builds messages); those that only answer a command are in
+the file answers.txt beside this module, which a board reads from flash when a command
+comes (their builders are in commands.py, loaded only then too). `get(flow_id)` reads a
+line of either into a tuple (CPython keeps the tuples; a board builds them when asked and
+lets them go):
 
   ID        stable flow id, the `flow` member of every message
   FAMILY    the container it is posted to (reading, ondemand, event, prepay, drdlc, han,
@@ -86,7 +88,7 @@ EVENT_COMMAND_REFUSED = "11.43.242"  # application alert: a command the meter co
 
 # Columns as in the module docstring; "-" is None, a window is FROM-TO hours, SCHED is C
 # (command), R (random) or P (periodic), 1/30000 is "1 per 1000 per ... per month".
-# The scheduled flows (the rest: commands.ROWS).
+# The scheduled flows (the rest: answers.txt).
 _TABLE = """
 mr-multi-interval reading resp-data 200 2400 .025 - 7-18 5 3 e R multi
 mr-ondemand ondemand resp-data 100 100 .025 - 7-22 5 2 e R ondemand
@@ -99,6 +101,10 @@ pp-switch-state prepay resp-data 100 100 .0255 - 8-20 30 2 e R switch-state
 gas-interval-4h reading resp-data 1600 1600 6 - 0-24 14400 3 g P gas 4
 gas-interval-6h reading resp-data 2400 2400 4 - 0-24 14400 3 g P gas 6
 """  # noqa: E501 (one row per line: the table's own shape)
+
+# The rows of the flows that answer commands: a file beside this module (on a board, beside
+# flows.mpy: read from flash, not kept in the heap).
+ANSWERS_FILE = __file__[: max(__file__.rfind("/"), __file__.rfind("\\")) + 1] + "answers.txt"
 
 FAMILIES = ("reading", "ondemand", "event", "prepay", "drdlc", "han", "firmware")
 GAS_FAMILIES = ("reading", "event")
@@ -116,14 +122,9 @@ def get(flow_id):
     """The flow tuple with this id, or None."""
     if _parsed is not None and flow_id in _parsed:
         return _parsed[flow_id]
-    line = _find(_TABLE, flow_id)
+    line = _find(_TABLE, flow_id) or _answer_row(flow_id)
     if line is None:
-        for table in _commands().ROWS:
-            line = _find(table, flow_id)
-            if line is not None:
-                break
-        else:
-            return None
+        return None
     flow = _parse(line)
     if _parsed is not None:
         _parsed[flow_id] = flow
@@ -133,6 +134,21 @@ def get(flow_id):
 def _find(table, flow_id):
     start = table.find("\n" + flow_id + " ")
     return None if start < 0 else table[start + 1 : table.find("\n", start + 1)]
+
+
+def _open_answers():
+    try:
+        return open(ANSWERS_FILE)
+    except OSError:  # modules frozen into the firmware: the file is in the filesystem root
+        return open("answers.txt")
+
+
+def _answer_row(flow_id):
+    with _open_answers() as rows:
+        for line in rows:  # a line at a time: the file is never in the heap whole
+            if line.startswith(flow_id + " "):
+                return line.rstrip()
+    return None
 
 
 def _commands():
@@ -150,10 +166,8 @@ def scheduled(kind):
 
 def for_kind(kind):
     """Every flow a meter of this kind can produce (loads commands.py on a board)."""
-    found = _flows(_TABLE, kind)
-    for table in _commands().ROWS:
-        found += _flows(table, kind)
-    return found
+    with _open_answers() as rows:
+        return _flows(_TABLE, kind) + _flows(rows.read(), kind)
 
 
 def all_flows():
@@ -165,7 +179,7 @@ def _flows(table, kind):
     letter = "g" if kind == "gas" else "e"
     found = []
     for line in table.split("\n"):
-        if line and letter in line.split(" ", 11)[10]:  # the KINDS column
+        if line and line[0] != "#" and letter in line.split(" ", 11)[10]:  # KINDS
             found.append(get(line[: line.find(" ")]))
     return tuple(found)
 
@@ -202,64 +216,6 @@ def payload_size(content):
         if key not in ENVELOPE:
             data[key] = content[key]
     return len(json.dumps(data, separators=(",", ":")))
-
-
-def to_json(content):
-    """The compact JSON text of a message, as the store keeps it (on a board a long one as a
-    list of strings: `_coalesce`); takes the message apart.
-
-    A list member (a gas report's 16-24 records, an interval read's channels) is written an
-    item at a time, each item let go once written, and the text is put together by one join
-    of its exact size: json.dumps of the whole would keep every record alive and regrow its
-    buffer up to the message's size, which on a board needs the old and the new block at
-    once - for a 2.4 KB read, more room in one piece than a small heap has."""
-    lists = [key for key in content if isinstance(content[key], list)]
-    if not lists:
-        return json.dumps(content, separators=(",", ":"))
-    items_of = [content.pop(key) for key in lists]
-    text = json.dumps(content, separators=(",", ":"))
-    pieces = [text[:-1]]  # without its closing brace
-    separator = "," if content else ""
-    for number in range(len(lists)):
-        items = items_of[number]
-        pieces.append(separator + json.dumps(lists[number]) + ":[")
-        separator = ","
-        for index in range(len(items)):
-            if index:
-                pieces.append(",")
-            pieces.append(json.dumps(items[index], separators=(",", ":")))
-            items[index] = None  # this item's dicts and lists go now
-        pieces.append("]")
-    pieces.append("}")
-    if _parsed is not None:  # CPython: one string
-        return "".join(pieces)
-    return _coalesce(pieces)
-
-
-_PIECE = 512  # the longest piece of a long message that a board keeps
-
-
-def _coalesce(pieces):
-    """One string when the text is short; else strings of about _PIECE characters (the store
-    keeps a 2 KB read that way: a board's heap may have no 2.5 KB in one piece)."""
-    total = 0
-    for piece in pieces:
-        total += len(piece)
-    if total <= 2 * _PIECE:
-        return "".join(pieces)
-    out = []
-    group = []
-    size = 0
-    for piece in pieces:
-        group.append(piece)
-        size += len(piece)
-        if size >= _PIECE:
-            out.append("".join(group))
-            group = []
-            size = 0
-    if group:
-        out.append("".join(group))
-    return out
 
 
 def build(flow, meter, seq, ts, args=None):

@@ -283,27 +283,31 @@ class Meter:
         self.seq += 1
         return flow[flows.FAMILY], flows.build(flow, self, self.seq, ts, args)
 
-    def due_flows(self, now):
+    def due_flows(self, now, sink=None):
         """The flows the meter emits on its own between the previous call and `now`.
 
         Each SCHED_RANDOM flow is a Poisson process that runs only inside its daily window,
         at PER_DAY x rate_scale a day; each periodic flow covers the period up to a boundary
         and goes `report_delay` seconds after it (gas C/I meters: 0-30 min by seed, so that a
         DAP's gas meters do not all report at the same instant).
-        Returns a list of (family, content).
+        Returns a list of (family, content); with `sink`, each goes to sink(family, content)
+        as soon as it is built instead, and the list stays empty (the agent stores each at
+        once: after a long step a board would otherwise hold several 2 KB reads as dicts).
         """
         self.advance(now)
         last = self._last_due
         out = []
         if now <= last:
             return out
+        if sink is None:
+            sink = lambda family, content: out.append((family, content))  # noqa: E731
         self._last_due = now
         for entry in self._sched:
             flow_id, rate, window, period, state = entry
             n = 0
             if period:
                 while state + self.report_delay <= now and n < 48:
-                    out.append(self.emit(flows.get(flow_id), state))
+                    sink(*self.emit(flows.get(flow_id), state))
                     state += period
                     n += 1
                 if state + self.report_delay <= now:  # far behind (a long sleep): skip ahead
@@ -316,7 +320,7 @@ class Meter:
                 rate = self.rate_floor
             state -= rate / span * window_seconds(last, now, window, self.tz)
             while state <= 0 and n < 16:
-                out.append(self.emit(flows.get(flow_id), now))
+                sink(*self.emit(flows.get(flow_id), now))
                 state += self.rng.exp()
                 n += 1
             if state <= 0:

@@ -237,7 +237,7 @@ class MqttClient:
     async def _send(self, first, *parts):
         """One packet; any failure breaks the connection (half a packet cannot be taken back).
 
-        Written in pieces of at most 512 B: the parts may be many small ones (compat.json_parts)
+        Written in pieces of at most 512 B: the parts may be many small ones (jsonparts.dump_parts)
         and TCP_NODELAY would turn each into a segment of its own."""
         async with self._write_lock:
             writer = self._writer
@@ -381,7 +381,8 @@ class MqttLink:
         self._connecting = asyncio.Lock()
 
     def poa(self):
-        return f"mqtt://{self.host}:{self.port}"
+        # ?ct=cbor: the DAP notifies a CBOR meter in CBOR (it never loads the JSON code).
+        return f"mqtt://{self.host}:{self.port}" + ("?ct=cbor" if self.dap.cbor else "")
 
     async def open(self):
         async with self._connecting:

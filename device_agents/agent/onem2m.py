@@ -165,7 +165,7 @@ class Dap:
         MQTT) instead of storing the message twice when only the answer was lost."""
         if not self.cbor:
             if isinstance(content, list):  # a long message's text in pieces
-                content = compat.Pieces(content)
+                content = compat.jsonparts().Pieces(content)
             elif not isinstance(content, str):
                 content = json.dumps(content, separators=(",", ":"))
         elif isinstance(content, list) and content and not isinstance(content[0], str):
@@ -226,11 +226,11 @@ class Dap:
         return reply
 
     def encode(self, value, cbor=None):
-        """Content or a primitive as a list of bytes-like parts (compat.json_parts): this
-        meter's serialization, or CBOR/JSON."""
+        """Content or a primitive as a list of bytes-like parts (jsonparts / ucbor
+        dump_parts): this meter's serialization, or CBOR/JSON."""
         if cbor is None:
             cbor = self.cbor
-        return self.ucbor().dump_parts(value) if cbor else compat.json_parts(value)
+        return self.ucbor().dump_parts(value) if cbor else compat.jsonparts().dump_parts(value)
 
     def decode(self, data, cbor=None):
         """ValueError (or UnicodeError) when data is not what it claims to be."""

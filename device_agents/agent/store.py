@@ -5,8 +5,10 @@ priority (0 first) and, within a priority, age (oldest first). `request_id` is N
 first attempt to send the item; from then on every attempt uses it (`set_request_id`), so the
 DAP can tell a retry from a new message. `body` is the message as the agent will send
 it, normally its JSON text: a string costs about its length in RAM, while the same message as
-a dict of lists costs two to three times that. Bounded by a count and by bytes (the length of
-the bodies). When a new item does not fit, the store drops the oldest item of the least
+a dict of lists costs two to three times that. Bounded by a count and by bytes: the length of
+the bodies plus what each item costs a board's heap besides (`ITEM_RAM`, `PIECE_RAM`), so
+that the budget is the outbox's RAM whether it holds a few 2 KB reads or a hundred 25-byte
+acknowledgements. When a new item does not fit, the store drops the oldest item of the least
 important level that is not more important than the new one - bulk interval reads (3) go
 first, then on-demand data (2), then acks and command errors (1); alarms and alerts (0) are
 never dropped to make room. If nothing may go, the new item itself is dropped (counted in
@@ -26,17 +28,22 @@ import json
 import os
 
 LEVELS = 4  # priorities 0 (alarms/alerts) .. 3 (bulk interval data)
+# An item's heap besides its body on the 64-bit unix port (the item and entry lists, the
+# body's object; about half on a 32-bit board), and each piece's of a body in pieces.
+ITEM_RAM = 160
+PIECE_RAM = 32
 
 
 def _size(body):
+    """What a stored body costs: its length and the objects that hold it."""
     if isinstance(body, (str, bytes)):
-        return len(body)
-    if isinstance(body, list):  # a long message's text in pieces (flows.to_json)
-        size = 0
+        return ITEM_RAM + len(body)
+    if isinstance(body, list):  # a long message in pieces (jsonparts.to_json, ucbor)
+        size = ITEM_RAM
         for piece in body:
-            size += len(piece)
+            size += PIECE_RAM + len(piece)
         return size
-    return len(json.dumps(body))
+    return ITEM_RAM + len(json.dumps(body))
 
 
 class Store:

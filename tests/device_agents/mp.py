@@ -85,8 +85,9 @@ def compile_agent(source_dir: Path = AGENT_DIR) -> Path:
     sources (so it is rebuilt whenever a file changes). A file mpy-cross rejects is left out:
     its source stays importable, and test_compile.py reports it."""
     sources = sorted(path for path in source_dir.glob("*.py") if path.name != "__init__.py")
+    data = sorted(source_dir.glob("*.txt"))  # read at run time beside the modules
     digest = hashlib.sha256()
-    for path in sources:
+    for path in sources + data:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     target = Path(tempfile.gettempdir()) / f"gridm2m-mpy-{digest.hexdigest()[:16]}"
     if target.is_dir():
@@ -98,6 +99,8 @@ def compile_agent(source_dir: Path = AGENT_DIR) -> Path:
     for path in sources:
         output = building / (path.stem + ".mpy")
         subprocess.run([cross, "-o", str(output), str(path)], capture_output=True, check=False)
+    for path in data:
+        shutil.copyfile(path, building / path.name)
     try:
         building.rename(target)  # atomic: a parallel run either wins or finds it done
     except OSError:

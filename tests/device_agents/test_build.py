@@ -78,8 +78,9 @@ def test_bundle_layout_config_and_every_module_compiled(tmp_path: Path, capsys: 
         p.stem for p in build.AGENT_DIR.glob("*.py") if p.name not in build.NOT_COMPILED
     )
     assert {"agent", "coap", "compat", "mqtt", "onem2m"} <= set(sources)
-    expected = {f"{name}.mpy" for name in sources} | {"main.py", "config.json"}
+    expected = {f"{name}.mpy" for name in sources} | {"answers.txt", "main.py", "config.json"}
     assert {p.name for p in out.iterdir()} == expected
+    assert (out / "answers.txt").read_bytes() == (build.AGENT_DIR / "answers.txt").read_bytes()
     for name in sources:
         header = (out / f"{name}.mpy").read_bytes()[:2]
         assert header == b"M\x06", f"{name}.mpy is not mpy v6 bytecode: {header!r}"
@@ -206,7 +207,8 @@ def test_flash_dry_run_prints_the_exact_command_and_runs_nothing(
     steps = " ".join(command[6:]).split(" + ")
     assert steps[-1] == "reset"
     modules = sorted(p.name for p in bundle.glob("*.mpy"))
-    copies = [f"fs cp {bundle / name} :{name}" for name in [*modules, "main.py", "config.json"]]
+    files = [*modules, "answers.txt", "main.py", "config.json"]
+    copies = [f"fs cp {bundle / name} :{name}" for name in files]
     assert steps[:-1] == copies
 
 

@@ -264,17 +264,17 @@ def test_every_payload_builds_on_micropython_in_96k_as_on_cpython() -> None:
 
 TO_JSON = """
 import json, sys
-import compat, flows
+import flows, jsonparts
 from meter import Meter
 T = int(sys.argv[1])
 meter = Meter("gas", "g", 5, now=T, gas_period_h=6)
-text = flows.to_json(flows.build(flows.get("gas-interval-6h"), meter, 9, T, {"ref": 'q"\\\\x'}))
+text = jsonparts.to_json(flows.build(flows.get("gas-interval-6h"), meter, 9, T, {"ref": 'q"\\\\x'}))
 pieces = text if isinstance(text, list) else [text]
 print(json.dumps([len(piece) for piece in pieces]))
 print("".join(pieces))
-con = b"".join(bytes(part) for part in compat.json_parts({"con": compat.Pieces(pieces)}))
+con = b"".join(bytes(part) for part in jsonparts.dump_parts({"con": jsonparts.Pieces(pieces)}))
 print(con.decode())
-small = flows.to_json(flows.build(flows.get("ev-fault"), meter, 10, T))
+small = jsonparts.to_json(flows.build(flows.get("ev-fault"), meter, 10, T))
 print(json.dumps(small))
 """
 
@@ -293,7 +293,7 @@ def test_a_long_message_is_stored_in_pieces_on_a_board_and_goes_out_as_one_strin
     assert json.loads(text) == content  # what to_json wrote is the message
     lengths = json.loads(sizes)
     assert sum(lengths) == len(text.encode()) > 2000
-    if port == "micropython":  # a board keeps it as pieces of about 512 characters
+    if port == "micropython":  # a board keeps it as pieces of about 256 characters
         assert len(lengths) >= 4 and max(lengths) < 1024
     else:
         assert len(lengths) == 1

@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from device_agents.agent.store import Store
+from device_agents.agent.store import ITEM_RAM, Store
 from tests.device_agents import mp
 
 Item = list[Any]  # [priority, family, flow_id, body, request_id]
 
 
 def item(priority: int, flow: str, number: int, size: int = 50) -> Item:
+    """An item whose body is `size` characters (it costs the store ITEM_RAM more)."""
     body = json.dumps({"flow": flow, "seq": number})
     return [priority, "family", flow, body + " " * max(0, size - len(body)), None]
 
@@ -40,7 +41,7 @@ def test_priority_then_age() -> None:
     store.put(item(3, "bulk", 9))
     store.requeue(bulk)  # a failed send goes back to the front of its priority
     assert flows_of(store) == ["alarm#5", "read#1", "bulk#0", "bulk#3", "bulk#9"]
-    assert len(store) == 5 and store.bytes == 5 * 50
+    assert len(store) == 5 and store.bytes == 5 * (ITEM_RAM + 50)
 
 
 def test_bounds_shed_bulk_reads_first_and_never_alarms() -> None:
@@ -71,12 +72,21 @@ def test_bounds_shed_bulk_reads_first_and_never_alarms() -> None:
 def test_byte_bound() -> None:
     store = Store(max_items=100, max_bytes=1000)
     for number in range(5):
-        assert store.put(item(3, "bulk", number, size=300))
+        assert store.put(item(3, "bulk", number, size=300 - ITEM_RAM))
     assert len(store) == 3 and store.bytes == 900
-    assert store.put(item(0, "alarm", 9, size=800))
+    assert store.put(item(0, "alarm", 9, size=800 - ITEM_RAM))
     assert flows_of(store) == ["alarm#9"] and store.bytes == 800
-    assert not store.put(item(1, "ack", 10, size=1001))  # bigger than the whole store
+    assert not store.put(item(1, "ack", 10, size=1001 - ITEM_RAM))  # more than the whole store
     assert store.bytes <= store.max_bytes
+
+
+def test_small_items_count_what_they_cost_a_heap() -> None:
+    # 40-byte acknowledgements: the budget holds far fewer than their lengths alone would let
+    # in, because each one's lists and objects take a board's heap too.
+    store = Store(max_items=1000, max_bytes=8192)
+    for number in range(200):
+        store.put(item(1, "ack", number, size=40))
+    assert len(store) == 8192 // (ITEM_RAM + 40) < 200 and store.dropped == 200 - len(store)
 
 
 def test_persistence_round_trip(tmp_path: Path) -> None:
@@ -165,6 +175,7 @@ def test_a_request_id_given_at_the_first_send_survives_a_restart(tmp_path: Path)
 PIECES_ON_MICROPYTHON = """
 import json
 import ucbor
+import store as store_module
 from store import Store
 store = Store(max_items=5, max_bytes=8000, path="outbox.log")
 records = [{"t": n} for n in range(99)]
@@ -175,6 +186,7 @@ store.put([3, "reading", "mr-multi-interval", text, None])
 again = Store(max_items=5, max_bytes=8000, path="outbox.log")
 items = again.items()
 size = sum(len(p) for p in cbor) + sum(len(p) for p in text)
+size += 2 * store_module.ITEM_RAM + (len(cbor) + len(text)) * store_module.PIECE_RAM
 print(again.bytes == store.bytes, store.bytes == size)
 print(json.dumps(ucbor.loads(b"".join(items[0][3]))))
 print(json.dumps(items[1][3]))
@@ -184,7 +196,7 @@ print(json.dumps(items[1][3]))
 @mp.needs_micropython
 def test_a_message_in_pieces_survives_a_restart_as_cbor_and_as_json() -> None:
     # A board keeps a long message in pieces: bytes for CBOR (hex on the flash log), strings
-    # for JSON (flows.to_json); both come back as they were put.
+    # for JSON (jsonparts.to_json); both come back as they were put.
     result = mp.run(PIECES_ON_MICROPYTHON)
     assert result.rc == 0, result.output
     assert result.lines[0] == "True True"
