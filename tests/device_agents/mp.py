@@ -29,7 +29,7 @@ Tests that need the binary carry `needs_micropython`. Every wait has a timeout; 
 never comes fails the test with what the process printed, instead of hanging.
 
 `DapCse` starts `gridm2m cse` (HTTP, CoAP, and MQTT when given a broker URL, in-memory
-storage) as a subprocess and reads its ports from the line it prints:
+storage unless given a `db` file) as a subprocess and reads its ports from the line it prints:
 
     async with DapCse(mqtt_url=broker.url) as dap:   # dap.http_url, dap.coap_port, ...
         await dap.create_as_admin("cse-in/mtr-1/command", 4, {"m2m:cin": {"con": "x"}})
@@ -308,9 +308,16 @@ class DapCse:
     """`gridm2m cse` with HTTP, CoAP (any port) and optionally MQTT, on in-memory storage."""
 
     def __init__(
-        self, mqtt_url: str | None = None, cse_id: str = "/id-in", cse_name: str = "cse-in"
+        self,
+        mqtt_url: str | None = None,
+        cse_id: str = "/id-in",
+        cse_name: str = "cse-in",
+        db: str = ":memory:",
+        http_port: int = 0,
+        coap_port: int = 0,
     ):
-        self.args = ["--http-port", "0", "--coap-port", "0", "--db", ":memory:"]
+        # A file `db` and the ports of an earlier run: the same DAP again after a restart.
+        self.args = ["--http-port", str(http_port), "--coap-port", str(coap_port), "--db", db]
         self.args += ["--cse-id", cse_id, "--cse-name", cse_name]
         if mqtt_url is not None:
             self.args += ["--mqtt-url", mqtt_url]
@@ -346,8 +353,13 @@ class DapCse:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL the CSE (an outage, or the end): nothing is flushed or said goodbye."""
         if self._session is not None:
             await self._session.close()
+            self._session = None
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
