@@ -624,7 +624,7 @@ class CoapListener:
 
 class CoapLink:
     """The Dap's transport over CoAP: requests through a CoapClient, notifications through a
-    CoapListener; the poa is coap://<poa_host>:<listener port>."""
+    CoapListener; the poa is coap://<poa_host>:<listener port> (?ct=cbor for a CBOR meter)."""
 
     def __init__(self, dap, config):
         self.dap = dap

@@ -349,7 +349,8 @@ class MqttLink:
     """The Dap's transport over MQTT (TS-0010): request primitives published on
     /oneM2M/req/<ae-id>/<cse-id>/<fmt> (reg_req for the registration) and matched by rqi to the
     responses on resp/reg_resp; NOTIFYs for the AE answered on /oneM2M/resp/<cse>/<ae>/<fmt>.
-    The poa is mqtt://<broker host>:<port>. serve() reconnects with backoff."""
+    The poa is mqtt://<broker host>:<port> (?ct=cbor for a CBOR meter). serve() reconnects
+    with backoff."""
 
     def __init__(self, dap, config):
         self.dap = dap

@@ -29,8 +29,9 @@ Over CoAP the CSE is at coap://dap_host:dap_port (5683) and notifications come t
 on config["listen_port"] (0: any); the AE's poa is coap://<poa_host>:<that port>. Over MQTT
 the broker is at dap_host:dap_port (1883); requests go to /oneM2M/req/<ae-id>/<cse-id>/<fmt>
 (registration on reg_req), responses come back on the matching resp/reg_resp topic,
-notifications arrive on /oneM2M/req/<cse-id>/<ae-id>/json and are answered on
-/oneM2M/resp/<cse-id>/<ae-id>/json; the poa is mqtt://<dap_host>:<dap_port>.
+notifications arrive on /oneM2M/req/<cse-id>/<ae-id>/<fmt> and are answered on
+/oneM2M/resp/<cse-id>/<ae-id>/<fmt>; the poa is mqtt://<dap_host>:<dap_port>. A CBOR meter
+adds ?ct=cbor to its poa (either transport), so the DAP notifies it in CBOR as well.
 
 Optional config keys (defaults): cse_id "/id-in", cse_name "cse-in", serialization "json",
 listen_port 0, listen_host "0.0.0.0", poa_host (the address the DAP sees; 127.0.0.1 on the
