@@ -118,11 +118,12 @@ def families(kind):
     return GAS_FAMILIES if kind == "gas" else FAMILIES
 
 
-def get(flow_id):
-    """The flow tuple with this id, or None."""
+def get(flow_id, line=None):
+    """The flow tuple with this id, or None. `line`: its row, when the caller has read it."""
     if _parsed is not None and flow_id in _parsed:
         return _parsed[flow_id]
-    line = _find(_TABLE, flow_id) or _answer_row(flow_id)
+    if line is None:
+        line = _find(_TABLE, flow_id) or _answer_row(flow_id)
     if line is None:
         return None
     flow = _parse(line)
@@ -180,7 +181,7 @@ def _flows(table, kind):
     found = []
     for line in table.split("\n"):
         if line and line[0] != "#" and letter in line.split(" ", 11)[10]:  # KINDS
-            found.append(get(line[: line.find(" ")]))
+            found.append(get(line[: line.find(" ")], line))  # not looked up again
     return tuple(found)
 
 
