@@ -295,6 +295,28 @@ async def test_start_is_retried_until_the_dap_answers() -> None:
     assert agent.started and len(agent.store) == 0 and agent.sent_total == agent.generated
 
 
+async def test_running_out_of_memory_in_a_step_does_not_stop_the_agent() -> None:
+    # MicroPython raises MemoryError wherever an allocation fails, also where nothing catches
+    # it (here: making a request ID while sending). The step is lost, the run goes on and the
+    # message that was being sent is sent in a later step.
+    agent, dap, _ = make(rate_scale=400)
+    making = dap.next_request_id
+    failures = []
+
+    def short_of_memory() -> str:
+        if not failures:
+            failures.append(1)
+            raise MemoryError("memory allocation failed")
+        return making()
+
+    dap.next_request_id = short_of_memory  # type: ignore[method-assign]
+    await agent.run(duration=12)  # midnight to noon: reads from 7 h on
+    assert failures and agent.memory_errors == 1
+    assert agent.sent_total == agent.generated == len(dap.posts) > 0  # nothing lost
+    seqs = [content["seq"] for _, content in dap.posts]
+    assert sorted(seqs) == list(range(1, len(seqs) + 1))
+
+
 async def test_stop_ends_run_and_closes_the_link() -> None:
     agent, dap, _ = make()
     running = asyncio.create_task(agent.run())
