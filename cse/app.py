@@ -59,6 +59,9 @@ class CoapConfig(BaseModel):
     # is remembered against retransmissions, and so the memory a busy CoAP server holds; a
     # local meter network can use 10-20 s. Process-wide in aiocoap.
     max_latency: float | None = Field(None, gt=0)
+    # Seconds between CoAP pings the server sends itself; a server that misses two in a row is
+    # restarted on its port. None turns the watchdog off.
+    liveness_interval: float | None = Field(10.0, gt=0)
 
 
 class MqttConfig(BaseModel):
@@ -213,6 +216,7 @@ async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
                     config.coap.port,
                     max_body_size=config.coap.max_body_size,
                     max_latency=config.coap.max_latency,
+                    liveness_interval=config.coap.liveness_interval,
                 )
             )
         mqtt = None

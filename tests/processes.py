@@ -17,6 +17,7 @@ class CSEProcess:
         self.args = args
         self.process: asyncio.subprocess.Process | None = None
         self.url = ""
+        self.listening = ""  # the whole line it printed, with every binding's URL
 
     async def start(self, timeout: float = 20.0) -> str:
         self.process = await asyncio.create_subprocess_exec(
@@ -39,6 +40,7 @@ class CSEProcess:
                     raise RuntimeError(f"CSE exited before listening: {stderr.decode()}")
                 match = _LISTENING.search(line)
                 if match:
+                    self.listening = line
                     self.url = match.group(1)
                     return self.url
 

@@ -11,8 +11,13 @@ becomes 4.08 instead of aiocoap's 5.00.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import socket
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import aiocoap  # type: ignore[import-untyped]
@@ -147,6 +152,29 @@ def _drop_undecodable(endpoint: Any) -> None:
     endpoint.datagram_msg_received = guarded
 
 
+# Linux socket options (aiocoap turns them on for its udp6 sockets); Python's socket module
+# does not name them.
+_IP_RECVERR = 11
+_IPV6_RECVERR = 25
+
+
+def _ignore_icmp_errors(endpoint: Any) -> None:
+    """Stop ICMP errors from reaching the server socket's error queue.
+
+    aiocoap's udp6 transport asks for ICMP errors (IP_RECVERR) so a client learns at once that
+    a peer is gone. A server gains nothing from them, and under uvloop they are fatal: a queued
+    error makes the socket report POLLERR, on which libuv stops watching the socket for good.
+    Thirty answers sent to a peer that closed its socket (a meter rebooting mid-exchange) then
+    left the CoAP server silent for ever. Without IP_RECVERR, Linux drops ICMP errors for an
+    unconnected UDP socket, so nothing can reach the error queue.
+    """
+    sock = endpoint.transport.get_extra_info("socket")
+    for level, option in ((socket.IPPROTO_IPV6, _IPV6_RECVERR), (socket.IPPROTO_IP, _IP_RECVERR)):
+        # Not Linux, or not that address family: then nothing was turned on there either.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, 0)
+
+
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 
@@ -184,8 +212,68 @@ def set_max_latency(seconds: float) -> float:
     return previous
 
 
+class _PingReply(asyncio.DatagramProtocol):
+    def __init__(self, message_id: int) -> None:
+        self._message_id = message_id
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        # RST (type 3), empty code, our message ID: the server's message layer read the ping.
+        is_reset = len(data) >= 4 and data[0] >> 4 == 0x07 and data[1] == 0
+        ours = is_reset and int.from_bytes(data[2:4], "big") == self._message_id
+        if ours and not self.answered.done():
+            self.answered.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(exc)
+
+
+async def coap_ping(host: str, port: int, timeout: float) -> bool:
+    """One CoAP ping (RFC 7252 §4.3) to host:port; True when its RST came back in time."""
+    message_id = int.from_bytes(os.urandom(2), "big")
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _PingReply(message_id), remote_addr=(host, port)
+    )
+    try:
+        transport.sendto(bytes([0x40, 0x00]) + message_id.to_bytes(2, "big"))
+        async with asyncio.timeout(timeout):
+            await protocol.answered
+        return True
+    except (TimeoutError, OSError):
+        return False
+    finally:
+        transport.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """What the last round trip to a listener found."""
+
+    alive: bool
+    checked_at: float | None  # time.time() of the last probe; None before the first
+    failures: int  # probes failed in a row
+    restarts: int  # times the listener was restarted because it stopped answering
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "alive": self.alive,
+            "checked_at": self.checked_at,
+            "failures": self.failures,
+            "restarts": self.restarts,
+        }
+
+
+def _probe_host(host: str) -> str:
+    """Where a probe reaches a server bound to `host` (a wildcard is reached on loopback)."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
 class CoapServer:
     """Serves one CSE over CoAP/UDP; an async context manager that reports its bound port."""
+
+    RESTART_AFTER = 2  # pings missed in a row before the server is restarted
 
     def __init__(
         self,
@@ -195,13 +283,18 @@ class CoapServer:
         *,
         max_body_size: int = 64 * 1024,
         max_latency: float | None = None,  # seconds; None keeps RFC 7252's 100 s
+        liveness_interval: float | None = 10.0,  # seconds between pings; None: no watchdog
     ) -> None:
         self._cse = cse
         self._host = host
         self._port = port
         self._max_body_size = max_body_size
         self._max_latency = max_latency
+        self._liveness_interval = liveness_interval
         self._context: aiocoap.Context | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self._restarting = asyncio.Lock()
+        self._liveness = Liveness(alive=True, checked_at=None, failures=0, restarts=0)
         self.port: int | None = None
 
     @property
@@ -212,16 +305,28 @@ class CoapServer:
     async def start(self) -> None:
         if self._max_latency is not None:
             set_max_latency(self._max_latency)
+        await self._open(self._port)
+        if self._liveness_interval is not None:
+            self._watchdog = asyncio.create_task(
+                self._watch(self._liveness_interval), name="CoAP liveness"
+            )
+
+    async def _open(self, port: int) -> None:
         site = _CseResource(self._cse, self._max_body_size)
         self._context = await aiocoap.Context.create_server_context(
-            site, bind=(self._host, self._port), transports=["udp6"]
+            site, bind=(self._host, port), transports=["udp6"]
         )
         endpoint = udp_endpoint(self._context)
+        _ignore_icmp_errors(endpoint)
         _drop_undecodable(endpoint)
         _enlarge_receive_buffer(endpoint)
         self.port = bound_port(self._context)
 
     async def stop(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            await asyncio.gather(self._watchdog, return_exceptions=True)
+            self._watchdog = None
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
@@ -232,3 +337,58 @@ class CoapServer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
+
+    # ---- liveness ------------------------------------------------------------------------
+
+    def liveness(self) -> Liveness:
+        return self._liveness
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Ping the server through its socket, as a meter would reach it; record the result."""
+        assert self.port is not None
+        alive = await coap_ping(_probe_host(self._host), self.port, timeout)
+        previous = self._liveness
+        self._liveness = Liveness(
+            alive=alive,
+            checked_at=time.time(),
+            failures=0 if alive else previous.failures + 1,
+            restarts=previous.restarts,
+        )
+        return alive
+
+    async def restart(self) -> None:
+        """Reopen the server on the port it had; exchanges in flight are lost (clients retry)."""
+        async with self._restarting:
+            assert self.port is not None
+            port = self.port
+            if self._context is not None:
+                await self._context.shutdown()
+                self._context = None
+            await self._open(port)
+            previous = self._liveness
+            self._liveness = Liveness(
+                alive=previous.alive,
+                checked_at=previous.checked_at,
+                failures=previous.failures,
+                restarts=previous.restarts + 1,
+            )
+
+    async def check_liveness(self) -> None:
+        """Probe once; restart the server when it has missed RESTART_AFTER pings in a row."""
+        if await self.probe() or self._liveness.failures < self.RESTART_AFTER:
+            return
+        logger.error(
+            "the CoAP server on port %s missed %d pings in a row; restarting it",
+            self.port,
+            self._liveness.failures,
+        )
+        await self.restart()
+        await self.probe()
+
+    async def _watch(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_liveness()
+            except Exception:
+                logger.exception("the CoAP liveness check failed")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -651,6 +652,50 @@ async def test_garbage_datagrams_leave_the_server_serving(
     answered = await raw.reply_to(mid=0x0A01)
     assert int(answered.code) == Code.CONTENT
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def _send_and_close(port: int, datagrams: Iterable[bytes]) -> None:
+    """Send from a UDP socket closed right after: the answers draw ICMP port-unreachable."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as gone:
+        for data in datagrams:
+            gone.sendto(data, ("127.0.0.1", port))
+
+
+@pytest.mark.both_loops
+async def test_the_server_answers_after_its_answers_met_a_closed_socket(
+    meter: Coap, server: CoapServer, raw: RawPeer
+) -> None:
+    # A meter that reboots mid-exchange: under uvloop the ICMP errors used to stop the server
+    # reading its socket for good (the datagrams are the ones that showed it).
+    assert server.port is not None
+    _send_and_close(server.port, (bytes([0x44, 1, 0, i, 0, 0, 0, i]) for i in range(30)))
+    raw.send(datagram(CON, Code.GET, 0x0B00, b"a1", request_options("cse-in/meter", "after-icmp")))
+    answered = await raw.reply_to(mid=0x0B00)
+    assert int(answered.code) == Code.CONTENT
+    assert server.liveness().restarts == 0
+
+
+@pytest.mark.both_loops
+async def test_a_server_that_stopped_reading_is_restarted_on_its_port(
+    meter: Coap, server: CoapServer, raw: RawPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert server.port is not None
+    port = server.port
+    assert await server.probe()
+    # Whatever stops the loop watching the socket (it was uvloop's reaction to ICMP errors):
+    # the server then hears nothing, and only a round trip notices.
+    sock = coap_server.udp_endpoint(server._context).transport.get_extra_info("socket")
+    asyncio.get_running_loop().remove_reader(sock.fileno())
+    await server.check_liveness()
+    assert server.liveness().alive is False
+    await server.check_liveness()
+    liveness = server.liveness()
+    assert (liveness.alive, liveness.restarts, server.port) == (True, 1, port)
+    assert "missed 2 pings in a row; restarting" in caplog.text
+    options = request_options("cse-in/meter", "after-restart")
+    raw.send(datagram(CON, Code.GET, 0x0B01, b"a2", options))
+    answered = await raw.reply_to(mid=0x0B01)
+    assert int(answered.code) == Code.CONTENT
 
 
 # ---- notifications ---------------------------------------------------------------------------
