@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from cse.core.identity import Principal
 from cse.core.types import Operation, ResourceType, ResponseStatusCode, ResultContent
 
 
@@ -87,6 +88,9 @@ class Request:
     # Set by bindings with at-least-once delivery (MQTT QoS 1): a CREATE seen again with the
     # same originator and request ID returns the first result instead of creating twice.
     deduplicate: bool = False
+    # Who the binding's transport proved sent this (cse/core/identity.py); the originator is
+    # believed only as far as this principal allows.
+    principal: Principal = field(default_factory=Principal.unproven)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retarget(self, to: str, **changes: Any) -> Request:
