@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
+from cse.logs import install_repeat_filter
 
 
 def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -529,6 +530,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Floods of the same line (junk datagrams, refused credentials) are counted, not written.
+    install_repeat_filter()
     return int(args.run(args))
 
 

@@ -17,8 +17,10 @@ from cse.core.errors import (
     NotFound,
     OperationNotAllowed,
     OriginatorAlreadyRegistered,
+    OriginatorHasNoPrivilege,
     TargetNotSubscribable,
 )
+from cse.core.identity import Role
 from cse.core.primitives import Request, Response
 from cse.core.registry import SPECS, ResourceSpec, check_attributes, spec_for, unwrap_content
 from cse.core.representation import check_result_content, wrap
@@ -66,7 +68,7 @@ async def handle_create(
     if resource_type not in SPECS[parent.ty].children:
         raise InvalidChildResourceType(f"{spec.key} cannot be created under {SPECS[parent.ty].key}")
     if resource_type == T.AE:
-        owner, resource_id = await _register_ae(cse, originator, parent, attributes)
+        owner, resource_id = await _register_ae(cse, request, originator, parent, attributes)
     elif resource_type == T.REMOTE_CSE:
         owner, resource_id = await _register_remote_cse(cse, originator, parent, attributes)
     else:
@@ -297,11 +299,24 @@ def check_privileges(attributes: dict[str, Any]) -> None:
 
 
 async def _register_ae(
-    cse: CommonServicesEntity, originator: str, parent: Resource, attributes: dict[str, Any]
+    cse: CommonServicesEntity,
+    request: Request,
+    originator: str,
+    parent: Resource,
+    attributes: dict[str, Any],
 ) -> tuple[str, str]:
     """Pick the AE-ID from the originator (TS-0001 §10.2.2.2) and check the AE attributes."""
     if parent.ty != T.CSE_BASE:
         raise InvalidChildResourceType("an AE registers with the CSEBase")
+    principal = request.principal
+    if principal.role is Role.DEVICE:
+        # A provisioned device registers under the name it was provisioned for, and nobody
+        # else can take that name: its AE-ID is bound to its credential.
+        attributes.setdefault("rn", principal.name)
+        if attributes["rn"] != principal.name:
+            raise OriginatorHasNoPrivilege(
+                f"{principal.name} may register only as {principal.name}, not {attributes['rn']}"
+            )
     api = attributes["api"]
     if not api or api[0] not in "RrN":
         raise BadRequest(f"App-ID (api) {api!r} must start with R, r or N")

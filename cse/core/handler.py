@@ -23,12 +23,14 @@ from cse.core.errors import (
     M2MError,
     NotFound,
     NotImplementedOperation,
+    OriginatorHasNoPrivilege,
     OriginatorNotRegistered,
     ReleaseVersionNotSupported,
     RequestTimeout,
     TargetNotReachable,
 )
 from cse.core.expiry import ExpirySweeper
+from cse.core.identity import Role, may_speak_as
 from cse.core.notifications import Notifier, Sender
 from cse.core.primitives import Request, Response, error_content
 from cse.core.registry import SPECS
@@ -277,19 +279,35 @@ class CommonServicesEntity:
         # A relative rqet (milliseconds) counts from arrival, so it cannot be late yet.
 
     async def _check_originator(self, request: Request) -> str:
-        """Normalise the originator and make sure it is someone this CSE knows."""
+        """Normalise the originator, make sure the request's principal may use it (its
+        transport proved it), and that it is someone this CSE knows."""
         settings = self.settings
+        principal = request.principal
         raw = request.originator or ""
         is_registration = request.operation == Operation.CREATE and request.resource_type in (
             T.AE,
             T.REMOTE_CSE,
         )
+        if principal.role is Role.DEVICE and request.resource_type == T.AE and raw in ("", "C"):
+            raw = principal.originator  # a provisioned meter registers under its own AE-ID
         if not raw:
             if is_registration and request.resource_type == T.AE:
                 return ""
             raise BadRequest("originator (fr) missing")
         originator = normalize_originator(raw, settings.cse_id)
-        if is_registration or self.access.is_privileged(originator):
+        privileged = self.access.is_privileged(originator)
+        if not may_speak_as(principal, originator, privileged):
+            logger.warning(
+                "refused originator %s: not what %s proved (%s %s)",
+                raw[:80],
+                principal.via,
+                principal.role.value,
+                principal.name or "-",
+            )
+            raise OriginatorHasNoPrivilege(
+                f"originator {raw[:80]} is not one the request's credentials allow"
+            )
+        if is_registration or privileged:
             return originator
         if originator.startswith("/"):
             csi = originator[1:].split("/", 1)[0]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 
 class Role(enum.Enum):
-    UNPROVEN = "unproven"  # nothing proved: a plain listener in lab mode
+    UNPROVEN = "unproven"  # nothing proved: a plain listener in lab mode (AE claims believed)
+    UNCHECKED = "unchecked"  # an insecure lab listener: every claim believed, even privileged
     DEVICE = "device"  # one AE (a meter): exactly its AE-ID, registration under its name only
     CSE = "cse"  # another CSE: its CSE-ID, and the entities behind it (`<cse-id>/...`)
     ADMIN = "admin"  # an operator: may act as the admin originator
@@ -35,9 +36,52 @@ class Principal:
     def unproven(cls) -> Principal:
         return _UNPROVEN
 
+    @classmethod
+    def unchecked(cls) -> Principal:
+        return _UNCHECKED
+
+    @classmethod
+    def local(cls) -> Principal:
+        return _LOCAL
+
     @property
     def is_proven(self) -> bool:
         return self.role is not Role.UNPROVEN
 
 
 _UNPROVEN = Principal(Role.UNPROVEN)
+_UNCHECKED = Principal(Role.UNCHECKED)
+_LOCAL = Principal(Role.LOCAL, via="process")
+
+
+class Trust(enum.Enum):
+    """What a listener believes about the originators of the requests it receives."""
+
+    CREDENTIAL = "credential"  # only what a credential proved (OSCORE, TLS, token, broker)
+    CLAIMED = "claimed"  # lab meters: claimed AE-IDs believed, never a privileged identity
+    INSECURE = "insecure"  # an isolated lab with a peer that cannot authenticate: every claim
+
+    def principal_without_credential(self) -> Principal | None:
+        """The principal of a request that proved nothing; None: refuse it."""
+        if self is Trust.CLAIMED:
+            return _UNPROVEN
+        if self is Trust.INSECURE:
+            return _UNCHECKED
+        return None
+
+
+def may_speak_as(principal: Principal, originator: str, privileged: bool) -> bool:
+    """May a request with this principal use `originator`? (`privileged`: the originator is the
+    admin, this CSE, or a trusted one, which passes every access check.)"""
+    role = principal.role
+    if role in (Role.LOCAL, Role.UNCHECKED):
+        return True
+    if role is Role.UNPROVEN:
+        # A plain listener believes AE-IDs only: never the admin, a trusted originator, or a
+        # CSE-ID and what is behind one (an SP-relative ID starts with "/").
+        return not privileged and not originator.startswith("/")
+    if role is Role.CSE:
+        bound = principal.originator
+        return originator == bound or originator.startswith(bound + "/")
+    # DEVICE and ADMIN are bound to exactly one originator.
+    return originator == principal.originator

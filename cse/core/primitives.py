@@ -89,8 +89,9 @@ class Request:
     # same originator and request ID returns the first result instead of creating twice.
     deduplicate: bool = False
     # Who the binding's transport proved sent this (cse/core/identity.py); the originator is
-    # believed only as far as this principal allows.
-    principal: Principal = field(default_factory=Principal.unproven)
+    # believed only as far as this principal allows. A request built in this process (the
+    # head-end's own applications, tests) is local; every binding sets what it proved.
+    principal: Principal = field(default_factory=Principal.local)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retarget(self, to: str, **changes: Any) -> Request:
