@@ -92,6 +92,9 @@ class Request:
     # believed only as far as this principal allows. A request built in this process (the
     # head-end's own applications, tests) is local; every binding sets what it proved.
     principal: Principal = field(default_factory=Principal.local)
+    # The peer's address as the transport saw it (an IP address; None for a broker or in
+    # process): what an entity's points of access are checked against.
+    source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def retarget(self, to: str, **changes: Any) -> Request:
