@@ -110,6 +110,9 @@ class CSEConfig(BaseModel):
     trusted_originators: list[str] = []
     sp_id: str | None = None
     db: str | None = None  # SQLite path, ":memory:" for a throwaway one
+    # The credential store (cse/security/credentials.py): who may use this CSE's listeners.
+    # Default: beside the database, `<cse-id>-credentials.db`; none with a ":memory:" database.
+    credentials: str | None = None
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     cache_size: int = Field(8192, ge=0)
     default_lifetime: float = Field(5 * 365 * 24 * 3600.0, gt=0)
@@ -134,6 +137,14 @@ class CSEConfig(BaseModel):
 
     def database_path(self) -> str:
         return self.db or str(default_data_dir() / f"{self.cse_id.lstrip('/')}.db")
+
+    def credentials_path(self) -> str | None:
+        if self.credentials is not None:
+            return self.credentials
+        database = self.database_path()
+        if database == ":memory:":
+            return None
+        return str(Path(database).with_name(f"{self.cse_id.lstrip('/')}-credentials.db"))
 
 
 class ConfigError(Exception):

@@ -17,6 +17,7 @@ import aiomqtt
 
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
 from cse.logs import install_repeat_filter
+from gridm2m import credentials
 
 
 def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -525,6 +526,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_interop_parser(subparsers)
     _add_agent_parser(subparsers)
     _add_fleet_parser(subparsers)
+    credentials.add_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
