@@ -22,6 +22,7 @@ from cse.bindings.mqtt.settings import MqttSettings
 from cse.config_files import CseId, CseName, load_section
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.notifications import Sender
 from cse.forwarding import PointOfAccessForwarder
 from cse.storage.base import Storage
@@ -41,11 +42,27 @@ def default_data_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "gridm2m"
 
 
+class TlsConfig(BaseModel):
+    """TLS for a listener: its certificate, and the CA its clients' certificates come from."""
+
+    model_config = ConfigDict(extra="forbid")
+    cert: str
+    key: str
+    client_ca: str | None = None  # verify client certificates from this CA
+    # Without a client certificate a client must prove itself with a bearer token.
+    require_client_cert: bool = False
+
+
 class HttpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     max_body_size: int = Field(1 << 20, ge=1024)
+    # What requests that prove no credential (no client certificate or token from the
+    # credential store) are believed to be: nothing ("credential"), AEs only ("claimed"), or
+    # anyone they claim to be ("insecure", an isolated lab only). See docs/security.md.
+    trust: Trust = Trust.CREDENTIAL
+    tls: TlsConfig | None = None  # None: plain HTTP
 
 
 class CoapConfig(BaseModel):
@@ -62,6 +79,10 @@ class CoapConfig(BaseModel):
     # Seconds between CoAP pings the server sends itself; a server that misses two in a row is
     # restarted on its port. None turns the watchdog off.
     liveness_interval: float | None = Field(10.0, gt=0)
+    # OSCORE (RFC 8613) with the meters' keys from the credential store. `trust` says what an
+    # unprotected request is believed to be: "credential" refuses it (4.01).
+    oscore: bool = True
+    trust: Trust = Trust.CREDENTIAL
 
 
 class MqttConfig(BaseModel):
@@ -77,6 +98,10 @@ class MqttConfig(BaseModel):
     key_file: str | None = None
     keepalive: int = Field(60, ge=1)
     max_payload: int = Field(256 * 1024, ge=1024)
+    # "credential": the broker authenticated each client and holds it to its own topics (the
+    # ACL made from the credential store), so a request's topic originator is believed when it
+    # names a credential of the store; "claimed"/"insecure" as for HTTP.
+    trust: Trust = Trust.CREDENTIAL
 
     def settings(self) -> MqttSettings | None:
         if self.url is None:
