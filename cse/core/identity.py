@@ -83,5 +83,8 @@ def may_speak_as(principal: Principal, originator: str, privileged: bool) -> boo
     if role is Role.CSE:
         bound = principal.originator
         return originator == bound or originator.startswith(bound + "/")
-    # DEVICE and ADMIN are bound to exactly one originator.
-    return originator == principal.originator
+    if role is Role.DEVICE:
+        # Bound to exactly its AE-ID; a device provisioned under a name whose AE-ID happens to
+        # be privileged here (a head-end application's) gains nothing by it.
+        return originator == principal.originator and not privileged
+    return originator == principal.originator  # ADMIN: the admin originator

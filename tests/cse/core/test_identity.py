@@ -124,6 +124,14 @@ async def test_an_operator_credential_is_the_admin(cse: CommonServicesEntity) ->
     assert other.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
 
 
+async def test_a_device_named_like_a_trusted_application_gains_nothing(
+    cse: CommonServicesEntity,
+) -> None:
+    impostor = Principal(Role.DEVICE, "mdms", "Cmdms", "oscore")
+    reply = await cse.handle(as_(impostor, retrieve("dap1/mtr-1/reading", "Cmdms")))
+    assert reply.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
 def test_what_each_listener_trust_gives_a_request_without_credentials() -> None:
     assert Trust.CREDENTIAL.principal_without_credential() is None
     assert Trust.CLAIMED.principal_without_credential() == Principal.unproven()
