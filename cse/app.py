@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cse.bindings.coap.client import CoapClient, CoapSender
 from cse.bindings.coap.server import CoapServer
@@ -20,7 +20,7 @@ from cse.bindings.mqtt.client import MqttSender
 from cse.bindings.mqtt.server import MqttBinding
 from cse.bindings.mqtt.settings import MqttSettings
 from cse.config_files import CseId, CseName, load_section
-from cse.core.config import CSESettings
+from cse.core.config import CSELimits, CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
 from cse.core.notifications import Sender
@@ -122,6 +122,50 @@ class MqttConfig(BaseModel):
             raise ConfigError(f"invalid MQTT settings: {error}") from error
 
 
+_LIMITS = CSELimits()
+
+
+class LimitsConfig(BaseModel):
+    """[cse.limits]: quotas and rate limits (docs/gateway.md, "Limits"). 0 switches off a
+    limit that can be off."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_name_length: int = Field(_LIMITS.max_name_length, ge=8, le=255)
+    max_nesting_depth: int = Field(_LIMITS.max_nesting_depth, ge=2, le=64)
+    max_resources_per_ae: int = Field(_LIMITS.max_resources_per_ae or 0, ge=0)
+    max_aes: int = Field(_LIMITS.max_aes or 0, ge=0)
+    default_max_instances: int = Field(_LIMITS.default_max_instances or 0, ge=0)
+    default_max_byte_size: int = Field(_LIMITS.default_max_byte_size or 0, ge=0)
+    max_instances_cap: int = Field(_LIMITS.max_instances_cap or 0, ge=0)
+    max_byte_size_cap: int = Field(_LIMITS.max_byte_size_cap or 0, ge=0)
+    max_subscriptions_per_resource: int = Field(_LIMITS.max_subscriptions_per_resource or 0, ge=0)
+    registrations_per_minute: int = Field(_LIMITS.registrations_per_minute or 0, ge=0)
+    registration_burst: int = Field(_LIMITS.registration_burst, ge=1)
+    registrations_per_minute_per_source: int = Field(
+        _LIMITS.registrations_per_minute_per_source or 0, ge=0
+    )
+    requests_per_second: float = Field(_LIMITS.requests_per_second or 0.0, ge=0)
+    request_burst: int = Field(_LIMITS.request_burst, ge=1)
+    discovery_result_cap: int = Field(_LIMITS.discovery_result_cap, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _defaults_within_caps(self) -> LimitsConfig:
+        for default, cap, name in (
+            (self.default_max_instances, self.max_instances_cap, "instances"),
+            (self.default_max_byte_size, self.max_byte_size_cap, "byte_size"),
+        ):
+            if default and cap and default > cap:
+                raise ValueError(f"default_max_{name} is above max_{name}_cap")
+        return self
+
+    def settings(self) -> CSELimits:
+        values = self.model_dump()
+        for name, value in values.items():
+            if value == 0:
+                values[name] = None  # "off"; every field that takes 0 has None as its off
+        return CSELimits(**values)
+
+
 class CSEConfig(BaseModel):
     """The [cse] section of a config file; every field can also come from a flag or env var."""
 
@@ -147,6 +191,7 @@ class CSEConfig(BaseModel):
     http: HttpConfig = HttpConfig()
     coap: CoapConfig = CoapConfig()
     mqtt: MqttConfig = MqttConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def settings(self, points_of_access: tuple[str, ...] = ()) -> CSESettings:
         return CSESettings(
@@ -158,6 +203,7 @@ class CSEConfig(BaseModel):
             sp_id=self.sp_id,
             points_of_access=points_of_access,
             default_lifetime=self.default_lifetime,
+            limits=self.limits.settings(),
         )
 
     def database_path(self) -> str:

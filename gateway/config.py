@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cse.app import CSEConfig, HttpConfig, default_data_dir
+from cse.app import CSEConfig, HttpConfig, LimitsConfig, default_data_dir
 from cse.bindings.mqtt.settings import MqttSettings
 from cse.config_files import CseId, CseName, load_section, merge_tables
 
@@ -20,8 +20,31 @@ class GatewayConfigError(Exception):
     """A gateway config that cannot be used; the message names the key."""
 
 
+# What the meter LAN may take of the gateway's SD card (docs/gateway.md, "Limits"): a meter's
+# containers keep 32 instances or 16 KiB (about six 15-minute interval reads) unless it asks
+# for less, 128 / 64 KiB at most; a meter needs 9 resources (7 families, command, its
+# subscription) and may hold 16. With ~0.5 KB of database per instance beside its content,
+# one meter stays under 0.7 MB (2.8 MB if it asks for the caps everywhere).
+GATEWAY_LIMITS = LimitsConfig(
+    default_max_instances=32,
+    default_max_byte_size=16 * 1024,
+    max_instances_cap=128,
+    max_byte_size_cap=64 * 1024,
+    max_resources_per_ae=16,
+    max_aes=12_000,
+    requests_per_second=20.0,
+    request_burst=200,
+)
+
+
 def _gateway_cse() -> CSEConfig:
-    return CSEConfig(role="mn", cse_id="/id-dap1", cse_name="dap1", http=HttpConfig(port=8081))
+    return CSEConfig(
+        role="mn",
+        cse_id="/id-dap1",
+        cse_name="dap1",
+        http=HttpConfig(port=8081),
+        limits=GATEWAY_LIMITS,
+    )
 
 
 class UpstreamConfig(BaseModel):

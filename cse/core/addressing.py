@@ -7,17 +7,9 @@ A trailing `la`/`ol`, or `fopt[/...]` after a group, addresses a virtual resourc
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cse.core.errors import BadRequest
-
-VIRTUAL_NAMES = frozenset({"la", "ol", "fopt"})
-_ID_CHARACTERS = re.compile(r"^[A-Za-z0-9\-._]+$")
-
-
-def is_valid_name(name: str) -> bool:
-    return bool(_ID_CHARACTERS.match(name)) and name not in VIRTUAL_NAMES
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,46 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
+class CSELimits:
+    """What one client may take of this CSE: storage, names, registrations, request rate.
+
+    Every limit spares privileged originators (the admin, this CSE, the trusted ones) and
+    registered CSEs. None switches a limit off. The defaults suit a head-end; a gateway
+    sets tighter container defaults (gateway/config.py).
+    """
+
+    # Resource names (rn, and AE-IDs/CSE-IDs that become names): ACME sets no length limit; 64
+    # is four times the longest name this system generates and keeps every path of the
+    # 16-level tree below ~1 KB.
+    max_name_length: int = 64
+    max_nesting_depth: int = 16  # levels below the CSEBase (an AE is level 1)
+    # Resources other than contentInstances below one AE (its containers, subscriptions,
+    # groups, policies); contentInstances are bounded per container instead.
+    max_resources_per_ae: int | None = 1000
+    max_aes: int | None = None  # AEs registered with this CSE
+    # mni / mbs given to a container created without them, and the most a creator may ask.
+    default_max_instances: int | None = None
+    default_max_byte_size: int | None = None
+    max_instances_cap: int | None = None
+    max_byte_size_cap: int | None = None
+    max_subscriptions_per_resource: int | None = 16
+    # New AE registrations (one that finds its AE already there costs nothing), as token
+    # buckets: per CSE, refilled at `registrations_per_minute` and holding
+    # `registration_burst`; per source address (Request.source), holding one minute's worth.
+    # Loopback sources are not limited per source: a local process (a reverse proxy, the fleet
+    # emulator) speaks for many clients, none of them on the meter LAN.
+    registrations_per_minute: int | None = 600
+    registration_burst: int = 500
+    registrations_per_minute_per_source: int | None = 20
+    # Requests per AE originator: a token bucket refilled at this rate, holding `burst`. Wide
+    # enough for any tool or application; a gateway narrows it to what a meter needs.
+    requests_per_second: float | None = 100.0
+    request_burst: int = 1000
+    # Discovery answers at most this many results; more are signalled with cnst/cnot.
+    discovery_result_cap: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class CSESettings:
     cse_id: str = "/id-in"  # SP-relative CSE-ID
     cse_name: str = "cse-in"  # CSEBase resource name
@@ -18,9 +58,8 @@ class CSESettings:
     points_of_access: tuple[str, ...] = ()
     # Lifetime given to resources created without et (seconds); ACME uses five years.
     default_lifetime: float = 5 * 365 * 24 * 3600.0
-    # Container limits applied when a CREATE gives none (None: unlimited).
-    default_max_instances: int | None = None
-    default_max_byte_size: int | None = None
+    # Quotas and rate limits (docs/gateway.md, "Limits").
+    limits: CSELimits = field(default_factory=CSELimits)
     # Notification delivery
     notification_timeout: float = 5.0
     notification_retry_max: float = 60.0

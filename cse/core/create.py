@@ -7,7 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from cse.core import groups, subscriptions
-from cse.core.addressing import Address, is_valid_name
+from cse.core.addressing import Address
 from cse.core.clock import format_timestamp, parse_timestamp
 from cse.core.errors import (
     BadRequest,
@@ -59,6 +59,8 @@ async def handle_create(
         raise BadRequest("content (pc) missing in CREATE")
     attributes = dict(unwrap_content(spec, request.content))
     check_attributes(spec, attributes, create=True)
+    if "rn" in attributes:
+        cse.quotas.check_name(attributes["rn"])
     requested = dict(attributes)
     result_content = check_result_content(request.result_content, _CREATE_RESULTS, RCN.ATTRIBUTES)
 
@@ -82,7 +84,7 @@ async def handle_create(
     elif resource_type == T.ACCESS_CONTROL_POLICY:
         check_privileges(attributes)
     elif resource_type == T.CONTAINER:
-        _apply_container_defaults(cse, attributes)
+        cse.quotas.apply_container_limits(originator, attributes, create=True)
 
     async with cse.write_lock:
         key = f"{originator}\n{request.request_id}" if request.deduplicate else None
@@ -95,6 +97,7 @@ async def handle_create(
         if current is None or cse.is_expired(current):
             raise NotFound(f"{parent.path} was deleted")
         parent = current
+        await cse.quotas.check_create(originator, parent, resource_type)
         resource, changes = await _build(cse, spec, parent, attributes, owner, resource_id, request)
         if key is not None:
             changes.append(RecordRequest(key, resource.ri, cse.clock.now()))
@@ -161,8 +164,7 @@ async def _build(
     name = attributes.pop("rn", None)
     if name is None:
         name = resource_id
-    elif not is_valid_name(name):
-        raise BadRequest(f"resource name {name!r} is not allowed")
+        cse.quotas.check_name(name)  # an AE-ID or CSE-ID that becomes the name
     path = f"{parent.path}/{name}"
     if await cse.storage.get_by_path(path) is not None:
         raise Conflict(f"a resource named {name} already exists under {parent.path}")
@@ -264,14 +266,6 @@ async def _add_instance(
     return changes
 
 
-def _apply_container_defaults(cse: CommonServicesEntity, attributes: dict[str, Any]) -> None:
-    settings = cse.settings
-    if "mni" not in attributes and settings.default_max_instances is not None:
-        attributes["mni"] = settings.default_max_instances
-    if "mbs" not in attributes and settings.default_max_byte_size is not None:
-        attributes["mbs"] = settings.default_max_byte_size
-
-
 async def _check_policies_exist(cse: CommonServicesEntity, policy_ids: list[str]) -> None:
     for policy_id in policy_ids:
         policy = await cse.find(policy_id)
@@ -326,7 +320,8 @@ async def _register_ae(
         ae_id = cse.new_resource_id("C")
     elif originator == "S":
         ae_id = cse.new_resource_id("S")
-    elif originator[0] in "CS" and is_valid_name(originator):
+    elif originator[0] in "CS":
+        cse.quotas.check_name(originator, "AE-ID")
         ae_id = originator
     elif originator == cse.settings.admin_originator:
         ae_id = cse.new_resource_id("C")
@@ -335,6 +330,10 @@ async def _register_ae(
     existing = await cse.storage.get(ae_id)
     if existing is not None and not cse.is_expired(existing):
         raise OriginatorAlreadyRegistered(f"an AE with AE-ID {ae_id} is already registered")
+    # Only a registration that creates an AE counts: a meter finding its AE after a restart
+    # (4117 above) costs nothing.
+    await cse.quotas.check_ae_count(originator)
+    cse.quotas.check_registration(request, originator)
     return ae_id, ae_id
 
 
@@ -350,6 +349,7 @@ async def _register_remote_cse(
     if not attributes["cb"].startswith(originator + "/"):
         raise BadRequest("cb must be the CSEBase of the registering CSE (/cse-id/name)")
     ri = originator.lstrip("/")
+    cse.quotas.check_name(ri, "CSE-ID")
     if await cse.storage.get(ri) is not None:
         raise OriginatorAlreadyRegistered(f"CSE {originator} is already registered")
     attributes.setdefault("rn", ri)

@@ -31,10 +31,11 @@ from cse.core.errors import (
 )
 from cse.core.expiry import ExpirySweeper
 from cse.core.identity import Role, may_speak_as
+from cse.core.limits import Quotas
 from cse.core.notifications import Notifier, Sender
 from cse.core.primitives import Request, Response, error_content
 from cse.core.registry import SPECS
-from cse.core.types import Operation, ResponseStatusCode
+from cse.core.types import ContentStatus, Operation, ResponseStatusCode
 from cse.core.types import ResourceType as T
 from cse.storage.base import Change, Put, Resource, Storage, StorageError
 
@@ -65,6 +66,9 @@ class CommonServicesEntity:
         self.notifier = Notifier(self, senders or {})
         self.forwarder = forwarder or Forwarder()
         self.expiry = ExpirySweeper(self)
+        self.quotas = Quotas(self)
+        # Refusals per limit and discovery's reading, for metrics (gateway/metrics.py).
+        self.counters = self.quotas.counters
         # Called with every batch of changes once it is durable (the gateway's uplink listens
         # here); a listener must be quick and must not raise.
         self.durable_listeners: list[Callable[[Sequence[Change]], None]] = []
@@ -220,6 +224,9 @@ class CommonServicesEntity:
         status: ResponseStatusCode,
         content: Any = None,
         location: str | None = None,
+        *,
+        content_status: ContentStatus | None = None,
+        content_offset: int | None = None,
     ) -> Response:
         return Response(
             status=status,
@@ -228,6 +235,8 @@ class CommonServicesEntity:
             content=content,
             originator=self.settings.cse_id,
             location=location,
+            content_status=content_status,
+            content_offset=content_offset,
         )
 
     async def _handle(self, request: Request) -> Response:
@@ -250,6 +259,7 @@ class CommonServicesEntity:
             request.to, cse_id=settings.cse_id, cse_name=settings.cse_name, sp_id=settings.sp_id
         )
         originator = await self._check_originator(request)
+        self.quotas.check_request(request, originator)
         self.notifier.heard_from(originator)
         if address.remote_cse is not None:
             return await self._forward(address, request)

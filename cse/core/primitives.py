@@ -6,7 +6,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cse.core.identity import Principal
-from cse.core.types import Operation, ResourceType, ResponseStatusCode, ResultContent
+from cse.core.types import (
+    ContentStatus,
+    Operation,
+    ResourceType,
+    ResponseStatusCode,
+    ResultContent,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,9 @@ class Response:
     to: str | None = None
     # Hierarchical address of a created resource (HTTP Content-Location, CoAP Location-Path).
     location: str | None = None
+    # cnst / cnot: a partial result (discovery over its cap) and the ofst that continues it.
+    content_status: ContentStatus | None = None
+    content_offset: int | None = None
     # Origin time and the like could be added here; bindings map only what they know.
 
 

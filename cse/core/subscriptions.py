@@ -9,6 +9,7 @@ from cse.core.errors import BadRequest, OriginatorHasNoPrivilege, SubscriptionVe
 from cse.core.types import NotificationContentType as NCT
 from cse.core.types import NotificationEventType as NET
 from cse.core.types import Operation
+from cse.core.types import ResourceType as T
 from cse.storage.base import Resource
 
 if TYPE_CHECKING:
@@ -121,5 +122,10 @@ def wants(subscription: dict[str, Any], event: NET, subject: Resource) -> bool:
     if event in (NET.CREATE_OF_DIRECT_CHILD, NET.DELETE_OF_DIRECT_CHILD):
         child_types = (subscription.get("enc") or {}).get("chty")
         if child_types and subject.ty not in child_types:
+            return False
+        # A sibling subscription coming or going is news only to a subscriber that named
+        # subscriptions in chty (then, as in ACME, every other one hears of it). Otherwise
+        # each new subscription would notify all earlier ones: n subscriptions, n²/2 notices.
+        if subject.ty == T.SUBSCRIPTION and not child_types:
             return False
     return True

@@ -88,6 +88,13 @@ class ResultContent(IntEnum):
     MODIFIED_ATTRIBUTES = 9
 
 
+class ContentStatus(IntEnum):
+    """cnst of a response (TS-0004 6.3.4.2.44): is the content all there is?"""
+
+    PARTIAL_CONTENT = 1
+    FULL_CONTENT = 2
+
+
 class FilterUsage(IntEnum):
     DISCOVERY = 1
     CONDITIONAL_RETRIEVAL = 2

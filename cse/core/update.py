@@ -49,6 +49,8 @@ async def handle_update(
     if others or "acpi" not in changes_requested:
         await cse.access.check(originator, Operation.UPDATE, resource)
     await _check_type_rules(cse, originator, resource, changes_requested)
+    if resource.ty == T.CONTAINER:
+        cse.quotas.apply_container_limits(originator, changes_requested, create=False)
 
     async with cse.write_lock:
         current = await cse.lookup(address)  # may have changed while we checked

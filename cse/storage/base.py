@@ -148,6 +148,19 @@ class Storage(ABC):
         """Direct children in creation order."""
 
     @abstractmethod
+    async def children_page(
+        self,
+        pi: str,
+        *,
+        types: Iterable[int] | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int,
+    ) -> list[Resource]:
+        """At most `limit` direct children, ordered by (type, seq), after the (type, seq) of
+        the last one of the previous page: a bounded read along the (pi, ty, seq) index,
+        however many children there are (discovery and quotas walk trees with it)."""
+
+    @abstractmethod
     async def count_children(self, pi: str, resource_type: int) -> int: ...
 
     @abstractmethod

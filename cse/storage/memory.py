@@ -29,6 +29,7 @@ class MemoryStorage(Storage):
         # pi -> ri -> None: an insertion-ordered set of child IDs, and the same per type
         self._children: dict[str, dict[str, None]] = {}
         self._children_by_type: dict[tuple[str, int], dict[str, None]] = {}
+        self._child_types: dict[str, set[int]] = {}  # pi -> the types its children ever had
         self._outbox: dict[int, QueuedNotification] = {}
         self._requests: dict[str, tuple[str, float]] = {}
         self._seq = count(1)
@@ -59,6 +60,31 @@ class MemoryStorage(Storage):
             ]
             found.sort(key=lambda r: r.seq)
         return found if limit is None else found[:limit]
+
+    async def children_page(
+        self,
+        pi: str,
+        *,
+        types: Iterable[int] | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int,
+    ) -> list[Resource]:
+        after_type, after_seq = after or (0, 0)
+        present = self._child_types.get(pi, set())
+        wanted = present if types is None else present & set(types)
+        found: list[Resource] = []
+        for resource_type in sorted(wanted):
+            if resource_type < after_type:
+                continue
+            # Children of one type are kept in creation (seq) order; skipping to the cursor is
+            # linear, which a reference backend can afford.
+            for ri in self._children_by_type.get((pi, resource_type), {}):
+                if len(found) >= limit:
+                    return found
+                resource = self._by_ri[ri]
+                if resource_type > after_type or resource.seq > after_seq:
+                    found.append(resource)
+        return found
 
     async def count_children(self, pi: str, resource_type: int) -> int:
         return len(self._children_by_type.get((pi, resource_type), {}))
@@ -147,6 +173,7 @@ class MemoryStorage(Storage):
         if existing is None and resource.pi:
             self._children.setdefault(resource.pi, {})[resource.ri] = None
             self._children_by_type.setdefault((resource.pi, resource.ty), {})[resource.ri] = None
+            self._child_types.setdefault(resource.pi, set()).add(resource.ty)
 
     def _delete_tree(self, ri: str) -> None:
         resource = self._by_ri.pop(ri, None)
@@ -161,6 +188,8 @@ class MemoryStorage(Storage):
                 siblings.pop(ri, None)
         for child in list(self._children.pop(ri, {})):
             self._delete_tree(child)
+        for child_type in self._child_types.pop(ri, ()):
+            self._children_by_type.pop((ri, child_type), None)
 
     async def sync(self) -> None:
         pass

@@ -197,6 +197,46 @@ class SQLiteStorage(Storage):
             params.append(limit)
         return [self._row_to_resource(row) for row in conn.execute(sql, params)]
 
+    async def children_page(
+        self,
+        pi: str,
+        *,
+        types: Iterable[int] | None = None,
+        after: tuple[int, int] | None = None,
+        limit: int,
+    ) -> list[Resource]:
+        # One type at a time, each an ordered range of the (pi, ty, seq) index that starts at
+        # the cursor: no sort, and nothing before the cursor is read again (a row value
+        # "(ty, seq) > (?, ?)" is searched on ty alone and rescans the cursor's type).
+        conn = await self._ready()
+        after_type, after_seq = after or (0, 0)
+        wanted = None if types is None else sorted(set(types))
+        found: list[Resource] = []
+        floor = after_type  # the lowest type still to read
+        while len(found) < limit:
+            if wanted is None:
+                row = conn.execute(
+                    "SELECT ty FROM resources WHERE pi = ? AND ty >= ? ORDER BY ty LIMIT 1",
+                    (pi, floor),
+                ).fetchone()
+                if row is None:
+                    break
+                resource_type = int(row[0])
+            else:
+                remaining = [t for t in wanted if t >= floor]
+                if not remaining:
+                    break
+                resource_type = remaining[0]
+            start = after_seq if resource_type == after_type else 0
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM resources WHERE pi = ? AND ty = ? AND seq > ? "
+                "ORDER BY seq LIMIT ?",
+                (pi, resource_type, start, limit - len(found)),
+            )
+            found.extend(self._row_to_resource(row) for row in rows)
+            floor = resource_type + 1
+        return found
+
     async def count_children(self, pi: str, resource_type: int) -> int:
         conn = await self._ready()
         row = conn.execute(

@@ -43,7 +43,7 @@ from cse.core.errors import (
 )
 from cse.core.primitives import Request, Response, error_content
 from cse.core.registry import SPECS
-from cse.core.types import Operation
+from cse.core.types import ContentStatus, Operation
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import JSON, decode, encode
 
@@ -287,7 +287,13 @@ def encode_response(
         path=location,
         content_format=REPLY_FORMATS[serialization] if payload else None,
         options=parameter_options(
-            {"rsc": status, "rqi": response.request_id, "rvi": response.release_version or None}
+            {
+                "rsc": status,
+                "rqi": response.request_id,
+                "rvi": response.release_version or None,
+                "cts": response.content_status,
+                "cto": response.content_offset,
+            }
         ),
         payload=payload,
     )
@@ -355,6 +361,7 @@ def decode_response(code: int, options: RawOptions, payload: bytes, request: Req
     serialization = _serialization(found.content_format, accept=False) or JSON
     parameters = {n: _text(n, v) for n, v in found.parameters.items() if n in ("rqi", "rvi")}
     location = [_text("Location-Path", segment) for segment in found.location]
+    counts = {n: _uint(n, v) for n, v in found.parameters.items() if n in ("cts", "cto")}
     return Response(
         status,
         parameters.get("rqi", request.request_id),
@@ -362,4 +369,6 @@ def decode_response(code: int, options: RawOptions, payload: bytes, request: Req
         decode(payload, serialization),
         to=request.originator,
         location=target_from_path(location) if location else None,
+        content_status=ContentStatus(counts["cts"]) if counts.get("cts") in (1, 2) else None,
+        content_offset=counts.get("cto"),
     )

@@ -13,7 +13,7 @@ from cse.bindings.query import request_query
 from cse.core.errors import BadRequest
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response
-from cse.core.types import Operation, ResponseStatusCode
+from cse.core.types import ContentStatus, Operation, ResponseStatusCode
 from cse.serialization import CBOR, CONTENT_TYPES, JSON, decode, encode
 
 _METHODS = {
@@ -23,6 +23,11 @@ _METHODS = {
     Operation.DELETE: "DELETE",
     Operation.NOTIFY: "POST",
 }
+
+
+def _optional_int(value: str | None) -> int | None:
+    """A numeric header (X-M2M-CTS, X-M2M-CTO), or None when absent or not a number."""
+    return int(value) if value is not None and value.isdigit() else None
 
 
 class HttpClient:
@@ -94,6 +99,7 @@ class HttpClient:
                 except BadRequest as error:
                     raise DeliveryError(f"{url}: unreadable reply: {error.message}") from None
                 location = reply.headers.get("Content-Location")
+                content_status = _optional_int(reply.headers.get("X-M2M-CTS"))
                 return Response(
                     rsc or ResponseStatusCode(rsc_from_http(reply.status)),
                     reply.headers.get("X-M2M-RI", request.request_id),
@@ -101,6 +107,10 @@ class HttpClient:
                     content,
                     to=request.originator,
                     location=location.lstrip("/") if location else None,
+                    content_status=(
+                        ContentStatus(content_status) if content_status in (1, 2) else None
+                    ),
+                    content_offset=_optional_int(reply.headers.get("X-M2M-CTO")),
                 )
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise DeliveryError(f"{url}: {error}") from error

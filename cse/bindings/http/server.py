@@ -245,6 +245,10 @@ class HttpServer:
             headers["X-M2M-RVI"] = response.release_version
         if response.location is not None:
             headers["Content-Location"] = "/" + response.location
+        if response.content_status is not None:
+            headers["X-M2M-CTS"] = str(int(response.content_status))
+        if response.content_offset is not None:
+            headers["X-M2M-CTO"] = str(response.content_offset)
         try:
             body = encode(response.content, serialization)
         except Exception:  # the core produced content that cannot be serialized: a bug

@@ -16,7 +16,7 @@ from cse.bindings.mqtt.filters import filter_from_primitive, filter_to_primitive
 from cse.core.clock import format_timestamp, parse_timestamp
 from cse.core.errors import BadRequest, M2MError
 from cse.core.primitives import Request, Response
-from cse.core.types import Operation, ResultContent
+from cse.core.types import ContentStatus, Operation, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import decode, encode
 
@@ -213,6 +213,8 @@ def response_to_primitive(response: Response, to: str | None) -> dict[str, Any]:
         "pc": response.content,
         "to": to,
         "fr": response.originator,
+        "cnst": None if response.content_status is None else int(response.content_status),
+        "cnot": response.content_offset,
     }
     primitive.update({name: value for name, value in optional.items() if value is not None})
     return primitive
@@ -225,6 +227,7 @@ def response_from_primitive(primitive: dict[str, Any]) -> Response:
         code = RSC(status)
     except ValueError:
         raise BadRequest(f"response status code {status} is not known") from None
+    status_of_content = primitive.get("cnst")
     return Response(
         code,
         _string(primitive, "rqi", numbers=True) or "",
@@ -232,6 +235,8 @@ def response_from_primitive(primitive: dict[str, Any]) -> Response:
         primitive.get("pc"),
         originator=_string(primitive, "fr"),
         to=_string(primitive, "to"),
+        content_status=ContentStatus(status_of_content) if status_of_content in (1, 2) else None,
+        content_offset=primitive["cnot"] if isinstance(primitive.get("cnot"), int) else None,
     )
 
 
