@@ -64,6 +64,40 @@ async def test_children_in_creation_order_with_type_filter(storage_factory: Any)
     await storage.close()
 
 
+async def test_children_pages_by_type_then_creation_resume_at_the_cursor(
+    storage_factory: Any,
+) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    # A subscription older than some instances still comes after them: (type, seq) order.
+    late = [res(f"cse-in/ae/cnt/i{n}", 4, f"cin{n}", "cnt1") for n in range(3, 8)]
+    await storage.apply([Put(r) for r in late])
+    expected = ["cin1", "cin2", "cin3", "cin4", "cin5", "cin6", "cin7", "sub1"]
+    pages: list[list[str]] = []
+    cursor = None
+    while True:
+        page = await storage.children_page("cnt1", after=cursor, limit=3)
+        assert len(page) <= 3  # the limit is the most read, whatever the types
+        if not page:
+            break
+        pages.append([r.ri for r in page])
+        cursor = (page[-1].ty, page[-1].seq)
+    assert pages == [expected[0:3], expected[3:6], expected[6:8]]
+    only_subs = await storage.children_page("cnt1", types=[23, 99], limit=10)
+    assert [r.ri for r in only_subs] == ["sub1"]
+    resumed = await storage.children_page("cnt1", types=[4, 23], after=(4, late[-1].seq), limit=9)
+    assert [r.ri for r in resumed] == ["sub1"]
+    assert [r.ri for r in await storage.children_page("cse-in/none", limit=5)] == []
+    assert [r.ri for r in await storage.children_page("id-in", types=[2], limit=2)] == [
+        "Cae",
+        "Cae2",
+    ]
+    await storage.apply([DeleteTree(late[0])])
+    assert "cin3" not in [r.ri for r in await storage.children_page("cnt1", limit=20)]
+    await storage.close()
+
+
 async def test_descendants_respect_depth_and_prefix(storage_factory: Any) -> None:
     storage = storage_factory()
     await storage.open()
