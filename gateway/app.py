@@ -128,6 +128,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
         stack.callback(outbox.close)
         metrics = GatewayMetrics()
         metrics.observe_outbox(outbox)
+        metrics.watch_limits(core.counters)
         registrar = Registrar(
             core,
             link,

@@ -3,9 +3,14 @@ process in tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cse.core.limits import LimitCounters
 
 PRIORITY_NAMES = {0: "alarm", 1: "ack", 2: "ondemand", 3: "bulk"}
 
@@ -17,6 +22,30 @@ class OutboxState(Protocol):
     depth: dict[int, int]
     bytes_used: int
     shed: dict[int, int]
+
+
+class _LimitsCollector(Collector):
+    """The CSE's limit counters (cse/core/limits.py), read at each scrape."""
+
+    def __init__(self, counters: LimitCounters) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self._counters
+        refused = CounterMetricFamily(
+            "gridm2m_cse_limit_refusals",
+            "Requests refused by a quota or rate limit (docs/gateway.md, Limits)",
+            labels=["limit"],
+        )
+        for limit, count in counters.refused.items():
+            refused.add_metric([limit.value], count)
+        yield refused
+        for name, value, text in (
+            ("truncated", counters.discovery_truncated, "answers cut at the cap or lim (cnst 1)"),
+            ("rows_read", counters.discovery_rows_read, "resources read from storage"),
+            ("yields", counters.discovery_yields, "turns given to other requests between pages"),
+        ):
+            yield CounterMetricFamily(f"gridm2m_cse_discovery_{name}", f"Discovery: {text}", value)
 
 
 class GatewayMetrics:
@@ -72,6 +101,10 @@ class GatewayMetrics:
             self.retries_total.labels(priority)
             self.rejected_total.labels(priority)
             self.latency.labels(priority)
+
+    def watch_limits(self, counters: LimitCounters) -> None:
+        """Export the CSE's refusals per limit and how discovery reads the tree."""
+        self.registry.register(_LimitsCollector(counters))
 
     def observe_outbox(self, outbox: OutboxState) -> None:
         for priority, name in PRIORITY_NAMES.items():
