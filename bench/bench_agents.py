@@ -49,6 +49,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.limits import switch_limits_off
 from device_agents import build
 
 _LISTENING = re.compile(r"listening on (http://\S+) (coap://\S+)(?: (mqtt://\S+))?")
@@ -432,6 +433,7 @@ async def fleet_part(args: argparse.Namespace, workdir: Path) -> list[dict[str, 
 
 
 def main() -> None:
+    switch_limits_off()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heap-only", action="store_true")
     parser.add_argument("--fleet-only", action="store_true")

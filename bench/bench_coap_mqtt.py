@@ -71,6 +71,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.limits import switch_limits_off
+
 if __package__ in (None, ""):  # run as ``python bench/bench_coap_mqtt.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -935,6 +937,7 @@ def summary(rows: Sequence[Row], transports: Sequence[str]) -> list[str]:
 
 
 def main() -> None:
+    switch_limits_off()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--warmup", type=float, default=0.5, help="uncounted seconds before")

@@ -68,6 +68,8 @@ from typing import Any
 
 import orjson
 
+from bench.limits import switch_limits_off
+
 if __package__ in (None, ""):  # run as ``python bench/bench_gateway.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -1332,6 +1334,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    switch_limits_off()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--meters", default="1000,5000", help="storm sizes (comma-separated)")
     parser.add_argument("--bulk", type=int, default=3000, help="interval reads per bulk upload")

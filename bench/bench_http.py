@@ -43,6 +43,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.limits import switch_limits_off
+
 if __package__ in (None, ""):  # run as ``python bench/bench_http.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -388,6 +390,7 @@ def _starters(args: argparse.Namespace) -> list[tuple[str, TargetStarter]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (1 if a target failed)."""
+    switch_limits_off()
     parser = build_parser()
     args = parser.parse_args(argv)
     # SIGTERM would end the process without unwinding: turn it into SystemExit, so started

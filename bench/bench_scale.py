@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.limits import switch_limits_off
 from bench.rawhttp import LoadResult, build_request, run_load
 
 _LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
@@ -207,6 +208,7 @@ def _ratio(rows: list[tuple[int, LoadResult, LoadResult]]) -> None:
 
 
 def main() -> None:
+    switch_limits_off()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--aes", type=int, default=10_000)

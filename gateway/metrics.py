@@ -44,6 +44,7 @@ class _LimitsCollector(Collector):
             ("truncated", counters.discovery_truncated, "answers cut at the cap or lim (cnst 1)"),
             ("rows_read", counters.discovery_rows_read, "resources read from storage"),
             ("yields", counters.discovery_yields, "turns given to other requests between pages"),
+            ("queued", counters.discovery_queued, "discoveries that waited for a walk to end"),
         ):
             yield CounterMetricFamily(f"gridm2m_cse_discovery_{name}", f"Discovery: {text}", value)
 

@@ -10,6 +10,7 @@ this CSE, the trusted ones) and registered CSEs are never limited: the head-end 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import ipaddress
 import logging
@@ -36,6 +37,8 @@ RESERVED_NAMES = frozenset({"la", "ol", "fopt", "pcu"})
 # How many clients' token buckets are remembered; the least recently seen go first (and come
 # back with a full bucket, which only errs on the generous side).
 _MAX_TRACKED_CLIENTS = 65_536
+# Discoveries walking the tree at once (cse/core/discovery.py says why).
+_CONCURRENT_WALKS = 2
 
 
 class Limit(enum.Enum):
@@ -61,6 +64,7 @@ class LimitCounters:
     discovery_rows_read: int = 0  # resources discovery read from storage
     discovery_reads: int = 0  # storage calls discovery made (each at most one chunk)
     discovery_yields: int = 0  # times discovery let other requests run between chunks
+    discovery_queued: int = 0  # discoveries that waited for another to finish its walk
 
     def refusal(self, limit: Limit, error: M2MError) -> M2MError:
         """Count a refusal and hand back the error to raise."""
@@ -122,6 +126,7 @@ class Quotas:
         self._cse = cse
         self.counters = LimitCounters()
         self._buckets: dict[str, TokenBuckets] = {}
+        self.discovery_walks = asyncio.Semaphore(_CONCURRENT_WALKS)
 
     def _bucket(self, name: str, rate: float, burst: float) -> TokenBuckets:
         # Made on first use, so settings replaced after start (the bound URLs) still count.

@@ -19,7 +19,7 @@ from cse.storage.base import Put, Resource, Storage
 from tests.helpers import ae_body, create, retrieve
 
 AE = "Cmeter"
-INSTANCES = 3 * CHUNK + 50  # enough for several pages
+INSTANCES = max(650, 3 * CHUNK + 50)  # several pages, and several answers of 100
 
 
 @pytest.fixture
@@ -152,3 +152,9 @@ async def test_a_contentinstance_is_judged_by_its_container_once(
     fc = FilterCriteria(filter_usage=1, resource_types=(4,))
     response = await big_tree.handle(retrieve("cse-in", stranger, fc=fc))
     assert response.status == RSC.OK and response.content["m2m:uril"] == []
+
+
+async def test_only_two_discoveries_walk_at_once(big_tree: CommonServicesEntity) -> None:
+    walks = [_discover(big_tree, labels=("nothing",)) for _ in range(4)]
+    await asyncio.gather(*walks)
+    assert big_tree.counters.discovery_queued == 2
