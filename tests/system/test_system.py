@@ -261,4 +261,6 @@ async def test_a_flooding_meter_and_an_impostor_do_not_stop_the_others(
             "the calm meter's and the flood's messages at the MDMS",
         )
     assert sorted(m["seq"] for m in found if m["meter"] == "mtr-calm") == list(range(20))
-    assert flooded == 16 * 50
+    # The flood is cut at the gateway's rate limit for one meter (200 at once, then 20/s,
+    # [gateway.cse.limits]); what it was told is stored reached the MDMS like the rest.
+    assert 200 <= flooded < 16 * 50
