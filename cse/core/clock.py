@@ -1,8 +1,16 @@
-"""Injected time: the CSE asks a clock, so tests and accelerated runs can move time themselves."""
+"""Injected time: the CSE asks a clock, so tests and accelerated runs can move time themselves.
+
+Two readings. `now()` is the date: creation and modification times, expiration times,
+timestamps sent to others. `monotonic()` only measures how long something took or how long
+to wait (retention of request records, batching windows); it has no date and only moves
+forward. A gateway without a real-time clock boots with a stale date and steps it when NTP
+answers, and an operator may set it back by hand: see SystemClock for what such a step does.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -14,19 +22,53 @@ class Clock(Protocol):
         """Seconds since the epoch."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary start; never goes back."""
+        ...
+
 
 class SystemClock:
+    """The system's date, except that it never runs backwards.
+
+    When the wall clock steps back, `now()` goes on from the highest date it has reported, at
+    the pace of the monotonic clock, until the wall clock catches up: resources made after
+    the step are not dated before those made before it, and what was due to expire still
+    expires on time rather than a step later. A step forward is followed at once: it is
+    usually NTP correcting a clock that booted stale, and the date it brings is the truth.
+    """
+
+    def __init__(
+        self,
+        wall: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._wall = wall
+        self._monotonic = monotonic
+        self._high = wall()  # the highest date reported so far
+        self._high_at = monotonic()  # when it was reported
+
     def now(self) -> float:
-        return time.time()
+        wall, at = self._wall(), self._monotonic()
+        steady = self._high + (at - self._high_at)
+        if wall >= steady:
+            self._high, self._high_at = wall, at
+            return wall
+        return steady
+
+    def monotonic(self) -> float:
+        return self._monotonic()
 
 
 class ManualClock:
-    """A clock that only moves when told to (tests)."""
+    """A clock that only moves when told to (tests); both readings move together."""
 
     def __init__(self, start: float = 1_767_225_600.0) -> None:  # 2026-01-01T00:00:00Z
         self._now = start
 
     def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
         return self._now
 
     def advance(self, seconds: float) -> None:

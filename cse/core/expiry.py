@@ -1,7 +1,14 @@
 """Expiration: resources whose et has passed are deleted, with their subtrees.
 
 Reads already treat an expired resource as absent; this sweeper removes it from storage
-(and tells subscribers) soon after, polling an index on et at a fixed interval.
+(and tells subscribers) soon after, polling an index on et at a fixed interval. It runs
+under the CSE's supervisor; a storage failure (a full disk) is reported by the storage and
+the sweep is tried again at the next interval.
+
+The sweeper also forgets request records (redelivery detection) once they are older than
+`request_log_retention`. That age is measured on the monotonic clock from when this process
+started sweeping: a step of the wall clock forward (NTP correcting a gateway that booted
+with a stale date) must not forget the records of requests a broker is about to redeliver.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from cse.core.delete import deletion_changes
-from cse.storage.base import ForgetRequests
+from cse.storage.base import ForgetRequests, StorageError
 
 if TYPE_CHECKING:
     from cse.core.handler import CommonServicesEntity
@@ -24,10 +31,11 @@ class ExpirySweeper:
     def __init__(self, cse: CommonServicesEntity) -> None:
         self._cse = cse
         self._task: asyncio.Task[None] | None = None
+        self._started: tuple[float, float] | None = None  # (date, monotonic) at the first sweep
         self.removed = 0
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="expiry")
+        self._task = self._cse.supervisor.start("expiry sweeper", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -37,11 +45,17 @@ class ExpirySweeper:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(StorageError):  # the storage reports its own failures
                 await self.sweep()
-            except Exception:
-                logger.exception("expiry sweep failed")
             await asyncio.sleep(self._cse.settings.expiry_check_interval)
+
+    def _records_older_than(self) -> float:
+        """The date before which request records are forgotten (see the module doc)."""
+        clock = self._cse.clock
+        if self._started is None:
+            self._started = (clock.now(), clock.monotonic())
+        date, at = self._started
+        return date + (clock.monotonic() - at) - self._cse.settings.request_log_retention
 
     async def sweep(self, batch: int = 500) -> int:
         """Delete what has expired by now; returns how many resources were removed."""
@@ -60,7 +74,6 @@ class ExpirySweeper:
             await cse.storage.sync()
             if len(expired) < batch:
                 break
-        retention = cse.settings.request_log_retention
-        await cse.storage.apply([ForgetRequests(cse.clock.now() - retention)])
+        await cse.storage.apply([ForgetRequests(self._records_older_than())])
         self.removed += removed
         return removed

@@ -38,6 +38,7 @@ from cse.core.registry import SPECS
 from cse.core.types import ContentStatus, Operation, ResponseStatusCode
 from cse.core.types import ResourceType as T
 from cse.storage.base import Change, Put, Resource, Storage, StorageError
+from cse.supervision import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,9 @@ class CommonServicesEntity:
         self.storage = storage
         self.settings = settings or CSESettings()
         self.clock = clock or SystemClock()
+        # Every background task (committer, notification delivery, expiry) runs under it; an
+        # application built on the CSE (the gateway) adds its own, so one place says what is down.
+        self.supervisor = Supervisor()
         self.access = AccessControl(storage, self.settings)
         self.notifier = Notifier(self, senders or {})
         self.forwarder = forwarder or Forwarder()
@@ -82,9 +86,13 @@ class CommonServicesEntity:
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.storage.open()
-        await self._ensure_cse_base()
-        await self.notifier.start()
+        await self.storage.open(self.supervisor)
+        try:
+            await self._ensure_cse_base()
+            await self.notifier.start()
+        except BaseException:
+            await self.storage.close()
+            raise
         self.expiry.start()
         self._started = True
 
@@ -95,6 +103,7 @@ class CommonServicesEntity:
         await self.expiry.stop()
         await self.notifier.stop()
         await self.storage.close()
+        await self.supervisor.stop()
 
     async def __aenter__(self) -> CommonServicesEntity:
         await self.start()
@@ -197,7 +206,10 @@ class CommonServicesEntity:
         except M2MError as error:
             return self.error_response(request, error.status, error.message)
         except StorageError as error:
-            logger.error("storage failure on %s: %s", request.request_id, error)
+            # A failing disk fails every write until space returns: the storage logs the
+            # start and the end of such a run, not each request in it.
+            level = logging.DEBUG if self.storage.health.failing else logging.ERROR
+            logger.log(level, "storage failure on %s: %s", request.request_id, error)
             return self.error_response(
                 request, ResponseStatusCode.INTERNAL_SERVER_ERROR, "storage failure"
             )

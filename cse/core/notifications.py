@@ -12,6 +12,8 @@ the target is retried with exponential backoff. Batch notify (bn) waits for `num
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -25,7 +27,16 @@ from cse.core.primitives import Request, Response
 from cse.core.types import NotificationEventType as NET
 from cse.core.types import Operation, ResponseStatusCode
 from cse.core.types import ResourceType as T
-from cse.storage.base import Change, DeleteTree, Dequeue, Enqueue, Put, QueuedNotification, Resource
+from cse.storage.base import (
+    Change,
+    DeleteTree,
+    Dequeue,
+    Enqueue,
+    Put,
+    QueuedNotification,
+    Resource,
+    StorageError,
+)
 
 if TYPE_CHECKING:
     from cse.core.handler import CommonServicesEntity
@@ -257,11 +268,22 @@ class Notifier:
     def wake(self) -> None:
         now = time.monotonic()
         for target, queue in self._queues.items():
-            if not queue or target in self._running or self._retry_at.get(target, 0) > now:
+            running = self._running.get(target)
+            if not queue or (running and not running.done()) or self._retry_at.get(target, 0) > now:
                 continue
-            self._running[target] = asyncio.get_running_loop().create_task(
-                self._drain(target), name=f"notify {target}"
+            # Supervised: a delivery task that fails is logged and tried again after a backoff,
+            # and stays this target's task meanwhile, so no second one starts beside it.
+            task = self._cse.supervisor.start(
+                "notification delivery", functools.partial(self._drain, target), forever=False
             )
+            self._running[target] = task
+            task.add_done_callback(functools.partial(self._drained, target))
+
+    def _drained(self, target: str, task: asyncio.Task[None]) -> None:
+        if self._running.get(target) is task:
+            del self._running[target]
+        if not self._queues.get(target, True):
+            self._queues.pop(target, None)
 
     def _wake_later(self, target: str, delay: float) -> None:
         if target in self._timers:
@@ -269,39 +291,40 @@ class Notifier:
         self._timers[target] = asyncio.get_running_loop().call_later(delay, self.wake)
 
     async def _drain(self, target: str) -> None:
-        queue = self._queues[target]
-        try:
-            while queue:
-                batch, wait = self._next_batch(queue)
-                if not batch:
-                    self._wake_later(target, wait)
-                    return
-                primitive = self._batch_primitive(batch)
-                try:
-                    url = await self.resolve_target(target)
-                    if url is None:
-                        raise DeliveryError(f"{target} has no point of access now")
-                    status = await self._send(url, primitive)
-                except DeliveryError as error:
-                    await self._on_failure(target, queue, error)
-                    return
-                if not 2000 <= status < 3000:
-                    logger.info("%s answered a notification with %s", target, status)
-                # A batch holds one subscription's entries, which need not be the first ones
-                # in the queue (several subscriptions can notify the same target).
-                sent = {item.id for item in batch}
-                remaining = [item for item in queue if item.id not in sent]
-                queue.clear()
-                queue.extend(remaining)
-                await self._cse.storage.apply([Dequeue(tuple(item.id for item in batch))])
-                self.delivered += len(batch)
-                self._retry_delay.pop(target, None)
-                self._retry_at.pop(target, None)
-                self._signal_change()
-        finally:
-            self._running.pop(target, None)
-            if not queue:
-                self._queues.pop(target, None)
+        queue = self._queues.get(target)
+        while queue:
+            batch, wait = self._next_batch(queue)
+            if not batch:
+                self._wake_later(target, wait)
+                return
+            primitive = self._batch_primitive(batch)
+            try:
+                url = await self.resolve_target(target)
+                if url is None:
+                    raise DeliveryError(f"{target} has no point of access now")
+                status = await self._send(url, primitive)
+            except DeliveryError as error:
+                await self._on_failure(target, queue, error)
+                return
+            if not 2000 <= status < 3000:
+                logger.info("%s answered a notification with %s", target, status)
+            # A batch holds one subscription's entries, which need not be the first ones
+            # in the queue (several subscriptions can notify the same target).
+            sent = {item.id for item in batch}
+            remaining = [item for item in queue if item.id not in sent]
+            queue.clear()
+            queue.extend(remaining)
+            await self._forget([item.id for item in batch])
+            self.delivered += len(batch)
+            self._retry_delay.pop(target, None)
+            self._retry_at.pop(target, None)
+            self._signal_change()
+
+    async def _forget(self, ids: list[int]) -> None:
+        """Remove entries from the durable outbox. If the disk refuses (the storage reports
+        that), they stay there and are sent again after a restart: at least once."""
+        with contextlib.suppress(StorageError):
+            await self._cse.storage.apply([Dequeue(tuple(ids))])
 
     def _next_batch(
         self, queue: deque[QueuedNotification]
@@ -315,7 +338,9 @@ class Notifier:
         same = [item for item in queue if item.subscription == first.subscription][:number]
         age = self._cse.clock.now() - first.created
         limit = subscriptions.parse_duration(batching["dur"]) if "dur" in batching else None
-        if len(same) >= number or (limit is not None and age >= limit):
+        # An entry dated in the future was queued before the date stepped back (across a
+        # restart): its age is unknown, and sending a batch early beats holding it that long.
+        if len(same) >= number or (limit is not None and not 0 <= age < limit):
             return same, 0.0
         if limit is None:
             return [], 3600.0
@@ -357,7 +382,7 @@ class Notifier:
         queue.extend(kept)
         if dropped:
             self.dropped += len(dropped)
-            await self._cse.storage.apply([Dequeue(tuple(dropped))])
+            await self._forget(dropped)
         self._wake_later(target, delay)
         self._signal_change()
 

@@ -8,10 +8,17 @@ The core acknowledges a request only after `sync()`: that is where group commit 
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cse.supervision import Supervisor
+
+logger = logging.getLogger(__name__)
 
 
 class Resource:
@@ -119,18 +126,78 @@ class ForgetRequests:
     before: float
 
 
-Change = Put | DeleteTree | Enqueue | Dequeue | RecordRequest | ForgetRequests
+@dataclass(frozen=True, slots=True)
+class ReserveSequence:
+    """Never hand out a sequence number at or below `floor` again (see `Storage.last_seq`)."""
+
+    floor: int
+
+
+Change = Put | DeleteTree | Enqueue | Dequeue | RecordRequest | ForgetRequests | ReserveSequence
 
 
 class StorageError(Exception):
     """The backend could not read or persist; requests fail with 5000."""
 
 
+class DatabaseInUse(StorageError):
+    """Another process has the database open; the message names the file and the lock."""
+
+
+class DatabaseDamaged(StorageError):
+    """The database file cannot be read as a database; the message says how to recover."""
+
+
+class StorageHealth:
+    """Whether the database is working, from the outcome of the last writes (and failed reads).
+
+    A disk that fills up fails every write until space returns: one log line when a run of
+    failures starts and one when it ends, not one per request.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failing = False
+        self.last_error = ""
+        self.failures = 0  # failed writes since start
+        self.since: float | None = None  # time.time() when the current run of failures began
+        self._in_run = 0
+
+    def failed(self, error: object) -> None:
+        self.failures += 1
+        self.last_error = str(error)[:300]
+        if not self.failing:
+            self.failing, self.since, self._in_run = True, time.time(), 0
+            logger.error("%s: writes are failing (%s); retrying as requests come", self.what, error)
+        self._in_run += 1
+
+    def succeeded(self) -> None:
+        if self.failing:
+            logger.warning("%s: writes succeed again after %d failures", self.what, self._in_run)
+            self.failing, self.since = False, None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "writes_ok": not self.failing,
+            "failures": self.failures,
+            "last_error": self.last_error if self.failing else None,
+            "failing_since": self.since,
+        }
+
+
 class Storage(ABC):
     """What the core needs from a backend. All reads see every applied change."""
 
-    async def open(self) -> None:  # noqa: B027 - optional hook
-        """Prepare the backend (create tables, recover state)."""
+    health: StorageHealth  # set by each backend: whether its last writes succeeded
+
+    async def open(self, supervisor: Supervisor | None = None) -> None:  # noqa: B027
+        """Prepare the backend (create tables, recover state); background tasks, if any, run
+        under `supervisor`. An optional hook."""
+
+    @abstractmethod
+    async def database_id(self) -> str:
+        """An identifier made when the database was created: a database recreated from
+        scratch has a new one, a backup of it has the same one."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -179,7 +246,8 @@ class Storage(ABC):
 
     @abstractmethod
     async def last_seq(self) -> int:
-        """The highest sequence number applied so far (0 when empty)."""
+        """The highest sequence number handed out so far (0 for a new database). Sequence
+        numbers only grow: one is never handed out again, even after its resource is gone."""
 
     @abstractmethod
     async def expired(self, now: str, limit: int) -> list[Resource]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
-from itertools import count
 
 from cse.storage.base import (
     Change,
@@ -14,9 +14,11 @@ from cse.storage.base import (
     Put,
     QueuedNotification,
     RecordRequest,
+    ReserveSequence,
     Resource,
     Storage,
     StorageError,
+    StorageHealth,
 )
 
 _CONTENT_INSTANCE = 4
@@ -32,10 +34,15 @@ class MemoryStorage(Storage):
         self._child_types: dict[str, set[int]] = {}  # pi -> the types its children ever had
         self._outbox: dict[int, QueuedNotification] = {}
         self._requests: dict[str, tuple[str, float]] = {}
-        self._seq = count(1)
+        self._last_seq = 0
+        self._database_id = os.urandom(8).hex()
+        self.health = StorageHealth("memory storage")
 
     async def close(self) -> None:
         pass
+
+    async def database_id(self) -> str:
+        return self._database_id
 
     async def get(self, ri: str) -> Resource | None:
         return self._by_ri.get(ri)
@@ -126,7 +133,7 @@ class MemoryStorage(Storage):
         return found[:limit]
 
     async def last_seq(self) -> int:
-        return max((r.seq for r in self._by_ri.values()), default=0)
+        return self._last_seq
 
     async def expired(self, now: str, limit: int) -> list[Resource]:
         found = [r for r in self._by_ri.values() if r.et is not None and r.et < now]
@@ -164,10 +171,16 @@ class MemoryStorage(Storage):
                 self._requests[change.key] = (change.resource_id, change.at)
             elif isinstance(change, ForgetRequests):
                 self._requests = {k: v for k, v in self._requests.items() if v[1] >= change.before}
+            elif isinstance(change, ReserveSequence):
+                self._last_seq = max(self._last_seq, change.floor)
 
     def _put(self, resource: Resource) -> None:
         existing = self._by_ri.get(resource.ri)
-        resource.seq = existing.seq if existing is not None else next(self._seq)
+        if existing is not None:
+            resource.seq = existing.seq
+        else:
+            self._last_seq += 1
+            resource.seq = self._last_seq
         self._by_ri[resource.ri] = resource
         self._by_path[resource.path] = resource.ri
         if existing is None and resource.pi:
