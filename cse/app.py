@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cse.bindings.coap.client import CoapClient, CoapSender
 from cse.bindings.coap.server import CoapServer
@@ -32,6 +33,7 @@ from cse.storage.sqlite import SQLiteStorage
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "GRIDM2M_CSE__"
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 def default_data_dir() -> Path:
@@ -193,6 +195,18 @@ class CSEConfig(BaseModel):
     mqtt: MqttConfig = MqttConfig()
     limits: LimitsConfig = LimitsConfig()
 
+    @field_validator("db")
+    @classmethod
+    def _a_file_not_a_url(cls, value: str | None) -> str | None:
+        url = _URL.match(value or "")
+        if url:
+            # Only the scheme is repeated: the rest of a database URL may hold a password.
+            raise ValueError(
+                f"db is a {url.group(1)}:// URL, but the CSE stores its data in a SQLite file: "
+                "give a file path (or ':memory:'); a server database is not supported yet"
+            )
+        return value
+
     def settings(self, points_of_access: tuple[str, ...] = ()) -> CSESettings:
         return CSESettings(
             cse_id=self.cse_id,
@@ -264,8 +278,15 @@ class RunningCSE:
 
 
 @contextlib.asynccontextmanager
-async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
-    """Start storage, core and every configured binding; stop them in reverse order."""
+async def running_cse(
+    config: CSEConfig,
+    prepare: Callable[[CommonServicesEntity], Awaitable[None]] | None = None,
+) -> AsyncIterator[RunningCSE]:
+    """Start storage, core and every configured binding; stop them in reverse order.
+
+    `prepare` runs once the core has opened its storage and before any binding serves: an
+    application checks there that its own state agrees with the database (the gateway's
+    outbox does)."""
     mqtt_settings = config.mqtt.settings()
     async with contextlib.AsyncExitStack() as stack:
         http_client = await stack.enter_async_context(HttpClient())
@@ -284,6 +305,8 @@ async def running_cse(config: CSEConfig) -> AsyncIterator[RunningCSE]:
             open_storage(config), config.settings(), senders=senders, forwarder=forwarder
         )
         await stack.enter_async_context(cse)
+        if prepare is not None:
+            await prepare(cse)
         http = await stack.enter_async_context(
             HttpServer(
                 cse, config.http.host, config.http.port, max_body_size=config.http.max_body_size

@@ -23,12 +23,15 @@ from aiohttp import web
 
 from cse.app import RunningCSE, running_cse
 from cse.bindings.http.server import start_site
+from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResourceType
+from cse.storage.base import StorageError
+from gateway import health
 from gateway.config import GatewayConfig
 from gateway.metrics import PRIORITY_NAMES, GatewayMetrics
 from gateway.outbox import Outbox
 from gateway.registration import STATUS_CONTAINER, Registrar
-from gateway.uplink import Uplink
+from gateway.uplink import Uplink, align_with_database
 from gateway.upstream import UpstreamLink, UpstreamUnavailable
 
 logger = logging.getLogger(__name__)
@@ -49,9 +52,18 @@ class RunningGateway:
         core = self.cse.cse
         return await core.storage.count_children(core.settings.cse_ri, ResourceType.AE)
 
+    async def health(self) -> health.HealthReport:
+        core = self.cse.cse
+        stores = {"cse": core.storage.health, "outbox": self.outbox.health}
+        report = await health.check(self.cse, stores, core.supervisor)
+        health.observe(self.metrics, report, core.supervisor)
+        return report
+
     async def refresh_metrics(self) -> None:
         metrics = self.metrics
-        metrics.meters_registered.set(await self.meters_registered())
+        await self.health()
+        with contextlib.suppress(StorageError):  # reported by the health gauges
+            metrics.meters_registered.set(await self.meters_registered())
         metrics.meters_online.set(self.uplink.meters_online())
         metrics.upstream_registered.set(1 if self.registrar.registered.is_set() else 0)
         metrics.upstream_link_up.set(1 if self.uplink.link_up else 0)
@@ -83,16 +95,24 @@ def _ops_app(gateway: RunningGateway) -> web.Application:
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
 
-    async def health(_: web.Request) -> web.Response:
-        # Healthy means serving meters; a missing head-end is what the outbox is for, so it
-        # is reported but does not make the gateway unhealthy.
-        status = await gateway.status()
-        status["status"] = "ok"
-        return web.Response(body=orjson.dumps(status), content_type="application/json")
+    async def health_check(_: web.Request) -> web.Response:
+        # Healthy means serving meters (gateway/health.py); a missing head-end is what the
+        # outbox is for, so it is reported but does not make the gateway unhealthy.
+        report = await gateway.health()
+        try:
+            status = await gateway.status()
+        except StorageError:  # the report says why
+            status = {"cse_id": gateway.cse.cse.settings.cse_id}
+        body = {**status, **report.as_dict()}
+        return web.Response(
+            status=200 if report.healthy else 503,
+            body=orjson.dumps(body),
+            content_type="application/json",
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/health", health)
+    app.router.add_get("/health", health_check)
     return app
 
 
@@ -103,7 +123,10 @@ async def _report_status(gateway: RunningGateway, interval: float) -> None:
         await asyncio.sleep(interval)
         if not registrar.registered.is_set():
             continue
-        status = await gateway.status()
+        try:
+            status = await gateway.status()
+        except StorageError:
+            continue  # the storage reports its failures; /health shows them
         request = link.create(
             registrar.container_address(STATUS_CONTAINER),
             ResourceType.CONTENT_INSTANCE,
@@ -120,12 +143,17 @@ async def _report_status(gateway: RunningGateway, interval: float) -> None:
 @contextlib.asynccontextmanager
 async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway]:
     async with contextlib.AsyncExitStack() as stack:
-        running = await stack.enter_async_context(running_cse(config.cse))
+        outbox = Outbox(config.outbox_path(), budget_bytes=config.outbox.budget_bytes)
+        stack.callback(outbox.close)
+
+        async def align_outbox(core: CommonServicesEntity) -> None:
+            # Before any meter is served: the outbox must agree with this database.
+            outbox.open()
+            await align_with_database(outbox, core.storage)
+
+        running = await stack.enter_async_context(running_cse(config.cse, align_outbox))
         core = running.cse
         link = await stack.enter_async_context(UpstreamLink(config.upstream, config.cse.cse_id))
-        outbox = Outbox(config.outbox_path(), budget_bytes=config.outbox.budget_bytes)
-        outbox.open()
-        stack.callback(outbox.close)
         metrics = GatewayMetrics()
         metrics.observe_outbox(outbox)
         metrics.watch_limits(core.counters)
@@ -154,8 +182,8 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
             runner, port = await start_site(_ops_app(gateway), config.ops.host, config.ops.port)
             stack.push_async_callback(runner.cleanup)
             gateway.ops_url = f"http://{config.ops.host}:{port}"
-        reporter = asyncio.create_task(
-            _report_status(gateway, config.mirror.status_interval), name="status report"
+        reporter = core.supervisor.start(
+            "status report", lambda: _report_status(gateway, config.mirror.status_interval)
         )
         stack.callback(reporter.cancel)
         yield gateway

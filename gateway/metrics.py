@@ -50,6 +50,17 @@ class _LimitsCollector(Collector):
 
 
 class GatewayMetrics:
+    # The supervised tasks (cse/supervision.py), so their series exist from the start.
+    TASKS = (
+        "sqlite committer",
+        "expiry sweeper",
+        "notification delivery",
+        "uplink feeder",
+        "uplink sender",
+        "registration check",
+        "status report",
+    )
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -94,6 +105,42 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.healthy = Gauge(
+            "gridm2m_healthy", "1 while /health says ok (see gateway/health.py)", registry=r
+        )
+        self.binding_up = Gauge(
+            "gridm2m_binding_up",
+            "1 while a request sent through the binding's listener is answered",
+            ["binding"],
+            registry=r,
+        )
+        self.storage_writes_ok = Gauge(
+            "gridm2m_storage_writes_ok",
+            "1 while the last writes to the store succeeded (cse: the CSE database)",
+            ["store"],
+            registry=r,
+        )
+        self.storage_failures = Gauge(
+            "gridm2m_storage_failures_total",
+            "Failed writes (and reads) of the store since start",
+            ["store"],
+            registry=r,
+        )
+        self.task_up = Gauge(
+            "gridm2m_task_up",
+            "0 while a supervised task is down (failed, waiting to restart)",
+            ["task"],
+            registry=r,
+        )
+        self.task_failures = Gauge(
+            "gridm2m_task_failures_total",
+            "Failures of a supervised task since start (each one restarted it)",
+            ["task"],
+            registry=r,
+        )
+        for task in self.TASKS:
+            self.task_up.labels(task).set(1)
+            self.task_failures.labels(task).set(0)
         for priority in PRIORITY_NAMES.values():
             # Every series exists from the start, so dashboards see zeros, not gaps.
             self.outbox_depth.labels(priority).set(0)

@@ -12,14 +12,29 @@ that rolls this file back only causes re-sends, which the head-end answers with 
 exists". That is why the outbox can run with `synchronous=NORMAL` (no fsync per commit),
 which spares the SD card.
 
+The mark only means something for the database it was taken from. The outbox records that
+database's ID (`Storage.database_id`) and `follow()` compares both at start: a database
+recreated from scratch (a new ID) has its instances queued from the start, and the items
+still queued from the old one are kept; a database restored from an older copy (same ID,
+fewer sequence numbers than the mark) keeps the mark, and the CSE is told never to hand out
+the numbers up to it again, so its new instances land above the mark.
+
 The disk budget bounds the bytes of queued payloads. When a new item does not fit, queued
 items are shed from the least urgent priority (oldest first), never priority 0; if that is
 not enough the new item itself is shed unless it is an alarm. Every shed item is counted by
 priority, persistently.
+
+When an item is due again after a failed attempt is kept in memory, in monotonic time (the
+event loop's clock): a step of the wall clock does not hold retries back, a full disk does
+not stop retries from being scheduled, and after a restart every item is due at once. (The
+`due` column of older outboxes is no longer used.) A write that fails (a full disk) raises
+sqlite3.Error and is reported once per run of failures in `health`.
 """
 
 from __future__ import annotations
 
+import enum
+import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -27,6 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from cse.storage.base import DatabaseDamaged, StorageHealth
+
+logger = logging.getLogger(__name__)
 
 PRIORITIES = (0, 1, 2, 3)
 NEVER_SHED = 0
@@ -45,12 +64,23 @@ CREATE TABLE IF NOT EXISTS items (
     due       REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_in_order ON items (priority, id);
-CREATE INDEX IF NOT EXISTS items_by_due ON items (due);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+
+class Alignment(enum.Enum):
+    """How the outbox's high-water mark relates to the database it is fed from."""
+
+    IN_STEP = "in step"
+    RESTORED = "the database was restored from an older copy"
+    REPLACED = "the database was recreated or replaced"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +118,9 @@ class Outbox:
         self.high_water_seq = 0
         self.shed = dict.fromkeys(PRIORITIES, 0)
         self.rejected = 0
+        self.database_id: str | None = None  # of the CSE database the mark belongs to
+        self.health = StorageHealth(f"uplink outbox {self.path}")
+        self._due: dict[int, float] = {}  # item id -> when it may be tried again
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -95,10 +128,23 @@ class Outbox:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            self._load(conn)
+        except sqlite3.DatabaseError as error:
+            conn.close()
+            raise DatabaseDamaged(
+                f"the uplink outbox {self.path} cannot be read ({error}) and was left as it "
+                "is. Stop the gateway and move it aside (with its -wal and -shm files, if "
+                "any); on its next start the gateway queues every message in its database "
+                "again, and the head-end answers those it already has with 'already exists'. "
+                "See docs/reliability.md."
+            ) from None
+        self._conn = conn
+
+    def _load(self, conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.executescript(_SCHEMA)
-        self._conn = conn
         for priority, count, size in conn.execute(
             "SELECT priority, count(*), coalesce(sum(size), 0) FROM items GROUP BY priority"
         ):
@@ -109,6 +155,57 @@ class Outbox:
         self.rejected = int(counters.get("rejected", 0))
         for priority in PRIORITIES:
             self.shed[priority] = int(counters.get(f"shed_{priority}", 0))
+        meta = dict(conn.execute("SELECT name, value FROM meta"))
+        self.database_id = meta.get("database_id")
+
+    def follow(self, database_id: str, last_seq: int) -> Alignment:
+        """Bring the mark in line with the CSE database (see the module doc); the caller
+        reserves the sequence numbers up to the mark when the answer is RESTORED."""
+        behind = self.high_water_seq > last_seq
+        if database_id == self.database_id and not behind:
+            return Alignment.IN_STEP
+        if self.database_id is None and not behind:
+            self._set_database(database_id, retire=False)  # a new outbox, or one from before IDs
+            return Alignment.IN_STEP
+        if database_id == self.database_id:
+            logger.warning(
+                "the gateway's database holds sequence numbers up to %d, but the outbox has "
+                "queued up to %d: it was restored from an older copy; new messages are "
+                "numbered above %d",
+                last_seq,
+                self.high_water_seq,
+                self.high_water_seq,
+            )
+            return Alignment.RESTORED
+        logger.warning(
+            "the gateway's database is not the one the outbox was fed from (recreated or "
+            "replaced): every message in it is queued again, and the %d items still queued "
+            "from the old one are kept",
+            self.total,
+        )
+        self._set_database(database_id, retire=True)
+        return Alignment.REPLACED
+
+    def _set_database(self, database_id: str, *, retire: bool) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            if retire:
+                # The old database's numbers mean nothing now; new items may reuse them.
+                db.execute("UPDATE items SET seq = -id WHERE seq > 0")
+                self._set_counter("high_water_seq", 0)
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES ('database_id', ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (database_id,),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            self._roll_back()
+            raise
+        self.database_id = database_id
+        if retire:
+            self.high_water_seq = 0
 
     def close(self) -> None:
         if self._conn is not None:
@@ -158,10 +255,10 @@ class Outbox:
                 if count:
                     self._set_counter(f"shed_{priority}", self.shed[priority] + count)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._reload_counts()
+        except BaseException as error:
+            self._roll_back(error)
             raise
+        self.health.succeeded()
         self.high_water_seq = high_water_seq
         for priority, count in shed_counts.items():
             self.shed[priority] += count
@@ -219,17 +316,37 @@ class Outbox:
             if rejected:
                 self._set_counter("rejected", self.rejected + rejected)
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            self._reload_counts()
+        except BaseException as error:
+            self._roll_back(error)
             raise
+        self.health.succeeded()
         self.rejected += rejected
+        for item in items:
+            self._due.pop(item.id, None)
 
     def postpone(self, item: QueuedItem, due: float) -> None:
-        """A failed attempt: try again at `due` (epoch seconds)."""
-        self._db.execute(
-            "UPDATE items SET attempts = attempts + 1, due = ? WHERE id = ?", (due, item.id)
-        )
+        """A failed attempt: try again at `due` (monotonic seconds, see the module doc). The
+        attempt is counted on disk; if that write fails, the item is still held back."""
+        self._due[item.id] = due
+        try:
+            self._db.execute(
+                "UPDATE items SET attempts = attempts + 1, due = ? WHERE id = ?", (due, item.id)
+            )
+        except sqlite3.Error as error:
+            self.health.failed(error)
+            raise
+        self.health.succeeded()
+
+    def _roll_back(self, error: BaseException | None = None) -> None:
+        """Undo a failed transaction (SQLite may have done so itself on a full disk)."""
+        if isinstance(error, sqlite3.Error):
+            self.health.failed(error)
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as failure:
+                logger.warning("outbox rollback failed: %s", failure)
+        self._reload_counts()
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -239,6 +356,7 @@ class Outbox:
         """Due items of the most urgent priority that has any (none less urgent than
         `ceiling`), oldest first, leaving out those in `skip`."""
         skipped = set(skip)
+        skipped.update(item_id for item_id, due in self._due.items() if due > now)
         found: list[QueuedItem] = []
         for priority in PRIORITIES:
             if priority > ceiling:
@@ -247,8 +365,8 @@ class Outbox:
                 continue
             rows = self._db.execute(
                 "SELECT id, priority, seq, container, name, body, size, created, attempts "
-                "FROM items WHERE priority = ? AND due <= ? ORDER BY id LIMIT ?",
-                (priority, now, limit + len(skipped)),
+                "FROM items WHERE priority = ? ORDER BY id LIMIT ?",
+                (priority, limit + len(skipped)),
             )
             for row in rows:
                 if row[0] in skipped:
@@ -273,7 +391,14 @@ class Outbox:
                 return found
         return found
 
-    def next_due(self) -> float | None:
-        """The earliest time an item becomes due, or None when the outbox is empty."""
-        row = self._db.execute("SELECT min(due) FROM items").fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+    def next_due(self, now: float) -> float | None:
+        """The earliest time an item becomes due (`now` if one is due now), or None when the
+        outbox is empty."""
+        if not self.total:
+            self._due.clear()
+            return None
+        waiting = {item_id: due for item_id, due in self._due.items() if due > now}
+        self._due = waiting
+        if len(waiting) < self.total:
+            return now
+        return min(waiting.values())

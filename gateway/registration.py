@@ -70,7 +70,7 @@ class Registrar:
 
     async def start(self) -> None:
         await self._register_locally()
-        self._task = asyncio.create_task(self._keep_registered(), name="registration")
+        self._task = self.cse.supervisor.start("registration check", self._keep_registered)
 
     async def stop(self) -> None:
         if self._task is not None:

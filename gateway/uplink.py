@@ -10,7 +10,14 @@ counts as delivered.
 
 When the upstream cannot be reached the sender stops sending and probes with one request at
 a time, with exponential backoff and jitter, so a head-end coming back is not flooded by
-every retry at once and what is queued leaves in priority order.
+every retry at once and what is queued leaves in priority order. Any answer from the
+upstream (the registration check and the status report go through the same link) ends the
+backoff and wakes the sender at once.
+
+Both tasks run under the CSE's supervisor. A write to the outbox that fails (a full disk)
+is not a crash: the outbox reports it once, the feeder tries the same batch again after a
+backoff, and the sender keeps what was delivered in memory until it can be recorded. Waits
+and retry times are monotonic (the event loop's clock); the wall clock only dates messages.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,10 +36,10 @@ from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResourceType
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import content_object
-from cse.storage.base import Change, Put, Resource
+from cse.storage.base import Change, Put, ReserveSequence, Resource, Storage, StorageError
 from gateway.config import MirrorConfig, OutboxConfig
 from gateway.metrics import GatewayMetrics
-from gateway.outbox import NewItem, Outbox, QueuedItem
+from gateway.outbox import Alignment, NewItem, Outbox, QueuedItem
 from gateway.registration import Registrar, RegistrationError
 from gateway.upstream import UpstreamLink, UpstreamUnavailable
 
@@ -44,6 +52,20 @@ _FEED_BATCH = 500
 
 ALARM_TYPES = frozenset({"alarm", "alert"})
 ACK_TYPES = frozenset({"cmd-err", "ack", "comm-err", "cmd"})
+
+
+async def align_with_database(outbox: Outbox, storage: Storage) -> Alignment:
+    """Run before the CSE serves anyone: make the outbox's mark agree with the database
+    (see gateway/outbox.py), so no acknowledged message is skipped."""
+    alignment = outbox.follow(await storage.database_id(), await storage.last_seq())
+    if alignment == Alignment.RESTORED:
+        await storage.apply([ReserveSequence(outbox.high_water_seq)])
+        await storage.sync()
+    return alignment
+
+
+def _monotonic() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def classify(family: str, message: dict[str, Any], bulk_containers: Sequence[str]) -> int:
@@ -88,10 +110,11 @@ class Uplink:
         self._in_flight_priority: dict[int, int] = {}
         self._finished: list[QueuedItem] = []
         self._rejected = 0
-        self._link_down_until = 0.0
+        self._link_down_until = 0.0  # monotonic
         self._link_backoff = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Condition()
+        link.answer_listeners.append(self._upstream_answered)
 
     # ---- life cycle ----------------------------------------------------------------------
 
@@ -104,14 +127,17 @@ class Uplink:
         await self.cse.storage.sync()
         self._durable_seq = max(self._durable_seq, applied)
         self._fed.set()
+        supervisor = self.cse.supervisor
         self._tasks = [
-            asyncio.create_task(self._feed_forever(), name="uplink feeder"),
-            asyncio.create_task(self._send_forever(), name="uplink sender"),
+            supervisor.start("uplink feeder", self._feed_forever),
+            supervisor.start("uplink sender", self._send_forever),
         ]
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.cse.durable_listeners.remove(self._on_durable)
+        with contextlib.suppress(ValueError):
+            self.link.answer_listeners.remove(self._upstream_answered)
         for task in [*self._tasks, *self._in_flight.values()]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._in_flight.values(), return_exceptions=True)
@@ -126,15 +152,20 @@ class Uplink:
     # ---- feeder --------------------------------------------------------------------------
 
     async def _feed_forever(self) -> None:
+        self._fed.set()  # after a restart by the supervisor: catch up first
+        delay = self.settings.retry_min
         while True:
             await self._fed.wait()
             self._fed.clear()
             try:
                 while await self._feed_once():
                     pass
-            except Exception:
-                logger.exception("uplink feeder failed; retrying")
-                await asyncio.sleep(1.0)
+                delay = self.settings.retry_min
+            except (sqlite3.Error, StorageError):
+                # A full disk (or a damaged database): reported once by the outbox or the
+                # storage. The same instances are read again after the backoff.
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max)
                 self._fed.set()
 
     async def _feed_once(self) -> bool:
@@ -188,10 +219,17 @@ class Uplink:
     # ---- sender --------------------------------------------------------------------------
 
     async def _send_forever(self) -> None:
+        outbox_retry = self.settings.retry_min
         while True:
             self._queued.clear()  # anything that happens from here on wakes the wait below
-            self._flush_finished()
-            now = self.clock()
+            if not self._flush_finished():
+                # The outbox cannot record deliveries (a full disk): send nothing more until
+                # it can; what was delivered waits in memory.
+                await asyncio.sleep(outbox_retry)
+                outbox_retry = min(outbox_retry * 2, self.settings.retry_max)
+                continue
+            outbox_retry = self.settings.retry_min
+            now = _monotonic()
             if now < self._link_down_until:
                 await self._wait(self._link_down_until - now)
                 continue
@@ -205,7 +243,7 @@ class Uplink:
                 for item in self.outbox.due(now, room, skip=self._in_flight, ceiling=ceiling):
                     self._in_flight_priority[item.id] = item.priority
                     self._in_flight[item.id] = asyncio.create_task(self._deliver(item))
-            next_due = self.outbox.next_due()
+            next_due = self.outbox.next_due(now)
             if next_due is None or next_due <= now:
                 await self._wait(None if next_due is None else 1.0)
             else:
@@ -239,7 +277,6 @@ class Uplink:
             self._link_failed(str(error))
             self._retry(item)
             return
-        self._link_backoff = 0.0
         status = reply.status
         if status in _DELIVERED:
             self._finished.append(item)
@@ -265,7 +302,8 @@ class Uplink:
 
     def _retry(self, item: QueuedItem) -> None:
         base = min(self.settings.retry_max, self.settings.retry_min * 2 ** min(item.attempts, 16))
-        self.outbox.postpone(item, self.clock() + base * random.uniform(0.5, 1.5))
+        with contextlib.suppress(sqlite3.Error):  # held back in memory all the same
+            self.outbox.postpone(item, _monotonic() + base * random.uniform(0.5, 1.5))
         self.metrics.retried(item.priority)
 
     def _link_failed(self, reason: str) -> None:
@@ -274,16 +312,29 @@ class Uplink:
         self._link_backoff = min(
             self.settings.retry_max, max(self.settings.retry_min, self._link_backoff * 2)
         )
-        self._link_down_until = self.clock() + self._link_backoff * random.uniform(0.5, 1.5)
+        self._link_down_until = _monotonic() + self._link_backoff * random.uniform(0.5, 1.5)
 
-    def _flush_finished(self) -> None:
+    def _upstream_answered(self) -> None:
+        """The upstream answered a request (ours, the registration check or the status
+        report): it is back, so stop waiting out the backoff."""
+        if self._link_backoff or self._link_down_until:
+            logger.info("upstream reachable again; sending")
+            self._link_backoff = 0.0
+            self._link_down_until = 0.0
+            self._queued.set()
+
+    def _flush_finished(self) -> bool:
+        """Record deliveries in the outbox; False (and they stay in memory) if it fails."""
         if not self._finished and not self._rejected:
-            return
-        finished, self._finished = self._finished, []
-        rejected, self._rejected = self._rejected, 0
-        self.outbox.delivered(finished, rejected=rejected)
+            return True
+        try:
+            self.outbox.delivered(self._finished, rejected=self._rejected)
+        except sqlite3.Error:
+            return False  # the outbox reported it
+        self._finished, self._rejected = [], 0
         self.metrics.observe_outbox(self.outbox)
         asyncio.get_running_loop().create_task(self._announce())
+        return True
 
     async def _announce(self) -> None:
         async with self._changed:

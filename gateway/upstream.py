@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable
 from typing import Any
 
 from cse.bindings.http.client import HttpClient
@@ -33,6 +34,9 @@ class UpstreamLink:
         self._mqtt: MqttClient | None = None
         self._ids = itertools.count(1)
         self._stem = os.urandom(3).hex()
+        # Called whenever the upstream CSE answered a request, whatever the answer: it is
+        # reachable. The uplink listens, to end its backoff at once.
+        self.answer_listeners: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> UpstreamLink:
         if self.config.uses_mqtt:
@@ -58,11 +62,15 @@ class UpstreamLink:
     async def send(self, request: Request) -> Response:
         try:
             if self._mqtt is not None:
-                return await self._mqtt.send(self.config.cse_id, request)
-            assert self._http is not None
-            return await self._http.send(self.config.url, request)
+                reply = await self._mqtt.send(self.config.cse_id, request)
+            else:
+                assert self._http is not None
+                reply = await self._http.send(self.config.url, request)
         except (DeliveryError, MqttClientError, OSError) as error:
             raise UpstreamUnavailable(str(error)) from error
+        for listener in self.answer_listeners:
+            listener()
+        return reply
 
     # ---- request builders ----------------------------------------------------------------
 

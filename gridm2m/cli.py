@@ -18,6 +18,11 @@ import aiomqtt
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
 from cse.logs import install_repeat_filter
 from gridm2m import credentials
+from cse.storage.base import StorageError
+
+# Exit status of a part that cannot start until someone acts (a damaged database, or one in
+# use by another process): the systemd unit does not restart on it (RestartPreventExitStatus).
+EXIT_NEEDS_OPERATOR = 3
 
 
 def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,6 +77,9 @@ def _serve(
 
     try:
         _event_loop_runner()(run())
+    except StorageError as error:
+        print(f"gridm2m {name}: cannot start: {error}", file=sys.stderr)
+        return EXIT_NEEDS_OPERATOR
     except (OSError, ConfigError) as error:
         print(f"gridm2m {name}: cannot start: {error}", file=sys.stderr)
         return 1

@@ -193,7 +193,9 @@ class SQLiteStorage(Storage):
             self._load_meta(conn)
         except sqlite3.Error as error:
             conn.close()
-            raise self._failure(error) from error
+            if _is_damage(error):
+                raise DatabaseDamaged(damage_advice(self._path, error)) from None
+            raise StorageError(f"cannot open the database {self._path}: {error}") from None
         return conn
 
     def _load_meta(self, conn: sqlite3.Connection) -> None:

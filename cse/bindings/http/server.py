@@ -10,9 +10,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cse.bindings.http.client import HttpClient
 from cse.bindings.http.mapping import http_status, path_to_target, rsc_from_http
+from cse.bindings.liveness import ProbeRecord, probe_request
 from cse.bindings.query import parameters_from_query
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
+from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response, error_content
 from cse.core.types import Operation, ResponseStatusCode
 from cse.serialization import (
@@ -117,11 +120,30 @@ class HttpServer:
         self._port = port
         self._max_body_size = max_body_size
         self._runner: web.AppRunner | None = None
+        self._liveness = ProbeRecord()
         self.port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
+
+    def liveness(self) -> ProbeRecord:
+        return self._liveness
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Send the CSE a request through this listener, as a client would; alive when the
+        CSE's answer comes back. The result is kept for `liveness()`."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self._host)
+        url = f"http://{host}:{self.port}" if host else self.url
+        request = probe_request(self._cse.settings.cse_id, self._cse.settings.cse_name)
+        try:
+            async with HttpClient(timeout=timeout) as client:
+                reply = await client.send(url, request)
+            alive = reply.request_id == request.request_id
+        except DeliveryError:
+            alive = False
+        self._liveness = self._liveness.after(alive)
+        return alive
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body_size, middlewares=[self._http_errors])

@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiomqtt
 
+from cse.bindings.liveness import ProbeRecord, probe_request
 from cse.bindings.mqtt.acks import AckSequence, PendingAck, acknowledge_manually
+from cse.bindings.mqtt.client import MqttClient, MqttClientError
 from cse.bindings.mqtt.primitives import (
     Rejected,
     decode_primitive,
@@ -185,6 +187,8 @@ class MqttBinding:
         self._runner: asyncio.Task[None] | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
+        self._liveness = ProbeRecord()
+        self._prober: MqttClient | None = None
 
     @property
     def client_id(self) -> str:
@@ -218,7 +222,28 @@ class MqttBinding:
     async def __aexit__(self, *exc_info: object) -> None:
         await self._stop()
 
+    def liveness(self) -> ProbeRecord:
+        return self._liveness
+
+    async def probe(self, timeout: float = 2.0) -> bool:
+        """Publish a request on this CSE's own request topic, as a client would, and wait for
+        the answer to come back through the broker. The result is kept for `liveness()`."""
+        cse_id = self._cse.settings.cse_id
+        if self._prober is None:
+            identifier = f"{self.client_id}-probe"
+            self._prober = MqttClient(self.settings, cse_id, timeout=timeout, identifier=identifier)
+        request = probe_request(cse_id, self._cse.settings.cse_name)
+        try:
+            reply = await self._prober.send(cse_id, request)
+            alive = reply.request_id == request.request_id
+        except MqttClientError:
+            alive = False
+        self._liveness = self._liveness.after(alive)
+        return alive
+
     async def _stop(self) -> None:
+        if self._prober is not None:
+            await self._prober.close()
         self._stopping.set()
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
