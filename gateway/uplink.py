@@ -275,7 +275,10 @@ class Uplink:
             reply = await self.link.send(request)
         except UpstreamUnavailable as error:
             self._link_failed(str(error))
-            self._retry(item)
+            # No backoff of its own: the link's holds everything back, and ends as soon as
+            # the upstream answers anyone.
+            self._retry(item, held=False)
+            await self._announce()  # link_up changed
             return
         status = reply.status
         if status in _DELIVERED:
@@ -300,10 +303,11 @@ class Uplink:
             self._finished.append(item)
             self.metrics.rejected(item.priority)
 
-    def _retry(self, item: QueuedItem) -> None:
+    def _retry(self, item: QueuedItem, *, held: bool = True) -> None:
         base = min(self.settings.retry_max, self.settings.retry_min * 2 ** min(item.attempts, 16))
+        delay = base * random.uniform(0.5, 1.5) if held else 0.0
         with contextlib.suppress(sqlite3.Error):  # held back in memory all the same
-            self.outbox.postpone(item, _monotonic() + base * random.uniform(0.5, 1.5))
+            self.outbox.postpone(item, _monotonic() + delay)
         self.metrics.retried(item.priority)
 
     def _link_failed(self, reason: str) -> None:
@@ -330,7 +334,8 @@ class Uplink:
         try:
             self.outbox.delivered(self._finished, rejected=self._rejected)
         except sqlite3.Error:
-            return False  # the outbox reported it
+            asyncio.get_running_loop().create_task(self._announce())  # the outbox reported it
+            return False
         self._finished, self._rejected = [], 0
         self.metrics.observe_outbox(self.outbox)
         asyncio.get_running_loop().create_task(self._announce())

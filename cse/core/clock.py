@@ -30,12 +30,15 @@ class Clock(Protocol):
 class SystemClock:
     """The system's date, except that it never runs backwards.
 
-    When the wall clock steps back, `now()` goes on from the highest date it has reported, at
-    the pace of the monotonic clock, until the wall clock catches up: resources made after
-    the step are not dated before those made before it, and what was due to expire still
-    expires on time rather than a step later. A step forward is followed at once: it is
-    usually NTP correcting a clock that booted stale, and the date it brings is the truth.
+    A step of the wall clock forward is followed at once: it is usually NTP correcting a
+    clock that booted stale, and the date it brings is the truth. When the wall clock steps
+    back, `now()` does not: it goes on at half the pace of the monotonic clock until the wall
+    clock has caught up (after twice the step), like an NTP slew. Resources made after the
+    step are not dated before those made before it, and what was due to expire expires at
+    most twice as late instead of a whole step late.
     """
+
+    CATCH_UP_PACE = 0.5
 
     def __init__(
         self,
@@ -44,16 +47,17 @@ class SystemClock:
     ) -> None:
         self._wall = wall
         self._monotonic = monotonic
-        self._high = wall()  # the highest date reported so far
-        self._high_at = monotonic()  # when it was reported
+        self._last = wall()  # the last date reported
+        self._last_at = monotonic()  # when it was reported
 
     def now(self) -> float:
         wall, at = self._wall(), self._monotonic()
-        steady = self._high + (at - self._high_at)
-        if wall >= steady:
-            self._high, self._high_at = wall, at
-            return wall
-        return steady
+        if wall >= self._last:
+            date = wall
+        else:  # the wall clock stepped back: wait for it at a slower pace
+            date = self._last + (at - self._last_at) * self.CATCH_UP_PACE
+        self._last, self._last_at = date, at
+        return date
 
     def monotonic(self) -> float:
         return self._monotonic()
