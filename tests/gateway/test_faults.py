@@ -44,9 +44,19 @@ def _mirrored(arrivals: Arrivals, meter: str) -> list[str]:
 
 
 async def _health(gateway: RunningGateway) -> tuple[int, dict[str, object]]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway.ops_url}/health") as reply:
-            return reply.status, await reply.json()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.ops_url}/health") as reply,
+    ):
+        return reply.status, await reply.json()
+
+
+async def _metrics(gateway: RunningGateway) -> str:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gateway.ops_url}/metrics") as reply,
+    ):
+        return await reply.text()
 
 
 # ---- the outbox and the database it feeds from ------------------------------------------
@@ -203,46 +213,46 @@ async def test_the_sender_survives_an_outbox_that_cannot_record_deliveries(
 
 
 async def test_health_names_a_binding_that_does_not_answer(tmp_path: Path) -> None:
-    async with running_cse(upstream_config(tmp_path)) as upstream:
-        async with running_gateway(gateway_config(tmp_path, upstream.http.url)) as gateway:
-            status, health = await _health(gateway)
-            assert status == 200, health
-            assert health["bindings"]["http"]["alive"] is True  # type: ignore[index]
-            await gateway.cse.http.stop()
-            status, health = await _health(gateway)
-            assert status == 503
-            assert health["bindings"]["http"]["alive"] is False  # type: ignore[index]
-            assert "the http binding does not answer" in str(health["problems"])
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"{gateway.ops_url}/metrics") as reply:
-                    metrics = await reply.text()
-            assert 'gridm2m_binding_up{binding="http"} 0.0' in metrics
-            assert "gridm2m_healthy 0.0" in metrics
+    async with (
+        running_cse(upstream_config(tmp_path)) as upstream,
+        running_gateway(gateway_config(tmp_path, upstream.http.url)) as gateway,
+    ):
+        status, health = await _health(gateway)
+        assert status == 200, health
+        assert health["bindings"]["http"]["alive"] is True  # type: ignore[index]
+        await gateway.cse.http.stop()
+        status, health = await _health(gateway)
+        assert status == 503
+        assert health["bindings"]["http"]["alive"] is False  # type: ignore[index]
+        assert "the http binding does not answer" in str(health["problems"])
+        metrics = await _metrics(gateway)
+        assert 'gridm2m_binding_up{binding="http"} 0.0' in metrics
+        assert "gridm2m_healthy 0.0" in metrics
 
 
 async def test_health_names_a_task_that_is_down(tmp_path: Path) -> None:
-    async with running_cse(upstream_config(tmp_path)) as upstream:
-        async with running_gateway(gateway_config(tmp_path, upstream.http.url)) as gateway:
-            await gateway.registrar.registered.wait()
-            supervisor = gateway.cse.cse.supervisor
-            supervisor.backoff_min = supervisor.backoff_max = 3600  # stays down for the test
-            dap = gateway.cse.cse
-            await register_meter(dap, "mtr-1")
-            gateway.outbox.close()  # a bug of that kind: the feeder's next write raises
-            assert await post(dap, "mtr-1", "event", _alarm(1)) == RSC.CREATED
-            async with asyncio.timeout(TIMEOUT):
-                while not supervisor.down():
-                    await supervisor.wait_for_change()
-            status, health = await _health(gateway)
-            assert status == 503
-            assert health["tasks_down"] == [
-                {"task": "uplink feeder", "reason": "RuntimeError: the outbox is not open"}
-            ]
-            async with aiohttp.ClientSession() as session:
-                async with session.get(f"{gateway.ops_url}/metrics") as reply:
-                    metrics = await reply.text()
-            assert 'gridm2m_task_up{task="uplink feeder"} 0.0' in metrics
-            assert 'gridm2m_task_failures_total{task="uplink feeder"} 1.0' in metrics
+    async with (
+        running_cse(upstream_config(tmp_path)) as upstream,
+        running_gateway(gateway_config(tmp_path, upstream.http.url)) as gateway,
+    ):
+        await gateway.registrar.registered.wait()
+        supervisor = gateway.cse.cse.supervisor
+        supervisor.backoff_min = supervisor.backoff_max = 3600  # stays down for the test
+        dap = gateway.cse.cse
+        await register_meter(dap, "mtr-1")
+        gateway.outbox.close()  # a bug of that kind: the feeder's next write raises
+        assert await post(dap, "mtr-1", "event", _alarm(1)) == RSC.CREATED
+        async with asyncio.timeout(TIMEOUT):
+            while not supervisor.down():
+                await supervisor.wait_for_change()
+        status, health = await _health(gateway)
+        assert status == 503
+        assert health["tasks_down"] == [
+            {"task": "uplink feeder", "reason": "RuntimeError: the outbox is not open"}
+        ]
+        metrics = await _metrics(gateway)
+        assert 'gridm2m_task_up{task="uplink feeder"} 0.0' in metrics
+        assert 'gridm2m_task_failures_total{task="uplink feeder"} 1.0' in metrics
 
 
 # ---- the database file ------------------------------------------------------------------------

@@ -40,10 +40,11 @@ class Part:
         self.name = name
         self.config = config
         self.log = log
+        self.log_level = "INFO"
         self.child: Child | None = None
 
     async def start(self) -> str:
-        args = [self.name, "--config", str(self.config), "--log-level", "INFO"]
+        args = [self.name, "--config", str(self.config), "--log-level", self.log_level]
         try:
             self.child = await spawn(self.name, args, self.log.parent, "listening on")
         except RuntimeError as error:
@@ -56,6 +57,11 @@ class Part:
 
     async def kill(self) -> None:
         await self.stop(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int:
+        assert self.child is not None
+        return self.child.process.pid
 
 
 class System:
