@@ -17,8 +17,8 @@ import aiomqtt
 
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
 from cse.logs import install_repeat_filter
-from gridm2m import credentials
 from cse.storage.base import StorageError
+from gridm2m import credentials
 
 # Exit status of a part that cannot start until someone acts (a damaged database, or one in
 # use by another process): the systemd unit does not restart on it (RestartPreventExitStatus).
