@@ -212,6 +212,7 @@ async def test_a_full_disk_refuses_writes_cleanly_and_recovers_by_itself(
     assert not set(meter.refused) & set(at_the_mdms(messages, "mtr-1"))
     log = system.gateway.log.read_text()
     assert "Traceback" not in log and "rollback failed" not in log
+    assert "storage failure on" not in log  # no line per refused request
     assert log.count(f"database {tmp_path / 'dap.db'}: writes are failing") == 1, log
 
 
