@@ -84,7 +84,7 @@ class TokenBuckets:
     def take(self, key: str, now: float) -> float:
         """Take a token: 0.0 when there was one, else the seconds until there will be."""
         tokens, last = self._buckets.pop(key, (self.burst, now))
-        # max(): a wall clock stepped back must not drain the bucket.
+        # Monotonic time; max() keeps a bucket whole against any reading out of order.
         tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
         wait = 0.0
         if tokens >= 1.0:
@@ -157,7 +157,7 @@ class Quotas:
         if limits.requests_per_second is None or not originator or self.is_exempt(originator):
             return
         buckets = self._bucket("requests", limits.requests_per_second, limits.request_burst)
-        wait = buckets.take(originator, self._cse.clock.now())
+        wait = buckets.take(originator, self._cse.clock.monotonic())
         if wait:
             raise self._refuse(
                 Limit.REQUEST_RATE,
@@ -172,7 +172,7 @@ class Quotas:
         limits = self._cse.settings.limits
         if originator and self.is_exempt(originator):
             return
-        now = self._cse.clock.now()
+        now = self._cse.clock.monotonic()
         per_source = limits.registrations_per_minute_per_source
         if per_source is not None and request.source and not _is_loopback(request.source):
             buckets = self._bucket("registrations/source", per_source / 60.0, per_source)
