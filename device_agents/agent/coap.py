@@ -45,6 +45,7 @@ _CHANGED = const(68)  # 2.04
 _CONTENT = const(69)  # 2.05
 _CONTINUE = const(95)  # 2.31
 _BAD_REQUEST = const(128)  # 4.00
+_UNAUTHORIZED = const(129)  # 4.01
 _BAD_OPTION = const(130)  # 4.02
 _FORBIDDEN = const(131)  # 4.03
 _NOT_FOUND = const(132)  # 4.04
@@ -53,12 +54,15 @@ _REQUEST_ENTITY_INCOMPLETE = const(136)  # 4.08
 _REQUEST_ENTITY_TOO_LARGE = const(141)  # 4.13
 _INTERNAL_SERVER_ERROR = const(160)  # 5.00
 
+_OSCORE = const(9)
 URI_PATH = const(11)
 CONTENT_FORMAT = const(12)
+_MAX_AGE = const(14)
 _URI_QUERY = const(15)
 _ACCEPT = const(17)
 _BLOCK1 = const(27)
 _SIZE1 = const(60)
+_ECHO = const(252)
 M2M_TY = const(267)
 M2M_RVI = const(271)
 M2M_FR = const(279)
@@ -73,6 +77,7 @@ MAX_RETRANSMIT = const(4)
 _BLOCK_SZX = const(6)
 _BLOCK_SIZE = const(1024)
 _DATAGRAM_MAX = const(1152)  # a 1024 B block plus up to 127 B of header, token and options
+_OSCORE_MORE = const(32)  # OSCORE adds an option (<= 12 B), a code, a marker, an 8 B tag
 _ASSEMBLY_MAX = const(16384)  # largest NOTIFY body the listener reassembles
 _SEEN_MAX = const(4)  # answers kept to repeat for retransmitted CONs
 _POLL_MS = const(30000)  # serve() looks at close() at least this often
@@ -129,6 +134,15 @@ def encode(mtype, code, mid, token, options=(), payload=b""):
     """One datagram. `options`: (number, index, value) tuples in any order."""
     out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
     out.extend(token)
+    put_options(out, options)
+    if payload:
+        out.append(0xFF)
+        out.extend(payload)
+    return out
+
+
+def put_options(out, options):
+    """Append options, (number, index, value) tuples in any order, delta-encoded to `out`."""
     ordered = sorted(options)  # (number, index) is unique: an unstable sort is harmless
     previous = 0
     for number, _, value in ordered:
@@ -140,10 +154,6 @@ def encode(mtype, code, mid, token, options=(), payload=b""):
         out.extend(length_ext)
         out.extend(value)
         previous = number
-    if payload:
-        out.append(0xFF)
-        out.extend(payload)
-    return out
 
 
 class Message:
@@ -185,7 +195,16 @@ def decode(data):
     token_length = data[0] & 0x0F
     if token_length > 8 or 4 + token_length > size:
         raise ValueError("bad token length")
-    index = 4 + token_length
+    options, payload = read_options(data, 4 + token_length)
+    token = bytes(data[4 : 4 + token_length])
+    mid = data[2] << 8 | data[3]
+    return Message((data[0] >> 4) & 3, data[1], mid, token, options, payload)
+
+
+def read_options(data, index):
+    """(options, payload) from `index` on: a datagram's, or an OSCORE plaintext's after its
+    code byte. ValueError when they are malformed."""
+    size = len(data)
     options = []
     number = 0
     try:
@@ -205,9 +224,7 @@ def decode(data):
         if index + 1 == size:
             raise ValueError("payload marker without payload")
         payload = bytes(data[index + 1 : size])
-    token = bytes(data[4 : 4 + token_length])
-    mid = data[2] << 8 | data[3]
-    return Message((data[0] >> 4) & 3, data[1], mid, token, options, payload)
+    return options, payload
 
 
 class CoapClient:
@@ -220,6 +237,7 @@ class CoapClient:
         ack_timeout_ms=ACK_TIMEOUT_MS,
         max_retransmit=MAX_RETRANSMIT,
         response_timeout_ms=30000,
+        oscore=None,
     ):
         self.host = host
         self.port = port
@@ -229,7 +247,9 @@ class CoapClient:
         self._sock = None
         # CPython receives into a buffer; MicroPython's recv() allocates (see compat.receive).
         self._buffer = None if compat.IS_MICROPYTHON else bytearray(_DATAGRAM_MAX)
-        self._out = bytearray(_DATAGRAM_MAX)  # every request datagram is built here
+        self.oscore = oscore  # an oscore.Context: every request protected, every answer checked
+        # Every request datagram is built here.
+        self._out = bytearray(_DATAGRAM_MAX + (_OSCORE_MORE if oscore else 0))
         self._reply_max = _DATAGRAM_MAX
         self._mid = compat.random_bits(16)
         self._lock = None
@@ -275,9 +295,34 @@ class CoapClient:
         async with self._lock:
             self._reply_max = reply_max
             if total <= _BLOCK_SIZE:
-                datagram = self._datagram(code, numbered, token, parts, 0, total)
-                return await self._exchange(datagram, self._mid, token)
+                return await self._round_trip(code, numbered, token, parts, 0, total)
             return await self._blockwise(code, numbered, parts, total, token)
+
+    async def _round_trip(self, code, options, token, parts, offset, size):
+        """Send one request datagram (bytes [offset, offset + size) of the body); its answer,
+        unprotected under OSCORE."""
+        oscore = self.oscore
+        if oscore is None:
+            datagram = self._datagram(code, options, token, parts, offset, size)
+            return await self._exchange(datagram, self._mid, token)
+        piv, datagram = oscore.request_datagram(
+            self._out, self._next_mid(), code, options, token, parts, offset, size
+        )
+        reply = oscore.open_reply(await self._exchange(datagram, self._mid, token), piv)
+        echo = reply.option(_ECHO) if reply.code == _UNAUTHORIZED else None
+        if echo is None:
+            return reply
+        # The server lost its replay window (it restarted): it takes the same request again,
+        # with a new sequence number, if it carries the Echo value (RFC 8613 B.1.2).
+        oscore.echo_rounds += 1
+        options = options + [(_ECHO, 0, echo)]
+        piv, datagram = oscore.request_datagram(
+            self._out, self._next_mid(), code, options, token, parts, offset, size
+        )
+        reply = oscore.open_reply(await self._exchange(datagram, self._mid, token), piv)
+        if reply.code == _UNAUTHORIZED and reply.option(_ECHO) is not None:
+            raise LinkError("the DAP did not take its own Echo value")
+        return reply
 
     def _datagram(self, code, options, token, parts, offset, size):
         """A CON carrying bytes [offset, offset + size) of the body, built in the client's
@@ -304,8 +349,7 @@ class CoapClient:
             if offset == 0:
                 block.append((_SIZE1, 0, uint(total)))
             chunk = size if offset + size <= total else total - offset
-            datagram = self._datagram(code, block, token, parts, offset, chunk)
-            reply = await self._exchange(datagram, self._mid, token)
+            reply = await self._round_trip(code, block, token, parts, offset, chunk)
             if not more or reply.code != _CONTINUE:
                 return reply
             offset += size
@@ -463,8 +507,9 @@ def m2m_response(message, decode):
 class CoapListener:
     """Answers NOTIFY requests (POST) that arrive on `port` (0: any; `self.port` tells)."""
 
-    def __init__(self, handler, decode, host="0.0.0.0", port=0):
+    def __init__(self, handler, decode, host="0.0.0.0", port=0, oscore=None):
         self.handler = handler  # handler(primitive) -> rsc (None counts as 2000)
+        self.oscore = oscore  # an oscore.Context: then only protected requests are taken
         self.decode = decode  # decode(data, cbor) -> content
         self.host = host
         self.port = port
@@ -559,7 +604,24 @@ class CoapListener:
         return answer
 
     def _respond(self, request, peer):
-        """(code, options, payload) for a request."""
+        """(code, options, payload) for a request: under OSCORE, the outer ones."""
+        oscore = self.oscore
+        if oscore is None:
+            return self._respond_inner(request, peer)
+        if request.option(_OSCORE) is None:
+            # A meter with keys takes commands from its gateway only: a plain NOTIFY (a
+            # disconnect from anyone on the LAN) never reaches the handler.
+            return _UNAUTHORIZED, [(_MAX_AGE, 0, b"")], b""
+        inner, piv, challenge = oscore.open_request(request)
+        if piv is None:  # refused (RFC 8613 §8.2): unprotected, never cached by anyone
+            return inner, [(_MAX_AGE, 0, b"")], b""
+        if challenge:
+            return oscore.seal_reply(piv, _UNAUTHORIZED, oscore.echo_challenge(), b"", True)
+        code, options, payload = self._respond_inner(inner, peer)
+        return oscore.seal_reply(piv, code, options, payload)
+
+    def _respond_inner(self, request, peer):
+        """(code, options, payload) for a (plain or unprotected) request."""
         echo = [(M2M_RVI, 0, b"3")]
         rqi = request.option(M2M_RQI)
         if rqi is not None:
@@ -622,6 +684,25 @@ class CoapListener:
 # ---- the Dap's CoAP transport ----------------------------------------------------------------
 
 
+def security_context(config):
+    """The meter's OSCORE context when its config has keys, else None (and the OSCORE module
+    is not loaded). config["oscore"]: {"kid", "secret", "salt"} in hex; config["oscore_state"]:
+    the file of the sequence number (default "oscore.seq"), or an object with load() and
+    save(value) (the fleet keeps it in memory)."""
+    keys = config.get("oscore")
+    if not keys:
+        return None
+    try:
+        from . import oscore
+    except ImportError:
+        import oscore
+    store = config.get("oscore_state") or "oscore.seq"
+    if isinstance(store, str):
+        store = oscore.SequenceFile(store)
+    salt = bytes.fromhex(keys.get("salt") or "")
+    return oscore.Context(bytes.fromhex(keys["kid"]), bytes.fromhex(keys["secret"]), salt, store)
+
+
 class CoapLink:
     """The Dap's transport over CoAP: requests through a CoapClient, notifications through a
     CoapListener; the poa is coap://<poa_host>:<listener port> (?ct=cbor for a CBOR meter)."""
@@ -630,18 +711,21 @@ class CoapLink:
         self.dap = dap
         host = config["dap_host"]
         port = config.get("dap_port") or 5683
+        oscore = security_context(config)
         self.client = CoapClient(
             host,
             port,
             config.get("coap_ack_timeout_ms") or ACK_TIMEOUT_MS,
             config.get("coap_max_retransmit", MAX_RETRANSMIT),
             dap.timeout_ms,
+            oscore,
         )
         self.listener = CoapListener(
             dap.notified_with,
             dap.decode,
             config.get("listen_host") or "0.0.0.0",
             config.get("listen_port") or 0,
+            oscore,
         )
         self.poa_host = config.get("poa_host") or compat.local_host(host, port)
         self.format = _FORMAT_CBOR if dap.cbor else _FORMAT_JSON

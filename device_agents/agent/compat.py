@@ -17,7 +17,8 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   reading needs no block of that size on a small heap;
 - `ucbor()`, `jsonparts()`: the CBOR and the JSON-in-pieces modules, each imported when
   first asked for (a meter loads the one of its serialization);
-- `LinkError`: "not delivered", raised by both transports.
+- `LinkError`: "not delivered", raised by both transports;
+- CPython only: `aes_ccm(key)`, OSCORE's AES-CCM from `cryptography` (see oscore.py).
 """
 
 import asyncio
@@ -78,6 +79,7 @@ else:  # CPython: the fleet emulator and the tests (the module never goes into a
     wait_readable = _host.wait_readable
     receive = _host.receive
     host_address = _host.host_address
+    aes_ccm = _host.AesCcm  # OSCORE's cipher (a board builds its own on cryptolib)
 
 
 def ucbor():

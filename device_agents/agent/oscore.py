@@ -1,0 +1,360 @@
+"""OSCORE (RFC 8613) for a meter's CoAP link: object security for every request and answer.
+
+Loaded only by a meter whose config has OSCORE keys. The profile (docs/security.md):
+AES-CCM-16-64-128 (COSE alg 10), HKDF-SHA256, no ID Context; the meter's Sender ID is its
+kid, the gateway's is the empty byte string; replay window 32; every option but Uri-Host,
+Uri-Port, Proxy-Uri, Proxy-Scheme and OSCORE is inner (encrypted, Block1 included); the outer
+code is POST for a request and 2.04 for an answer.
+
+Layers, bottom up:
+
+- `AesCcm`: AES-CCM with a 13-byte nonce and an 8-byte tag (RFC 3610) built on AES-ECB
+  (`cryptolib.aes(key, 1)`), encrypting in place so a 1 KB block needs no second buffer.
+  CPython (the fleet) uses `cryptography`'s AESCCM instead, through compat.
+- HKDF-SHA256 (RFC 5869) with a hand-written HMAC (MicroPython has no hmac module).
+- `Context`: the keys, the nonce and AAD of RFC 8613 §5, the sender sequence number
+  (persisted in chunks: a reboot never reuses a nonce), the replay window for requests from
+  the gateway, and the Echo value (RFC 9175) that rebuilds the window after a reboot.
+- Message glue for coap.py: `request_datagram` (a protected request built in the client's
+  one buffer), `open_reply`, `open_request` and `seal_reply` (the listener's side).
+
+The sequence store is any object with `load()` (the next number to use, 0 for a new context)
+and `save(value)`; `SequenceFile` keeps it in a small file (config key `oscore_state`).
+"""
+
+import hashlib
+
+try:
+    from . import coap, compat
+except ImportError:
+    import coap
+    import compat
+
+const = compat.const
+LinkError = compat.LinkError
+
+OSCORE = const(9)
+ECHO = const(252)
+_TAG = const(8)
+_WINDOW = const(32)
+_CHUNK = const(64)  # sequence numbers reserved per write of the state file
+_CHANGED = const(68)  # 2.04, the outer code of every protected answer
+_BAD_REQUEST = const(128)  # 4.00
+_UNAUTHORIZED = const(129)  # 4.01
+_BAD_OPTION = const(130)  # 4.02
+_OUTER = (3, 7, 35, 39)  # Uri-Host, Uri-Port, Proxy-Uri, Proxy-Scheme: class U
+
+
+def _hmac(key, data):
+    """HMAC-SHA256 (RFC 2104) for keys up to 64 bytes."""
+    pad = bytearray(64)
+    pad[: len(key)] = key
+    for index in range(64):
+        pad[index] ^= 0x36
+    digest = hashlib.sha256(pad)
+    digest.update(data)
+    inner = digest.digest()
+    for index in range(64):
+        pad[index] ^= 0x36 ^ 0x5C
+    digest = hashlib.sha256(pad)
+    digest.update(inner)
+    return digest.digest()
+
+
+def _derive(prk, ident, kind, size):
+    """HKDF-Expand of RFC 8613 §3.2.1: info = [id, nil, 10, kind, size] in CBOR; size <= 32."""
+    info = bytes((0x85, 0x40 | len(ident))) + ident + b"\xf6\x0a"
+    info += bytes((0x60 | len(kind),)) + kind + bytes((size,))
+    return _hmac(prk, info + b"\x01")[:size]
+
+
+def _aad(kid, piv):
+    """The Enc_structure ["Encrypt0", h'', external_aad] of RFC 8613 §5.4, in CBOR."""
+    external = b"\x85\x01\x81\x0a" + bytes((0x40 | len(kid),)) + kid
+    external += bytes((0x40 | len(piv),)) + piv + b"\x40"
+    return b"\x83\x68Encrypt0\x40" + bytes((0x40 | len(external),)) + external
+
+
+def _piv(number):
+    """A sequence number as a Partial IV: big-endian, no leading zeros, 0 as one byte."""
+    out = coap.uint(number)
+    return out if out else b"\x00"
+
+
+class AesCcm:
+    """AES-CCM, 13-byte nonce (L = 2), 8-byte tag, on AES-ECB (`ecb.encrypt(in, out)`)."""
+
+    def __init__(self, key, ecb=None):
+        if ecb is None:
+            import cryptolib
+
+            ecb = cryptolib.aes(key, 1)
+        self._ecb = ecb
+        self._mac = bytearray(16)
+        self._counter = bytearray(16)
+        self._stream = bytearray(16)
+
+    def _mac_of(self, nonce, aad, data):
+        mac = self._mac
+        mac[0] = 0x59  # flags: AAD present, tag (8 - 2) / 2 << 3, L - 1
+        mac[1:14] = nonce
+        mac[14] = len(data) >> 8
+        mac[15] = len(data) & 0xFF
+        self._ecb.encrypt(mac, mac)
+        self._absorb(bytes((len(aad) >> 8, len(aad) & 0xFF)) + aad)
+        self._absorb(data)
+        return mac
+
+    def _absorb(self, data):
+        mac = self._mac
+        ecb = self._ecb
+        size = len(data)
+        for start in range(0, size, 16):
+            for index in range(min(16, size - start)):
+                mac[index] ^= data[start + index]
+            ecb.encrypt(mac, mac)
+
+    def _crypt(self, nonce, index, data):
+        """XOR data with the key stream from counter block `index` on (CTR mode)."""
+        counter = self._counter
+        stream = self._stream
+        counter[0] = 1  # flags: L - 1
+        counter[1:14] = nonce
+        size = len(data)
+        for start in range(0, size, 16):
+            counter[14] = index >> 8
+            counter[15] = index & 0xFF
+            self._ecb.encrypt(counter, stream)
+            for offset in range(min(16, size - start)):
+                data[start + offset] ^= stream[offset]
+            index += 1
+
+    def _tag(self, nonce, aad, data):
+        tag = bytearray(self._mac_of(nonce, aad, data)[:_TAG])
+        self._crypt(nonce, 0, tag)
+        return tag
+
+    def seal(self, nonce, aad, data):
+        """Encrypt `data` (a bytearray or a view of one) in place; the tag."""
+        tag = self._tag(nonce, aad, data)
+        self._crypt(nonce, 1, data)
+        return tag
+
+    def open(self, nonce, aad, data, tag):
+        """Decrypt `data` in place; False (data is garbage then) when the tag does not match."""
+        self._crypt(nonce, 1, data)
+        expected = self._tag(nonce, aad, data)
+        differ = len(tag) ^ _TAG
+        for index in range(min(len(tag), _TAG)):
+            differ |= expected[index] ^ tag[index]
+        return differ == 0
+
+
+def _cipher(key):
+    # The fleet runs thousands of meters in one CPython process: no pure-Python AES there.
+    if compat.IS_MICROPYTHON:
+        return AesCcm(key)
+    return compat.aes_ccm(key)
+
+
+class SequenceFile:
+    """The next sender sequence number a meter may use, in a small file (config
+    `oscore_state`). A missing file is a new context (0); an unreadable one raises
+    ValueError: guessing could reuse a nonce, so the meter needs new keys."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def load(self):
+        try:
+            with open(self.path) as stored:
+                text = stored.read()
+        except OSError:
+            return 0
+        return int(text.strip())
+
+    def save(self, value):
+        import os
+
+        temporary = self.path + ".new"
+        with open(temporary, "w") as stored:
+            stored.write(str(value))
+        os.rename(temporary, self.path)  # atomic: a reset mid-write keeps the old mark
+
+
+def parse_option(value):
+    """(Partial IV or None, kid or None) of an OSCORE option; ValueError if malformed."""
+    if not value:
+        return None, None
+    flags = value[0]
+    if flags & 0xE0 or flags & 0x10 or flags & 7 > 5:
+        raise ValueError("OSCORE option flags this profile does not use")
+    end = 1 + (flags & 7)
+    if len(value) < end:
+        raise ValueError("OSCORE option cut short")
+    piv = bytes(value[1:end]) if flags & 7 else None
+    kid = bytes(value[end:]) if flags & 8 else None
+    return piv, kid
+
+
+class Context:
+    """The OSCORE security context a meter shares with its gateway."""
+
+    def __init__(self, kid, secret, salt, store=None):
+        if not 1 <= len(kid) <= 7:
+            raise ValueError("an OSCORE kid has 1 to 7 bytes")
+        self.kid = kid
+        prk = _hmac(salt, secret)
+        self._sender = _cipher(_derive(prk, kid, b"Key", 16))
+        self._recipient = _cipher(_derive(prk, b"", b"Key", 16))
+        self._common_iv = _derive(prk, b"", b"IV", 13)
+        self._store = store
+        self.sequence = store.load() if store is not None else 0
+        self._reserved = self.sequence
+        self._top = None  # highest sequence number the gateway used; None: unknown (Echo)
+        self._seen = 0  # bit i: number _top - i was seen
+        self._echo = None  # the Echo value this meter asked the gateway to repeat
+        self.echo_rounds = 0  # times a server asked this meter to repeat an Echo
+
+    def nonce(self, ident, piv):
+        out = bytearray(13)
+        out[0] = len(ident)
+        out[8 - len(ident) : 8] = ident
+        out[13 - len(piv) :] = piv
+        common = self._common_iv
+        for index in range(13):
+            out[index] ^= common[index]
+        return out
+
+    def next_piv(self):
+        """A fresh Partial IV; the store learns of a new chunk before its first number goes."""
+        number = self.sequence
+        if number >= self._reserved:
+            self._reserved = number + _CHUNK
+            if self._store is not None:
+                self._store.save(self._reserved)
+        self.sequence = number + 1
+        return _piv(number)
+
+    # ---- the meter as a client ---------------------------------------------------------------
+
+    def request_datagram(self, out, mid, code, options, token, parts, offset, size):
+        """A protected CON for bytes [offset, offset + size) of the body, built in `out`;
+        the Partial IV it used (open_reply needs it) and the datagram (a view of `out`)."""
+        piv = self.next_piv()
+        inner = []
+        outer = [(OSCORE, 0, bytes((len(piv) | 8,)) + piv + self.kid)]
+        for option in options:
+            (outer if option[0] in _OUTER else inner).append(option)
+        head = coap.encode(coap.CON, coap.POST, mid, token, outer)
+        head.append(0xFF)  # the ciphertext is the outer payload
+        plain = bytearray((code,))
+        coap.put_options(plain, inner)
+        if size:
+            plain.append(0xFF)
+        start = len(head)
+        body = start + len(plain)
+        view = memoryview(out)
+        view[:start] = head
+        view[start:body] = plain
+        if size:
+            body += compat.take_into(parts, offset, view[body : body + size])
+        tag = self._sender.seal(self.nonce(self.kid, piv), _aad(self.kid, piv), view[start:body])
+        view[body : body + _TAG] = tag
+        return piv, view[: body + _TAG]
+
+    def open_reply(self, reply, request_piv):
+        """The inner answer to our request `request_piv`. LinkError for an answer that is
+        unprotected (nobody vouches for it: a forged 4.01 must not drop a message) or that
+        does not verify."""
+        value = reply.option(OSCORE)
+        if value is None:
+            raise LinkError(f"the DAP answered {reply.code >> 5}.{reply.code & 31:02d} unprotected")
+        try:
+            piv, _ = parse_option(value)
+        except ValueError:
+            raise LinkError("an answer with a malformed OSCORE option") from None
+        # An answer without a Partial IV reuses the request's nonce.
+        nonce = self.nonce(self.kid, request_piv) if piv is None else self.nonce(b"", piv)
+        return self._open(self._recipient, nonce, _aad(self.kid, request_piv), reply)
+
+    def _open(self, cipher, nonce, aad, message):
+        sealed = message.payload
+        if len(sealed) <= _TAG:
+            raise LinkError("a protected message too short to verify")
+        plain = bytearray(sealed[:-_TAG])
+        if not cipher.open(nonce, aad, plain, sealed[-_TAG:]):
+            raise LinkError("a protected message that does not verify")
+        options, payload = coap.read_options(plain, 1)
+        return coap.Message(message.type, plain[0], message.mid, message.token, options, payload)
+
+    # ---- the meter as a server (notifications from the gateway) ------------------------------
+
+    def _fresh(self, number):
+        if number > self._top:
+            return True
+        age = self._top - number
+        return age < _WINDOW and not (self._seen >> age) & 1
+
+    def _strike(self, number):
+        if self._top is None or number - self._top >= _WINDOW:
+            self._top, self._seen = number, 1
+        elif number > self._top:
+            self._seen = (self._seen << (number - self._top) | 1) & 0xFFFFFFFF
+            self._top = number
+        else:
+            self._seen |= 1 << (self._top - number)
+
+    def open_request(self, request):
+        """(inner request, Partial IV, needs Echo) or (CoAP code of the refusal, None, None).
+
+        The refusals are those of RFC 8613 §8.2: a malformed option 4.02, a request that is
+        not from the gateway or a replay 4.01, one that does not verify 4.00. After a reboot
+        the window is unknown: a request is taken only if it repeats the Echo value this meter
+        sent (`needs Echo` True: answer with `echo_challenge()`)."""
+        try:
+            piv, kid = parse_option(request.option(OSCORE))
+        except ValueError:
+            return _BAD_OPTION, None, None
+        if piv is None or kid != b"" or request.code != coap.POST:
+            return _UNAUTHORIZED, None, None
+        number = int.from_bytes(piv, "big")
+        if self._top is not None and not self._fresh(number):
+            return _UNAUTHORIZED, None, None
+        try:
+            inner = self._open(self._recipient, self.nonce(b"", piv), _aad(b"", piv), request)
+        except (LinkError, ValueError):
+            return _BAD_REQUEST, None, None
+        if self._top is None:
+            echo = inner.option(ECHO)
+            if self._echo is None or echo != self._echo:
+                return inner, piv, True
+        self._strike(number)
+        return inner, piv, False
+
+    def echo_challenge(self):
+        """The inner option of a 4.01 that asks the gateway to repeat its request with Echo."""
+        if self._echo is None:
+            self._echo = compat.random_bits(32).to_bytes(4, "big")
+            self._echo += compat.random_bits(32).to_bytes(4, "big")
+        return [(ECHO, 0, self._echo)]
+
+    def seal_reply(self, request_piv, code, options, payload, fresh=False):
+        """The outer (2.04, options, payload) of a protected answer to the gateway's request.
+        An answer reuses the request's nonce, except a `fresh` one (the Echo challenge, which
+        may answer a replay) that takes a Partial IV of its own."""
+        plain = bytearray((code,))
+        coap.put_options(plain, options)
+        if payload:
+            plain.append(0xFF)
+            plain.extend(payload)
+        if fresh:
+            piv = self.next_piv()
+            nonce = self.nonce(self.kid, piv)
+            value = bytes((len(piv),)) + piv
+        else:
+            nonce = self.nonce(b"", request_piv)
+            value = b""
+        tag = self._sender.seal(nonce, _aad(b"", request_piv), plain)
+        plain.extend(tag)
+        return _CHANGED, [(OSCORE, 0, value)], plain
