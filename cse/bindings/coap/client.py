@@ -3,11 +3,17 @@
 One aiocoap client context per process does the CoAP work (CON retransmission, Block1 for
 large requests, Block2 reassembly of large answers); the codec builds and reads the messages.
 Every failure to get an answer (unreachable, timed out, unreadable) becomes a DeliveryError.
+
+A request to a meter with OSCORE keys is protected with the keys' security context (shared with
+the CoapServer through one `OscoreContexts`), its body sent as inner Block1 when over 1024 bytes,
+and its answer verified; a meter that lost its replay window after a reboot answers 4.01 with
+an Echo value, and the request goes once more carrying it (RFC 8613 B.1.2).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -21,19 +27,36 @@ from cse.bindings.coap.codec import (
     reply_status,
 )
 from cse.bindings.coap.messages import raw_options, to_aiocoap
+from cse.bindings.coap.oscore import (
+    OscoreContexts,
+    OscoreKeys,
+    SecurityContext,
+    open_answer,
+    protect_request,
+)
 from cse.core.errors import M2MError
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response
 from cse.core.types import Operation
 from cse.serialization import CBOR, JSON
 
+_BLOCK_SIZE = 1024  # an OSCORE request's inner Block1 size (szx 6), as a meter's listener takes
+_BLOCK_SZX = 6
+
 
 class CoapClient:
     """One client context for everything this process sends over CoAP."""
 
-    def __init__(self, *, timeout: float = 10.0, serialization: str = JSON) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        serialization: str = JSON,
+        oscore: OscoreContexts | None = None,
+    ) -> None:
         self._timeout = timeout
         self._serialization = serialization
+        self._oscore = oscore  # the CoapServer's: one sequence number space per meter
         self._context: aiocoap.Context | None = None
         self._opening = asyncio.Lock()
 
@@ -59,17 +82,64 @@ class CoapClient:
                 await self._context.shutdown()
                 self._context = None
 
-    async def exchange(self, base_url: str, message: CoapMessage) -> aiocoap.Message:
-        """Send `message` to the peer in base_url (coap://host:port[/prefix]); return its answer."""
+    async def exchange(
+        self, base_url: str, message: CoapMessage, *, keys: OscoreKeys | None = None
+    ) -> aiocoap.Message:
+        """Send `message` to the peer in base_url (coap://host:port[/prefix]); return its answer
+        (with `keys`: protected with OSCORE, and the verified inner answer)."""
         context = await self._open()
         try:
             request = to_aiocoap(message, uri=base_url)
             async with asyncio.timeout(self._timeout):
-                return await context.request(request).response
+                if keys is None:
+                    return await context.request(request).response
+                return await self._protected(context, self._security(keys), request)
         except TimeoutError as error:
             raise DeliveryError(f"{base_url}: no answer within {self._timeout} s") from error
         except (aiocoap.error.Error, OSError, ValueError) as error:
             raise DeliveryError(f"{base_url}: {error}") from error
+
+    def _security(self, keys: OscoreKeys) -> SecurityContext:
+        if self._oscore is None:
+            raise ValueError("OSCORE keys given to a CoapClient made without OscoreContexts")
+        return self._oscore.for_keys(keys)
+
+    async def _protected(
+        self, context: aiocoap.Context, security: SecurityContext, request: aiocoap.Message
+    ) -> aiocoap.Message:
+        """Inner block-wise: each 1024-byte block is a request of its own, protected alone."""
+        payload = request.payload
+        if len(payload) <= _BLOCK_SIZE:
+            return await self._protected_once(context, security, request)
+        answer = None
+        for start in range(0, len(payload), _BLOCK_SIZE):
+            more = start + _BLOCK_SIZE < len(payload)
+            block = request.copy(
+                payload=payload[start : start + _BLOCK_SIZE],
+                block1=(start // _BLOCK_SIZE, more, _BLOCK_SZX),
+                size1=len(payload) if start == 0 else None,
+            )
+            answer = await self._protected_once(context, security, block)
+            if more and answer.code != aiocoap.CONTINUE:
+                return answer  # refused midway
+        assert answer is not None
+        return answer
+
+    async def _protected_once(
+        self, context: aiocoap.Context, security: SecurityContext, request: aiocoap.Message
+    ) -> aiocoap.Message:
+        for attempt in range(2):
+            outer, request_id = protect_request(security, request)
+            outer.remote = request.remote
+            reply = await context.request(outer, handle_blockwise=False).response
+            answer = open_answer(security, reply, request_id)
+            echo = answer.opt.echo if answer.code == aiocoap.UNAUTHORIZED else None
+            if echo is None or attempt:
+                return answer
+            # The meter rebooted and lost its replay window: it takes the request again if it
+            # repeats this Echo value (a recorded request cannot).
+            request = request.copy(echo=echo)
+        raise AssertionError("unreachable")
 
     async def send(self, base_url: str, request: Request) -> Response:
         """Send a request primitive to the CSE at base_url (coap://host:port)."""
@@ -85,10 +155,19 @@ class CoapClient:
 
 
 class CoapSender:
-    """Delivers NOTIFY primitives to coap:// targets (a `?ct=cbor` picks CBOR)."""
+    """Delivers NOTIFY primitives to coap:// targets (a `?ct=cbor` picks CBOR).
 
-    def __init__(self, client: CoapClient) -> None:
+    `keys_for(target)` (e.g. `OscoreKeyring.keys_for_originator`) names the OSCORE keys of a
+    notification's target (its `to`, the AE-ID); a target with keys is only ever notified
+    protected."""
+
+    def __init__(
+        self,
+        client: CoapClient,
+        keys_for: Callable[[str], OscoreKeys | None] | None = None,
+    ) -> None:
         self._client = client
+        self._keys_for = keys_for
 
     async def send(self, url: str, primitive: dict[str, Any]) -> int:
         parts = urlsplit(url)
@@ -103,5 +182,8 @@ class CoapSender:
             )
         except (TypeError, ValueError) as error:
             raise DeliveryError(f"{url}: content cannot be sent as {serialization}") from error
-        reply = await self._client.exchange(f"coap://{parts.netloc}", message)
+        keys = None
+        if self._keys_for is not None and isinstance(primitive.get("to"), str):
+            keys = self._keys_for(primitive["to"])
+        reply = await self._client.exchange(f"coap://{parts.netloc}", message, keys=keys)
         return reply_status(int(reply.code), raw_options(reply), Operation.NOTIFY)

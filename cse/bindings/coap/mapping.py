@@ -25,6 +25,7 @@ class Code(IntEnum):
     CONTENT = 69  # 2.05
     CONTINUE = 95  # 2.31
     BAD_REQUEST = 128  # 4.00
+    UNAUTHORIZED = 129  # 4.01
     BAD_OPTION = 130  # 4.02
     FORBIDDEN = 131  # 4.03
     NOT_FOUND = 132  # 4.04

@@ -7,6 +7,11 @@ resource itself only decodes (codec.py), calls `CommonServicesEntity.handle()` a
 What aiocoap leaves to resources is checked here on every block, before anything is stored:
 unknown critical options (4.02) and the body size limit (4.13); a Block1 sequence with a hole
 becomes 4.08 instead of aiocoap's 5.00.
+
+With an OSCORE keyring (oscore.py), a protected request is opened first and then handled exactly
+as a plain one (option checks, Block1 reassembly of the inner blocks, the codec, the core), as
+the principal of the keys that opened it; every answer to it, the binding's own refusals and
+2.31 Continue included, is sealed. With `allow_plain=False` an unprotected request gets 4.01.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import aiocoap  # type: ignore[import-untyped]
 from aiocoap import resource
 from aiocoap.blockwise import Block1Spool, IncompleteException  # type: ignore[import-untyped]
+from aiocoap.error import RenderableError  # type: ignore[import-untyped]
 
 from cse.bindings.coap.codec import (
     OptionRejected,
@@ -33,7 +39,9 @@ from cse.bindings.coap.codec import (
 )
 from cse.bindings.coap.mapping import Code
 from cse.bindings.coap.messages import raw_options, to_aiocoap
+from cse.bindings.coap.oscore import OscoreContexts, OscoreKeyring, OscoreRefused, open_request
 from cse.core.errors import M2MError
+from cse.core.identity import Principal
 from cse.core.types import ResponseStatusCode as RSC
 
 if TYPE_CHECKING:
@@ -65,25 +73,55 @@ class _Block1Assembly(Block1Spool):  # type: ignore[misc]
 class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[misc]
     """The whole URI space of the CSE: every path is a oneM2M target, decoded by the codec."""
 
-    def __init__(self, cse: CommonServicesEntity, max_body_size: int) -> None:
+    def __init__(
+        self,
+        cse: CommonServicesEntity,
+        max_body_size: int,
+        oscore: OscoreContexts | None = None,
+        allow_plain: bool = True,
+    ) -> None:
         super().__init__()
         self._cse = cse
         self._max_body_size = max_body_size
+        self._oscore = oscore
+        self._allow_plain = allow_plain
         self._block1 = _Block1Assembly()
 
     async def render_to_pipe(self, pipe: Any) -> None:
         request = pipe.request
+        if self._oscore is not None and request.opt.oscore is not None:
+            try:
+                opened = open_request(self._oscore, request)
+            except OscoreRefused as refused:
+                pipe.add_response(refused.answer, is_last=True)
+                return
+            answer = await self._answer(opened.request, opened.principal)
+            pipe.add_response(opened.seal(answer), is_last=True)
+        elif self._allow_plain:
+            pipe.add_response(await self._answer(request, Principal.unproven()), is_last=True)
+        else:
+            refusal = _Refused(Code.UNAUTHORIZED, "this CSE takes OSCORE-protected requests only")
+            pipe.add_response(self._refusal(request, refusal), is_last=True)
+
+    async def _answer(self, request: aiocoap.Message, principal: Principal) -> aiocoap.Message:
+        """The answer to a plain or opened request, for each block (2.31 until the last)."""
         try:
             self._admit(request)
-            await super().render_to_pipe(pipe)
-            return
+            whole = self._block1.feed_and_take(request)
+            answer = await self._block2.extract_or_insert(
+                whole, lambda: self._render(whole, principal)
+            )
+            answer.opt.block1 = whole.opt.block1
+            return answer
         except _Refused as error:
             refusal = error
         except IncompleteException:
             refusal = _Refused(Code.REQUEST_ENTITY_INCOMPLETE, "block-wise transfer incomplete")
         except aiocoap.error.BadRequest as error:  # a block whose size contradicts its Block1
             refusal = _Refused(Code.BAD_REQUEST, str(error) or "malformed block-wise transfer")
-        pipe.add_response(self._refusal(request, refusal), is_last=True)
+        except RenderableError as error:  # 2.31 Continue: more blocks to come
+            return error.to_message()
+        return self._refusal(request, refusal)
 
     def _admit(self, request: aiocoap.Message) -> None:
         try:
@@ -105,7 +143,7 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
             message.opt.size1 = refusal.size1  # RFC 7959 §2.9.3: the largest body accepted
         return message
 
-    async def render(self, request: aiocoap.Message) -> aiocoap.Message:
+    async def _render(self, request: aiocoap.Message, principal: Principal) -> aiocoap.Message:
         options = raw_options(request)
         try:
             primitive, serialization = decode_request(int(request.code), options, request.payload)
@@ -116,6 +154,8 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
             logger.exception("could not read the CoAP request %r", request)
             status = RSC.INTERNAL_SERVER_ERROR
             return to_aiocoap(error_reply(options, status, "internal error"))
+        if principal.is_proven:
+            primitive = replace(primitive, principal=principal)
         response = await self._cse.handle(primitive)
         return to_aiocoap(encode_response(response, primitive.operation, serialization))
 
@@ -284,7 +324,15 @@ class CoapServer:
         max_body_size: int = 64 * 1024,
         max_latency: float | None = None,  # seconds; None keeps RFC 7252's 100 s
         liveness_interval: float | None = 10.0,  # seconds between pings; None: no watchdog
+        oscore: OscoreKeyring | OscoreContexts | None = None,
+        allow_plain: bool = True,
     ) -> None:
+        if oscore is None and not allow_plain:
+            raise ValueError("allow_plain=False needs an OSCORE keyring: nothing could get in")
+        if oscore is not None and not isinstance(oscore, OscoreContexts):
+            oscore = OscoreContexts(oscore)
+        self.oscore = oscore  # hand it to the CoapClient that notifies meters
+        self._allow_plain = allow_plain
         self._cse = cse
         self._host = host
         self._port = port
@@ -312,7 +360,7 @@ class CoapServer:
             )
 
     async def _open(self, port: int) -> None:
-        site = _CseResource(self._cse, self._max_body_size)
+        site = _CseResource(self._cse, self._max_body_size, self.oscore, self._allow_plain)
         self._context = await aiocoap.Context.create_server_context(
             site, bind=(self._host, port), transports=["udp6"]
         )
@@ -330,6 +378,8 @@ class CoapServer:
         if self._context is not None:
             await self._context.shutdown()
             self._context = None
+        if self.oscore is not None:
+            self.oscore.save()  # a clean stop: the next start needs no Echo round
 
     async def __aenter__(self) -> CoapServer:
         await self.start()
