@@ -297,7 +297,9 @@ class Context:
         return age < _WINDOW and not (self._seen >> age) & 1
 
     def _strike(self, number):
-        if self._top is None or number - self._top >= _WINDOW:
+        if self._top is None:  # the first number after a boot: it and all before it are spent
+            self._top, self._seen = number, 0xFFFFFFFF
+        elif number - self._top >= _WINDOW:
             self._top, self._seen = number, 1
         elif number > self._top:
             self._seen = (self._seen << (number - self._top) | 1) & 0xFFFFFFFF
