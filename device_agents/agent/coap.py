@@ -62,7 +62,6 @@ _URI_QUERY = const(15)
 _ACCEPT = const(17)
 _BLOCK1 = const(27)
 _SIZE1 = const(60)
-_ECHO = const(252)
 M2M_TY = const(267)
 M2M_RVI = const(271)
 M2M_FR = const(279)
@@ -249,7 +248,7 @@ class CoapClient:
         self._buffer = None if compat.IS_MICROPYTHON else bytearray(_DATAGRAM_MAX)
         self.oscore = oscore  # an oscore.Context: every request protected, every answer checked
         # Every request datagram is built here.
-        self._out = bytearray(_DATAGRAM_MAX + (_OSCORE_MORE if oscore else 0))
+        self.out = bytearray(_DATAGRAM_MAX + (_OSCORE_MORE if oscore else 0))
         self._reply_max = _DATAGRAM_MAX
         self._mid = compat.random_bits(16)
         self._lock = None
@@ -273,7 +272,7 @@ class CoapClient:
             self._sock.close()
             self._sock = None
 
-    def _next_mid(self):
+    def next_mid(self):
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
@@ -299,37 +298,19 @@ class CoapClient:
             return await self._blockwise(code, numbered, parts, total, token)
 
     async def _round_trip(self, code, options, token, parts, offset, size):
-        """Send one request datagram (bytes [offset, offset + size) of the body); its answer,
-        unprotected under OSCORE."""
-        oscore = self.oscore
-        if oscore is None:
-            datagram = self._datagram(code, options, token, parts, offset, size)
-            return await self._exchange(datagram, self._mid, token)
-        piv, datagram = oscore.request_datagram(
-            self._out, self._next_mid(), code, options, token, parts, offset, size
-        )
-        reply = oscore.open_reply(await self._exchange(datagram, self._mid, token), piv)
-        echo = reply.option(_ECHO) if reply.code == _UNAUTHORIZED else None
-        if echo is None:
-            return reply
-        # The server lost its replay window (it restarted): it takes the same request again,
-        # with a new sequence number, if it carries the Echo value (RFC 8613 B.1.2).
-        oscore.echo_rounds += 1
-        options = options + [(_ECHO, 0, echo)]
-        piv, datagram = oscore.request_datagram(
-            self._out, self._next_mid(), code, options, token, parts, offset, size
-        )
-        reply = oscore.open_reply(await self._exchange(datagram, self._mid, token), piv)
-        if reply.code == _UNAUTHORIZED and reply.option(_ECHO) is not None:
-            raise LinkError("the DAP did not take its own Echo value")
-        return reply
+        """Send one request datagram (bytes [offset, offset + size) of the body); its answer
+        (under OSCORE: protected, verified, opened; oscore.py)."""
+        if self.oscore is not None:
+            return await self.oscore.round_trip(self, code, options, token, parts, offset, size)
+        datagram = self._datagram(code, options, token, parts, offset, size)
+        return await self.exchange(datagram, self._mid, token)
 
     def _datagram(self, code, options, token, parts, offset, size):
         """A CON carrying bytes [offset, offset + size) of the body, built in the client's
         one outgoing buffer (one request at a time: the lock in request())."""
-        head = encode(CON, code, self._next_mid(), token, options)  # tens of bytes
+        head = encode(CON, code, self.next_mid(), token, options)  # tens of bytes
         start = len(head)
-        view = memoryview(self._out)
+        view = memoryview(self.out)
         view[:start] = head
         if not size:
             return view[:start]
@@ -358,7 +339,7 @@ class CoapClient:
                 szx = read_uint(echoed) & 7
                 size = 16 << szx
 
-    async def _exchange(self, datagram, mid, token):
+    async def exchange(self, datagram, mid, token):
         timeout = self.ack_timeout_ms + (self.ack_timeout_ms * compat.random_bits(8) >> 9)
         for _ in range(self.max_retransmit + 1):
             self._send(datagram)
@@ -594,7 +575,7 @@ class CoapListener:
         for mid, sender, answer in self._seen:
             if mid == request.mid and sender == peer:
                 return answer
-        code, options, payload = self._respond(request, peer)
+        code, options, payload = self.respond(request, peer)
         if request.type != CON:
             return None
         answer = encode(ACK, code, request.mid, request.token, options, payload)
@@ -603,25 +584,14 @@ class CoapListener:
             self._seen.pop(0)
         return answer
 
-    def _respond(self, request, peer):
-        """(code, options, payload) for a request: under OSCORE, the outer ones."""
-        oscore = self.oscore
-        if oscore is None:
-            return self._respond_inner(request, peer)
-        if request.option(_OSCORE) is None:
+    def respond(self, request, peer, opened=False):
+        """(code, options, payload) for a request (`opened`: unprotected by oscore.py)."""
+        if self.oscore is not None and not opened:
+            if request.option(_OSCORE) is not None:
+                return self.oscore.respond(self, request, peer)
             # A meter with keys takes commands from its gateway only: a plain NOTIFY (a
             # disconnect from anyone on the LAN) never reaches the handler.
             return _UNAUTHORIZED, [(_MAX_AGE, 0, b"")], b""
-        inner, piv, challenge = oscore.open_request(request)
-        if piv is None:  # refused (RFC 8613 §8.2): unprotected, never cached by anyone
-            return inner, [(_MAX_AGE, 0, b"")], b""
-        if challenge:
-            return oscore.seal_reply(piv, _UNAUTHORIZED, oscore.echo_challenge(), b"", True)
-        code, options, payload = self._respond_inner(inner, peer)
-        return oscore.seal_reply(piv, code, options, payload)
-
-    def _respond_inner(self, request, peer):
-        """(code, options, payload) for a (plain or unprotected) request."""
         echo = [(M2M_RVI, 0, b"3")]
         rqi = request.option(M2M_RQI)
         if rqi is not None:
@@ -684,25 +654,6 @@ class CoapListener:
 # ---- the Dap's CoAP transport ----------------------------------------------------------------
 
 
-def security_context(config):
-    """The meter's OSCORE context when its config has keys, else None (and the OSCORE module
-    is not loaded). config["oscore"]: {"kid", "secret", "salt"} in hex; config["oscore_state"]:
-    the file of the sequence number (default "oscore.seq"), or an object with load() and
-    save(value) (the fleet keeps it in memory)."""
-    keys = config.get("oscore")
-    if not keys:
-        return None
-    try:
-        from . import oscore
-    except ImportError:
-        import oscore
-    store = config.get("oscore_state") or "oscore.seq"
-    if isinstance(store, str):
-        store = oscore.SequenceFile(store)
-    salt = bytes.fromhex(keys.get("salt") or "")
-    return oscore.Context(bytes.fromhex(keys["kid"]), bytes.fromhex(keys["secret"]), salt, store)
-
-
 class CoapLink:
     """The Dap's transport over CoAP: requests through a CoapClient, notifications through a
     CoapListener; the poa is coap://<poa_host>:<listener port> (?ct=cbor for a CBOR meter)."""
@@ -711,7 +662,13 @@ class CoapLink:
         self.dap = dap
         host = config["dap_host"]
         port = config.get("dap_port") or 5683
-        oscore = security_context(config)
+        oscore = None
+        if config.get("oscore"):  # only a meter with keys loads the OSCORE module
+            try:
+                from . import oscore as module
+            except ImportError:
+                import oscore as module
+            oscore = module.context_for(config)
         self.client = CoapClient(
             host,
             port,

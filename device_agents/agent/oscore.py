@@ -15,8 +15,9 @@ Layers, bottom up:
 - `Context`: the keys, the nonce and AAD of RFC 8613 §5, the sender sequence number
   (persisted in chunks: a reboot never reuses a nonce), the replay window for requests from
   the gateway, and the Echo value (RFC 9175) that rebuilds the window after a reboot.
-- Message glue for coap.py: `request_datagram` (a protected request built in the client's
-  one buffer), `open_reply`, `open_request` and `seal_reply` (the listener's side).
+- Message glue for coap.py: `round_trip` (a protected request built in the client's one
+  buffer, its answer verified, the Echo round) and `respond` (the listener's side: refusals,
+  the Echo challenge, sealed answers). `context_for(config)` builds a meter's context.
 
 The sequence store is any object with `load()` (the next number to use, 0 for a new context)
 and `save(value)`; `SequenceFile` keeps it in a small file (config key `oscore_state`).
@@ -35,6 +36,7 @@ LinkError = compat.LinkError
 
 OSCORE = const(9)
 ECHO = const(252)
+_MAX_AGE = const(14)
 _TAG = const(8)
 _WINDOW = const(32)
 _CHUNK = const(64)  # sequence numbers reserved per write of the state file
@@ -288,7 +290,37 @@ class Context:
         options, payload = coap.read_options(plain, 1)
         return coap.Message(message.type, plain[0], message.mid, message.token, options, payload)
 
+    async def round_trip(self, client, code, options, token, parts, offset, size):
+        """One protected request through a coap.CoapClient; the verified inner answer.
+
+        A server that lost its replay window (it restarted) answers 4.01 with an Echo value;
+        the same request goes once more, with a new sequence number, carrying it (RFC 8613
+        B.1.2)."""
+        for attempt in range(2):
+            piv, datagram = self.request_datagram(
+                client.out, client.next_mid(), code, options, token, parts, offset, size
+            )
+            reply = self.open_reply(await client.exchange(datagram, client._mid, token), piv)
+            echo = reply.option(ECHO) if reply.code == _UNAUTHORIZED else None
+            if echo is None:
+                return reply
+            if attempt:
+                raise LinkError("the DAP did not take its own Echo value")
+            self.echo_rounds += 1
+            options = options + [(ECHO, 0, echo)]
+
     # ---- the meter as a server (notifications from the gateway) ------------------------------
+
+    def respond(self, listener, request, peer):
+        """The outer (code, options, payload) that answers a protected request to a
+        coap.CoapListener: a refusal, the Echo challenge, or the sealed answer."""
+        inner, piv, challenge = self.open_request(request)
+        if piv is None:  # refused (RFC 8613 §8.2): unprotected, Max-Age 0
+            return inner, [(_MAX_AGE, 0, b"")], b""
+        if challenge:
+            return self.seal_reply(piv, _UNAUTHORIZED, self.echo_challenge(), b"", True)
+        code, options, payload = listener.respond(inner, peer, True)
+        return self.seal_reply(piv, code, options, payload)
 
     def _fresh(self, number):
         if number > self._top:
@@ -360,3 +392,15 @@ class Context:
         tag = self._sender.seal(nonce, _aad(b"", request_piv), plain)
         plain.extend(tag)
         return _CHANGED, [(OSCORE, 0, value)], plain
+
+
+def context_for(config):
+    """The meter's context from its config: config["oscore"] {"kid", "secret", "salt"} in
+    hex; config["oscore_state"] the sequence number file (default "oscore.seq"), or an object
+    with load() and save(value) (the fleet keeps it in memory)."""
+    keys = config["oscore"]
+    store = config.get("oscore_state") or "oscore.seq"
+    if isinstance(store, str):
+        store = SequenceFile(store)
+    salt = bytes.fromhex(keys.get("salt") or "")
+    return Context(bytes.fromhex(keys["kid"]), bytes.fromhex(keys["secret"]), salt, store)

@@ -8,6 +8,10 @@ the replay window and the Echo challenge of the meter's listener side.
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +19,25 @@ import aiocoap  # type: ignore[import-untyped]
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from cse.bindings.coap.oscore import OscoreKeys, OscoreState, SecurityContext
-from cse.core.identity import Principal
+from cse.bindings.coap import CoapClient, CoapSender, CoapServer
+from cse.bindings.coap.oscore import (
+    MemoryKeyring,
+    OscoreContexts,
+    OscoreKeys,
+    OscoreState,
+    SecurityContext,
+    generate_keys,
+)
+from cse.core.config import CSESettings
+from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Principal, Role
+from cse.storage.memory import MemoryStorage
 from device_agents.agent import coap, oscore
 from tests.device_agents import mp
+from tests.device_agents.test_agent import END_TO_END, EVERY_COMMAND, T0
+from tests.helpers import create, retrieve
 
+HEAP = os.environ.get("OSCORE_HEAP", "96k")
 SECRET = "0102030405060708090a0b0c0d0e0f10"
 SALT = "9e7ca92223786340"
 
@@ -200,3 +218,123 @@ def test_the_listener_window_takes_each_request_once_and_asks_for_echo_after_a_b
     forged.payload = forged.payload[:-1] + bytes((forged.payload[-1] ^ 1,))
     assert meter.open_request(forged)[0] == 128  # does not verify: 4.00
     assert not meter.open_request(gateway_request(10))[2]  # the forgery took nothing
+
+
+# ---- end to end: the agent on MicroPython against an OSCORE-only CoAP server -------------------
+
+
+@asynccontextmanager
+async def oscore_dap(keyring: MemoryKeyring, port: int = 0) -> AsyncIterator[CoapServer]:
+    """A CSE whose CoAP server takes OSCORE only and whose notifications to meters with keys
+    go out protected (the server and the notifying client share the contexts)."""
+    contexts = OscoreContexts(keyring)
+    async with CoapClient(timeout=5, oscore=contexts) as client:
+        cse = CommonServicesEntity(
+            MemoryStorage(),
+            CSESettings(expiry_check_interval=3600, notification_timeout=5),
+            senders={"coap": CoapSender(client, keyring.keys_for_originator)},
+        )
+        async with cse, CoapServer(
+            cse, "127.0.0.1", port, oscore=contexts, allow_plain=False, liveness_interval=None
+        ) as server:
+            yield server
+
+
+def oscore_config(server: CoapServer, keys: OscoreKeys, state: Path) -> dict[str, Any]:
+    return {
+        "meter_id": keys.principal.name,
+        "kind": "electric",
+        "transport": "coap",
+        "dap_host": "127.0.0.1",
+        "dap_port": server.port,
+        "cse_id": "/id-in",
+        "cse_name": "cse-in",
+        "serialization": "json",
+        "listen_port": 0,
+        "poa_host": "127.0.0.1",
+        "oscore": {
+            "kid": keys.sender_id.hex(),
+            "secret": keys.master_secret.hex(),
+            "salt": keys.master_salt.hex(),
+        },
+        "oscore_state": str(state),
+    }
+
+
+def meter_keys(name: str, kid: bytes) -> OscoreKeys:
+    return generate_keys(kid, Principal(Role.DEVICE, name, "C" + name, "oscore"))
+
+
+@mp.needs_micropython
+async def test_an_oscore_meter_end_to_end_on_micropython_in_96k(tmp_path: Path) -> None:
+    """Registration, the schedule with a 2 KB read (inner Block1) and every command (protected
+    NOTIFYs from the CSE to the meter's listener), all under OSCORE, in a 96 KB heap."""
+    keys = meter_keys("mtr-oscore", b"\x2a")
+    async with oscore_dap(MemoryKeyring(keys)) as server:
+        cse = server._cse
+        settings = oscore_config(server, keys, tmp_path / "oscore.seq")
+        settings.update(seed=3, prepay=False, clock_speed=3600, start_ts=T0 + 8 * 3600)
+        settings.update(rate_scale=1000, dr_opt_out_rate=0)
+        settings["expect"] = [flow for _, flow, _ in EVERY_COMMAND] + ["mr-multi-interval"]
+        async with mp.MicroPython(END_TO_END, config=settings, heap=HEAP) as agent:
+            await agent.expect("started")
+            for number, (command, _, _) in enumerate(EVERY_COMMAND):
+                instance = {"rn": f"k{number}", "con": json.dumps(command)}
+                created = await cse.handle(
+                    create("cse-in/mtr-oscore/command", 4, {"m2m:cin": instance})
+                )
+                assert created.status == 2001
+            stats = json.loads((await agent.expect("stats"))[len("stats ") :])
+            result = await agent.wait()
+        assert result.rc == 0, result.output
+        assert stats["commands"] == len(EVERY_COMMAND) and stats["refused"] == 0
+        assert stats["memory_errors"] == 0, stats
+        found = await cse.handle(retrieve("cse-in/mtr-oscore/reading", rcn=4))
+        assert found.status == 2000
+        reads = [
+            json.loads(instance["con"])
+            for instance in found.content["m2m:cnt"].get("m2m:cin", [])
+            if "mr-multi-interval" in instance["con"]
+        ]
+        assert reads and len(reads[0]["ch"][0]["v"]) == reads[0]["n"] >= 32
+    assert int((tmp_path / "oscore.seq").read_text()) > 0  # the sequence number was persisted
+
+
+REBOOTS = """
+import asyncio, json
+from onem2m import Dap
+
+config = json.load(open("config.json"))
+
+
+async def main():
+    dap = Dap(config)
+    await dap.connect()
+    await dap.register()
+    rsc = await dap.ensure_container("reading")
+    print("done", rsc, dap._link.client.oscore.echo_rounds, dap._link.client.oscore.sequence)
+    await dap.close()
+
+
+asyncio.run(main())
+"""
+
+
+@mp.needs_micropython
+async def test_a_meter_reboot_and_a_gateway_crash_on_micropython(tmp_path: Path) -> None:
+    """Three boots of one meter: the second against the same gateway (its replay window holds
+    every number used: a reused one would be refused), the third against a gateway restarted
+    after a crash on the same keyring (no replay state: one Echo round)."""
+    keys = meter_keys("mtr-reboot", b"\x2b")
+    keyring = MemoryKeyring(keys)
+    state = tmp_path / "oscore.seq"
+    async with oscore_dap(keyring) as server:
+        settings = oscore_config(server, keys, state)
+        first = (await mp.arun(REBOOTS, config=settings)).lines[-1].split()
+        second = (await mp.arun(REBOOTS, config=settings)).lines[-1].split()
+        async with oscore_dap(keyring) as restarted:  # the first never saved its window
+            third = await mp.arun(REBOOTS, config=oscore_config(restarted, keys, state))
+    assert first[:3] == ["done", "2001", "0"] and second[:3] == ["done", "4105", "0"]
+    assert int(second[3]) > int(first[3])
+    # (The restarted gateway's CSE is a new one in memory: the container is new there too.)
+    assert third.lines[-1].split()[:3] == ["done", "2001", "1"], third.output
