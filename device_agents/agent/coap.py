@@ -18,7 +18,8 @@ Layers, bottom up:
   reassembled), calls `handler(primitive)`, and answers a CON with a piggy-backed 2.04 and
   RSC 2000 (or the code for the rsc the handler returned). Retransmitted CONs get the cached
   answer instead of a second call.
-- `CoapLink`: the Dap's transport, a CoapClient for requests plus a CoapListener.
+- `CoapLink`: the Dap's transport, a CoapClient for requests plus a CoapListener; a meter
+  with OSCORE keys gets oscore.py's protecting subclasses of both instead.
 """
 
 import asyncio
@@ -45,7 +46,6 @@ _CHANGED = const(68)  # 2.04
 _CONTENT = const(69)  # 2.05
 _CONTINUE = const(95)  # 2.31
 _BAD_REQUEST = const(128)  # 4.00
-_UNAUTHORIZED = const(129)  # 4.01
 _BAD_OPTION = const(130)  # 4.02
 _FORBIDDEN = const(131)  # 4.03
 _NOT_FOUND = const(132)  # 4.04
@@ -54,10 +54,8 @@ _REQUEST_ENTITY_INCOMPLETE = const(136)  # 4.08
 _REQUEST_ENTITY_TOO_LARGE = const(141)  # 4.13
 _INTERNAL_SERVER_ERROR = const(160)  # 5.00
 
-_OSCORE = const(9)
 URI_PATH = const(11)
 CONTENT_FORMAT = const(12)
-_MAX_AGE = const(14)
 _URI_QUERY = const(15)
 _ACCEPT = const(17)
 _BLOCK1 = const(27)
@@ -76,7 +74,6 @@ MAX_RETRANSMIT = const(4)
 _BLOCK_SZX = const(6)
 _BLOCK_SIZE = const(1024)
 _DATAGRAM_MAX = const(1152)  # a 1024 B block plus up to 127 B of header, token and options
-_OSCORE_MORE = const(32)  # OSCORE adds an option (<= 12 B), a code, a marker, an 8 B tag
 _ASSEMBLY_MAX = const(16384)  # largest NOTIFY body the listener reassembles
 _SEEN_MAX = const(4)  # answers kept to repeat for retransmitted CONs
 _POLL_MS = const(30000)  # serve() looks at close() at least this often
@@ -133,15 +130,6 @@ def encode(mtype, code, mid, token, options=(), payload=b""):
     """One datagram. `options`: (number, index, value) tuples in any order."""
     out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
     out.extend(token)
-    put_options(out, options)
-    if payload:
-        out.append(0xFF)
-        out.extend(payload)
-    return out
-
-
-def put_options(out, options):
-    """Append options, (number, index, value) tuples in any order, delta-encoded to `out`."""
     ordered = sorted(options)  # (number, index) is unique: an unstable sort is harmless
     previous = 0
     for number, _, value in ordered:
@@ -153,6 +141,10 @@ def put_options(out, options):
         out.extend(length_ext)
         out.extend(value)
         previous = number
+    if payload:
+        out.append(0xFF)
+        out.extend(payload)
+    return out
 
 
 class Message:
@@ -194,16 +186,7 @@ def decode(data):
     token_length = data[0] & 0x0F
     if token_length > 8 or 4 + token_length > size:
         raise ValueError("bad token length")
-    options, payload = read_options(data, 4 + token_length)
-    token = bytes(data[4 : 4 + token_length])
-    mid = data[2] << 8 | data[3]
-    return Message((data[0] >> 4) & 3, data[1], mid, token, options, payload)
-
-
-def read_options(data, index):
-    """(options, payload) from `index` on: a datagram's, or an OSCORE plaintext's after its
-    code byte. ValueError when they are malformed."""
-    size = len(data)
+    index = 4 + token_length
     options = []
     number = 0
     try:
@@ -223,7 +206,9 @@ def read_options(data, index):
         if index + 1 == size:
             raise ValueError("payload marker without payload")
         payload = bytes(data[index + 1 : size])
-    return options, payload
+    token = bytes(data[4 : 4 + token_length])
+    mid = data[2] << 8 | data[3]
+    return Message((data[0] >> 4) & 3, data[1], mid, token, options, payload)
 
 
 class CoapClient:
@@ -236,7 +221,6 @@ class CoapClient:
         ack_timeout_ms=ACK_TIMEOUT_MS,
         max_retransmit=MAX_RETRANSMIT,
         response_timeout_ms=30000,
-        oscore=None,
     ):
         self.host = host
         self.port = port
@@ -246,9 +230,7 @@ class CoapClient:
         self._sock = None
         # CPython receives into a buffer; MicroPython's recv() allocates (see compat.receive).
         self._buffer = None if compat.IS_MICROPYTHON else bytearray(_DATAGRAM_MAX)
-        self.oscore = oscore  # an oscore.Context: every request protected, every answer checked
-        # Every request datagram is built here.
-        self.out = bytearray(_DATAGRAM_MAX + (_OSCORE_MORE if oscore else 0))
+        self._out = bytearray(_DATAGRAM_MAX)  # every request datagram is built here
         self._reply_max = _DATAGRAM_MAX
         self._mid = compat.random_bits(16)
         self._lock = None
@@ -272,7 +254,7 @@ class CoapClient:
             self._sock.close()
             self._sock = None
 
-    def next_mid(self):
+    def _next_mid(self):
         self._mid = (self._mid + 1) & 0xFFFF
         return self._mid
 
@@ -294,23 +276,16 @@ class CoapClient:
         async with self._lock:
             self._reply_max = reply_max
             if total <= _BLOCK_SIZE:
-                return await self._round_trip(code, numbered, token, parts, 0, total)
+                datagram = self._datagram(code, numbered, token, parts, 0, total)
+                return await self._exchange(datagram, self._mid, token)
             return await self._blockwise(code, numbered, parts, total, token)
-
-    async def _round_trip(self, code, options, token, parts, offset, size):
-        """Send one request datagram (bytes [offset, offset + size) of the body); its answer
-        (under OSCORE: protected, verified, opened; oscore.py)."""
-        if self.oscore is not None:
-            return await self.oscore.round_trip(self, code, options, token, parts, offset, size)
-        datagram = self._datagram(code, options, token, parts, offset, size)
-        return await self.exchange(datagram, self._mid, token)
 
     def _datagram(self, code, options, token, parts, offset, size):
         """A CON carrying bytes [offset, offset + size) of the body, built in the client's
         one outgoing buffer (one request at a time: the lock in request())."""
-        head = encode(CON, code, self.next_mid(), token, options)  # tens of bytes
+        head = encode(CON, code, self._next_mid(), token, options)  # tens of bytes
         start = len(head)
-        view = memoryview(self.out)
+        view = memoryview(self._out)
         view[:start] = head
         if not size:
             return view[:start]
@@ -330,7 +305,8 @@ class CoapClient:
             if offset == 0:
                 block.append((_SIZE1, 0, uint(total)))
             chunk = size if offset + size <= total else total - offset
-            reply = await self._round_trip(code, block, token, parts, offset, chunk)
+            datagram = self._datagram(code, block, token, parts, offset, chunk)
+            reply = await self._exchange(datagram, self._mid, token)
             if not more or reply.code != _CONTINUE:
                 return reply
             offset += size
@@ -339,7 +315,7 @@ class CoapClient:
                 szx = read_uint(echoed) & 7
                 size = 16 << szx
 
-    async def exchange(self, datagram, mid, token):
+    async def _exchange(self, datagram, mid, token):
         timeout = self.ack_timeout_ms + (self.ack_timeout_ms * compat.random_bits(8) >> 9)
         for _ in range(self.max_retransmit + 1):
             self._send(datagram)
@@ -488,9 +464,8 @@ def m2m_response(message, decode):
 class CoapListener:
     """Answers NOTIFY requests (POST) that arrive on `port` (0: any; `self.port` tells)."""
 
-    def __init__(self, handler, decode, host="0.0.0.0", port=0, oscore=None):
+    def __init__(self, handler, decode, host="0.0.0.0", port=0):
         self.handler = handler  # handler(primitive) -> rsc (None counts as 2000)
-        self.oscore = oscore  # an oscore.Context: then only protected requests are taken
         self.decode = decode  # decode(data, cbor) -> content
         self.host = host
         self.port = port
@@ -575,7 +550,7 @@ class CoapListener:
         for mid, sender, answer in self._seen:
             if mid == request.mid and sender == peer:
                 return answer
-        code, options, payload = self.respond(request, peer)
+        code, options, payload = self._respond(request, peer)
         if request.type != CON:
             return None
         answer = encode(ACK, code, request.mid, request.token, options, payload)
@@ -584,14 +559,8 @@ class CoapListener:
             self._seen.pop(0)
         return answer
 
-    def respond(self, request, peer, opened=False):
-        """(code, options, payload) for a request (`opened`: unprotected by oscore.py)."""
-        if self.oscore is not None and not opened:
-            if request.option(_OSCORE) is not None:
-                return self.oscore.respond(self, request, peer)
-            # A meter with keys takes commands from its gateway only: a plain NOTIFY (a
-            # disconnect from anyone on the LAN) never reaches the handler.
-            return _UNAUTHORIZED, [(_MAX_AGE, 0, b"")], b""
+    def _respond(self, request, peer):
+        """(code, options, payload) for a request."""
         echo = [(M2M_RVI, 0, b"3")]
         rqi = request.option(M2M_RQI)
         if rqi is not None:
@@ -662,28 +631,25 @@ class CoapLink:
         self.dap = dap
         host = config["dap_host"]
         port = config.get("dap_port") or 5683
-        oscore = None
-        if config.get("oscore"):  # only a meter with keys loads the OSCORE module
-            try:
-                from . import oscore as module
-            except ImportError:
-                import oscore as module
-            oscore = module.context_for(config)
         self.client = CoapClient(
             host,
             port,
             config.get("coap_ack_timeout_ms") or ACK_TIMEOUT_MS,
             config.get("coap_max_retransmit", MAX_RETRANSMIT),
             dap.timeout_ms,
-            oscore,
         )
         self.listener = CoapListener(
             dap.notified_with,
             dap.decode,
             config.get("listen_host") or "0.0.0.0",
             config.get("listen_port") or 0,
-            oscore,
         )
+        if config.get("oscore"):  # only a meter with keys loads OSCORE (kilobytes of heap)
+            try:
+                from . import oscore
+            except ImportError:
+                import oscore
+            oscore.secure(self, config)
         self.poa_host = config.get("poa_host") or compat.local_host(host, port)
         self.format = _FORMAT_CBOR if dap.cbor else _FORMAT_JSON
 

@@ -15,9 +15,10 @@ Layers, bottom up:
 - `Context`: the keys, the nonce and AAD of RFC 8613 §5, the sender sequence number
   (persisted in chunks: a reboot never reuses a nonce), the replay window for requests from
   the gateway, and the Echo value (RFC 9175) that rebuilds the window after a reboot.
-- Message glue for coap.py: `round_trip` (a protected request built in the client's one
-  buffer, its answer verified, the Echo round) and `respond` (the listener's side: refusals,
-  the Echo challenge, sealed answers). `context_for(config)` builds a meter's context.
+- `Client` and `Listener`: coap.py's CoapClient and CoapListener, protecting (a request
+  built in the client's one buffer, its answer verified, the Echo round; the listener's
+  refusals, Echo challenge and sealed answers). `secure(link, config)` puts them in a
+  CoapLink: a plain meter's coap.py carries none of this.
 
 The sequence store is any object with `load()` (the next number to use, 0 for a new context)
 and `save(value)`; `SequenceFile` keeps it in a small file (config key `oscore_state`).
@@ -37,6 +38,7 @@ LinkError = compat.LinkError
 OSCORE = const(9)
 ECHO = const(252)
 _MAX_AGE = const(14)
+_MORE = const(32)  # a protected datagram's extra bytes: OSCORE option (<= 12), code, marker, tag
 _TAG = const(8)
 _WINDOW = const(32)
 _CHUNK = const(64)  # sequence numbers reserved per write of the state file
@@ -75,6 +77,22 @@ def _aad(kid, piv):
     external = b"\x85\x01\x81\x0a" + bytes((0x40 | len(kid),)) + kid
     external += bytes((0x40 | len(piv),)) + piv + b"\x40"
     return b"\x83\x68Encrypt0\x40" + bytes((0x40 | len(external),)) + external
+
+
+def _plaintext(code, options, payload=b""):
+    """The plaintext of RFC 8613 §5.3: the code, the inner options, the payload. It is a CoAP
+    message without the header's first, third and fourth byte and the token: coap.encode's."""
+    plain = coap.encode(0, 0, 0, b"", options, payload)[3:]
+    plain[0] = code
+    return plain
+
+
+def _inner(outer, plain):
+    """The inner message of a decrypted plaintext (a bytearray, reused for the header)."""
+    plain[0:1] = bytes((0x40, plain[0], 0, 0))
+    inner = coap.decode(plain)
+    inner.type, inner.mid, inner.token = outer.type, outer.mid, outer.token
+    return inner
 
 
 def _piv(number):
@@ -250,8 +268,7 @@ class Context:
             (outer if option[0] in _OUTER else inner).append(option)
         head = coap.encode(coap.CON, coap.POST, mid, token, outer)
         head.append(0xFF)  # the ciphertext is the outer payload
-        plain = bytearray((code,))
-        coap.put_options(plain, inner)
+        plain = _plaintext(code, inner)
         if size:
             plain.append(0xFF)
         start = len(head)
@@ -287,40 +304,9 @@ class Context:
         plain = bytearray(sealed[:-_TAG])
         if not cipher.open(nonce, aad, plain, sealed[-_TAG:]):
             raise LinkError("a protected message that does not verify")
-        options, payload = coap.read_options(plain, 1)
-        return coap.Message(message.type, plain[0], message.mid, message.token, options, payload)
-
-    async def round_trip(self, client, code, options, token, parts, offset, size):
-        """One protected request through a coap.CoapClient; the verified inner answer.
-
-        A server that lost its replay window (it restarted) answers 4.01 with an Echo value;
-        the same request goes once more, with a new sequence number, carrying it (RFC 8613
-        B.1.2)."""
-        for attempt in range(2):
-            piv, datagram = self.request_datagram(
-                client.out, client.next_mid(), code, options, token, parts, offset, size
-            )
-            reply = self.open_reply(await client.exchange(datagram, client._mid, token), piv)
-            echo = reply.option(ECHO) if reply.code == _UNAUTHORIZED else None
-            if echo is None:
-                return reply
-            if attempt:
-                raise LinkError("the DAP did not take its own Echo value")
-            self.echo_rounds += 1
-            options = options + [(ECHO, 0, echo)]
+        return _inner(message, plain)
 
     # ---- the meter as a server (notifications from the gateway) ------------------------------
-
-    def respond(self, listener, request, peer):
-        """The outer (code, options, payload) that answers a protected request to a
-        coap.CoapListener: a refusal, the Echo challenge, or the sealed answer."""
-        inner, piv, challenge = self.open_request(request)
-        if piv is None:  # refused (RFC 8613 §8.2): unprotected, Max-Age 0
-            return inner, [(_MAX_AGE, 0, b"")], b""
-        if challenge:
-            return self.seal_reply(piv, _UNAUTHORIZED, self.echo_challenge(), b"", True)
-        code, options, payload = listener.respond(inner, peer, True)
-        return self.seal_reply(piv, code, options, payload)
 
     def _fresh(self, number):
         if number > self._top:
@@ -377,11 +363,7 @@ class Context:
         """The outer (2.04, options, payload) of a protected answer to the gateway's request.
         An answer reuses the request's nonce, except a `fresh` one (the Echo challenge, which
         may answer a replay) that takes a Partial IV of its own."""
-        plain = bytearray((code,))
-        coap.put_options(plain, options)
-        if payload:
-            plain.append(0xFF)
-            plain.extend(payload)
+        plain = _plaintext(code, options, payload)
         if fresh:
             piv = self.next_piv()
             nonce = self.nonce(self.kid, piv)
@@ -394,13 +376,78 @@ class Context:
         return _CHANGED, [(OSCORE, 0, value)], plain
 
 
-def context_for(config):
-    """The meter's context from its config: config["oscore"] {"kid", "secret", "salt"} in
-    hex; config["oscore_state"] the sequence number file (default "oscore.seq"), or an object
-    with load() and save(value) (the fleet keeps it in memory)."""
+class Client(coap.CoapClient):
+    """A CoapClient whose every request is protected and every answer verified and opened.
+
+    A server that lost its replay window (it restarted) answers 4.01 with an Echo value: the
+    same request goes once more, with a new sequence number, carrying it (RFC 8613 B.1.2)."""
+
+    def __init__(self, context, *args):
+        super().__init__(*args)
+        self.context = context
+        self._out = bytearray(len(self._out) + _MORE)
+        self._sent = None  # what the last datagram carried, to send it again with Echo
+        self._piv = None
+
+    def _datagram(self, code, options, token, parts, offset, size):
+        self._sent = (code, options, token, parts, offset, size)
+        self._piv, datagram = self.context.request_datagram(
+            self._out, self._next_mid(), code, options, token, parts, offset, size
+        )
+        return datagram
+
+    async def _exchange(self, datagram, mid, token):
+        context = self.context
+        reply = context.open_reply(await super()._exchange(datagram, mid, token), self._piv)
+        echo = reply.option(ECHO) if reply.code == _UNAUTHORIZED else None
+        if echo is None:
+            return reply
+        context.echo_rounds += 1
+        code, options, token, parts, offset, size = self._sent
+        datagram = self._datagram(code, options + [(ECHO, 0, echo)], token, parts, offset, size)
+        reply = context.open_reply(await super()._exchange(datagram, self._mid, token), self._piv)
+        if reply.code == _UNAUTHORIZED and reply.option(ECHO) is not None:
+            raise LinkError("the DAP did not take its own Echo value")
+        return reply
+
+
+class Listener(coap.CoapListener):
+    """A CoapListener that takes protected requests only: a meter with keys obeys its gateway
+    alone, so a plain NOTIFY (a disconnect from anyone on the LAN) never reaches the handler."""
+
+    def __init__(self, context, *args):
+        super().__init__(*args)
+        self.context = context
+
+    def _respond(self, request, peer):
+        context = self.context
+        if request.option(OSCORE) is None:
+            return _UNAUTHORIZED, [(_MAX_AGE, 0, b"")], b""
+        inner, piv, challenge = context.open_request(request)
+        if piv is None:  # refused (RFC 8613 §8.2): unprotected, Max-Age 0
+            return inner, [(_MAX_AGE, 0, b"")], b""
+        if challenge:
+            return context.seal_reply(piv, _UNAUTHORIZED, context.echo_challenge(), b"", True)
+        code, options, payload = super()._respond(inner, peer)
+        return context.seal_reply(piv, code, options, payload)
+
+
+def secure(link, config):
+    """Give a coap.CoapLink the protecting client and listener, from config["oscore"]
+    ({"kid", "secret", "salt"} in hex) and config["oscore_state"] (the sequence number file,
+    default "oscore.seq", or an object with load() and save(value): the fleet's, in memory)."""
     keys = config["oscore"]
     store = config.get("oscore_state") or "oscore.seq"
     if isinstance(store, str):
         store = SequenceFile(store)
     salt = bytes.fromhex(keys.get("salt") or "")
-    return Context(bytes.fromhex(keys["kid"]), bytes.fromhex(keys["secret"]), salt, store)
+    context = Context(bytes.fromhex(keys["kid"]), bytes.fromhex(keys["secret"]), salt, store)
+    client, listener = link.client, link.listener
+    link.client = Client(
+        context, client.host, client.port, client.ack_timeout_ms, client.max_retransmit,
+        client.response_timeout_ms,
+    )  # fmt: skip
+    link.listener = Listener(
+        context, listener.handler, listener.decode, listener.host, listener.port
+    )
+    return context

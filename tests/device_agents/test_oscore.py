@@ -234,9 +234,12 @@ async def oscore_dap(keyring: MemoryKeyring, port: int = 0) -> AsyncIterator[Coa
             CSESettings(expiry_check_interval=3600, notification_timeout=5),
             senders={"coap": CoapSender(client, keyring.keys_for_originator)},
         )
-        async with cse, CoapServer(
-            cse, "127.0.0.1", port, oscore=contexts, allow_plain=False, liveness_interval=None
-        ) as server:
+        async with (
+            cse,
+            CoapServer(
+                cse, "127.0.0.1", port, oscore=contexts, allow_plain=False, liveness_interval=None
+            ) as server,
+        ):
             yield server
 
 
@@ -312,7 +315,7 @@ async def main():
     await dap.connect()
     await dap.register()
     rsc = await dap.ensure_container("reading")
-    print("done", rsc, dap._link.client.oscore.echo_rounds, dap._link.client.oscore.sequence)
+    print("done", rsc, dap._link.client.context.echo_rounds, dap._link.client.context.sequence)
     await dap.close()
 
 

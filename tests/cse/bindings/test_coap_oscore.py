@@ -297,7 +297,7 @@ async def test_after_a_gateway_crash_the_next_request_succeeds_after_one_echo_ro
     dap = await connected(meter_config(server.port, keys, store))
     await dap.register()
     before = await dap.ensure_container("reading")
-    replay = protected_create(dap._link.client.oscore, 0x2000, "r-old")
+    replay = protected_create(dap._link.client.context, 0x2000, "r-old")
     peer = await RawPeer.open(server.port)
     assert (await answer_to(peer, replay)).code == 68  # an attacker records this one
     peer.close()
@@ -307,9 +307,9 @@ async def test_after_a_gateway_crash_the_next_request_succeeds_after_one_echo_ro
         assert restarted.port is not None
         dap = await connected(meter_config(restarted.port, keys, store))
         assert await dap.post("reading", {"flow": "mr-interval", "seq": 1}) == 2001
-        assert dap._link.client.oscore.echo_rounds == 1
+        assert dap._link.client.context.echo_rounds == 1
         assert await dap.post("reading", {"flow": "mr-interval", "seq": 2}) == 2001
-        assert dap._link.client.oscore.echo_rounds == 1  # one round, then the window is known
+        assert dap._link.client.context.echo_rounds == 1  # one round, then the window is known
         await dap.close()
         peer = await RawPeer.open(restarted.port)
         try:
@@ -332,7 +332,7 @@ async def test_after_a_clean_stop_the_replay_window_is_kept_and_no_echo_is_neede
     store = Sequence()
     dap = await connected(meter_config(first.port, keys, store))
     await dap.register()
-    replay = protected_create(dap._link.client.oscore, 0x3000, "r-before-stop")
+    replay = protected_create(dap._link.client.context, 0x3000, "r-before-stop")
     peer = await RawPeer.open(first.port)
     assert (await answer_to(peer, replay)).code == 68
     peer.close()
@@ -343,7 +343,7 @@ async def test_after_a_clean_stop_the_replay_window_is_kept_and_no_echo_is_neede
         assert second.port is not None
         dap = await connected(meter_config(second.port, keys, store))
         assert await dap.ensure_container("reading") == 2001
-        assert dap._link.client.oscore.echo_rounds == 0
+        assert dap._link.client.context.echo_rounds == 0
         await dap.close()
         peer = await RawPeer.open(second.port)
         replayed = bytearray(replay)
@@ -387,8 +387,11 @@ class Listener:
 
     def __init__(self, context: oscore.Context | None) -> None:
         self.notified: list[dict[str, Any]] = []
-        self.listener = coap.CoapListener(
-            self._handle, lambda data, cbor: json.loads(data), "127.0.0.1", 0, context
+        decode = lambda data, cbor: json.loads(data)  # noqa: E731
+        self.listener = (
+            coap.CoapListener(self._handle, decode, "127.0.0.1", 0)
+            if context is None
+            else oscore.Listener(context, self._handle, decode, "127.0.0.1", 0)
         )
 
     def _handle(self, primitive: dict[str, Any]) -> int:
