@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-_OFF = (
+LIMITS_OFF = (
     "REQUESTS_PER_SECOND",
     "REGISTRATIONS_PER_MINUTE",
     "REGISTRATIONS_PER_MINUTE_PER_SOURCE",
@@ -32,5 +32,5 @@ def switch_limits_off() -> None:
     """Set the environment so that child processes run without per-client limits (a value
     the caller set already wins)."""
     for section in _SECTIONS:
-        for name in _OFF:
+        for name in LIMITS_OFF:
             os.environ.setdefault(section + name, "0")

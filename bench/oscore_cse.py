@@ -18,9 +18,10 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from bench.limits import LIMITS_OFF
 from cse.bindings.coap import CoapServer
 from cse.bindings.coap.oscore import MemoryKeyring, OscoreKeys
-from cse.core.config import CSESettings
+from cse.core.config import CSELimits, CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Principal, Role
 from cse.storage.sqlite import SQLiteStorage
@@ -40,7 +41,10 @@ def bench_keys(seed: str, index: int) -> OscoreKeys:
 
 async def serve(db: Path, meters: int, seed: str) -> None:
     keyring = MemoryKeyring(*(bench_keys(seed, index) for index in range(meters)))
-    cse = CommonServicesEntity(SQLiteStorage(db), CSESettings())
+    # As in every bench (bench/limits.py): no per-client limits, which exist to stop one
+    # client speaking for many, as this load does.
+    unlimited = CSELimits(**{name.lower(): None for name in LIMITS_OFF})
+    cse = CommonServicesEntity(SQLiteStorage(db), CSESettings(limits=unlimited))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
