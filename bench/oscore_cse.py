@@ -4,7 +4,7 @@
 
 `gridm2m cse` has no keyring of its own yet (the gateway's credential store will give it one),
 so this runs the same parts in one process: SQLite storage, the core, a CoapServer with
-`allow_plain=True` and a MemoryKeyring holding `--meters` bench meters whose keys derive from
+`trust=Trust.INSECURE` and a MemoryKeyring holding `--meters` bench meters whose keys derive from
 `--seed` (`bench_keys`, which the load generator uses too). It prints
 "listening on coap://127.0.0.1:<port>" and serves until SIGTERM or SIGINT.
 """
@@ -23,7 +23,7 @@ from cse.bindings.coap import CoapServer
 from cse.bindings.coap.oscore import MemoryKeyring, OscoreKeys
 from cse.core.config import CSELimits, CSESettings
 from cse.core.handler import CommonServicesEntity
-from cse.core.identity import Principal, Role
+from cse.core.identity import Principal, Role, Trust
 from cse.storage.sqlite import SQLiteStorage
 
 
@@ -49,7 +49,7 @@ async def serve(db: Path, meters: int, seed: str) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    async with cse, CoapServer(cse, "127.0.0.1", 0, oscore=keyring, allow_plain=True) as server:
+    async with cse, CoapServer(cse, "127.0.0.1", 0, oscore=keyring, trust=Trust.INSECURE) as server:
         print(f"listening on {server.url}", flush=True)
         await stop.wait()
 

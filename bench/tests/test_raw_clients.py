@@ -53,6 +53,7 @@ from cse.bindings.coap import CoapServer
 from cse.bindings.mqtt import MqttBinding, MqttSettings
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.primitives import Request
 from cse.core.types import Operation
 from cse.storage.memory import MemoryStorage
@@ -223,7 +224,7 @@ async def _cni(cse: CommonServicesEntity) -> int:
 async def test_peer_creates_in_the_real_cse_over_coap() -> None:
     cse = await _cse_with_container()
     try:
-        async with CoapServer(cse, "127.0.0.1", 0) as server:
+        async with CoapServer(cse, "127.0.0.1", 0, trust=Trust.INSECURE) as server:
             assert server.port is not None
             peer = CoapPeer("127.0.0.1", server.port)
             try:

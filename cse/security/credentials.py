@@ -157,10 +157,13 @@ class CredentialStore:
         self.close()
 
     @property
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """The store's connection (autocommit), for tables kept beside the credentials."""
         if self._db is None:
             raise RuntimeError("the credential store is not open")
         return self._db
+
+    _conn = connection
 
     # ---- lookups (the running CSE) -----------------------------------------------------------
 

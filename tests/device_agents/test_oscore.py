@@ -29,7 +29,7 @@ from cse.bindings.coap.oscore import (
 )
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
-from cse.core.identity import Principal, Role
+from cse.core.identity import Principal, Role, Trust
 from cse.storage.memory import MemoryStorage
 from device_agents.agent import coap, oscore
 from tests.device_agents import mp
@@ -238,7 +238,12 @@ async def oscore_dap(keyring: MemoryKeyring, port: int = 0) -> AsyncIterator[Coa
         async with (
             cse,
             CoapServer(
-                cse, "127.0.0.1", port, oscore=contexts, allow_plain=False, liveness_interval=None
+                cse,
+                "127.0.0.1",
+                port,
+                oscore=contexts,
+                trust=Trust.CREDENTIAL,
+                liveness_interval=None,
             ) as server,
         ):
             yield server

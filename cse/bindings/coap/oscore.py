@@ -158,24 +158,30 @@ class SecurityContext(cose.CanProtect, cose.CanUnprotect, cose.SecurityContextUt
             )
         self.sender_sequence_number = state.next_sequence if state is not None else 0
         self._save = save
-        # From now on the window changes and is not saved until a clean stop: should the
-        # gateway crash, the state says "unknown" and the meter's next request gets an Echo.
-        self._reserve()
+        # Nothing is written until something changes: a request accepted (the saved window
+        # is stale from then on, so an Echo must follow a crash) or a sequence number taken
+        # beyond the reserve. A keyring skips writing a state it already holds, so 5,000
+        # meters coming back after a restart cost no write each.
+        self._reserved = self.sender_sequence_number
+        # Keys never used, or a window saved at a clean stop: the first accepted request must
+        # first be recorded as "window unknown", so that a crash leads to an Echo, not to a
+        # window that would take a replay.
+        self._window_saved = state is None or state.replay_window is not None
 
-    def _reserve(self) -> None:
-        self._reserved = self.sender_sequence_number + SEQUENCE_CHUNK
+    def _reserve(self, upto: int) -> None:
+        self._reserved = upto
         self._window_saved = False
-        self._save(OscoreState(self._reserved))
+        self._save(OscoreState(upto))
 
     def post_seqnoincrease(self) -> None:
         # Called by protect() before anything is encrypted: the number just taken
         # (sender_sequence_number - 1) must be below what the keyring holds.
         if self.sender_sequence_number > self._reserved:
-            self._reserve()
+            self._reserve(self.sender_sequence_number + SEQUENCE_CHUNK)
 
     def _window_changed(self) -> None:
         if self._window_saved:
-            self._reserve()
+            self._reserve(self._reserved)
 
     def save(self) -> None:
         """A clean stop: the next sequence number and the replay window as they are."""
@@ -234,6 +240,7 @@ class _ProtectedRemote(interfaces.EndpointAddress):  # type: ignore[misc]
         self._kid = kid
 
     hostinfo = property(lambda self: self._underlying.hostinfo)
+    sockaddr = property(lambda self: getattr(self._underlying, "sockaddr", None))
     hostinfo_local = property(lambda self: self._underlying.hostinfo_local)
     uri_base = property(lambda self: self._underlying.uri_base)
     uri_base_local = property(lambda self: self._underlying.uri_base_local)

@@ -11,13 +11,15 @@ becomes 4.08 instead of aiocoap's 5.00.
 With an OSCORE keyring (oscore.py), a protected request is opened first and then handled exactly
 as a plain one (option checks, Block1 reassembly of the inner blocks, the codec, the core), as
 the principal of the keys that opened it; every answer to it, the binding's own refusals and
-2.31 Continue included, is sealed. With `allow_plain=False` an unprotected request gets 4.01.
+2.31 Continue included, is sealed. An unprotected request is believed what the listener's
+`trust` says (cse/core/identity.py), or gets 4.01.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -41,7 +43,7 @@ from cse.bindings.coap.mapping import Code
 from cse.bindings.coap.messages import raw_options, to_aiocoap
 from cse.bindings.coap.oscore import OscoreContexts, OscoreKeyring, OscoreRefused, open_request
 from cse.core.errors import M2MError
-from cse.core.identity import Principal
+from cse.core.identity import Principal, Trust
 from cse.core.types import ResponseStatusCode as RSC
 
 if TYPE_CHECKING:
@@ -78,13 +80,13 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
         cse: CommonServicesEntity,
         max_body_size: int,
         oscore: OscoreContexts | None = None,
-        allow_plain: bool = True,
+        plain: Principal | None = None,
     ) -> None:
         super().__init__()
         self._cse = cse
         self._max_body_size = max_body_size
         self._oscore = oscore
-        self._allow_plain = allow_plain
+        self._plain = plain  # what an unprotected request is believed to be; None: refused
         self._block1 = _Block1Assembly()
 
     async def render_to_pipe(self, pipe: Any) -> None:
@@ -97,8 +99,8 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
                 return
             answer = await self._answer(opened.request, opened.principal)
             pipe.add_response(opened.seal(answer), is_last=True)
-        elif self._allow_plain:
-            pipe.add_response(await self._answer(request, Principal.unproven()), is_last=True)
+        elif self._plain is not None:
+            pipe.add_response(await self._answer(request, self._plain), is_last=True)
         else:
             refusal = _Refused(Code.UNAUTHORIZED, "this CSE takes OSCORE-protected requests only")
             pipe.add_response(self._refusal(request, refusal), is_last=True)
@@ -143,6 +145,20 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
             message.opt.size1 = refusal.size1  # RFC 7959 §2.9.3: the largest body accepted
         return message
 
+    @staticmethod
+    def _source(request: aiocoap.Message) -> str | None:
+        """The peer's IP address as the UDP socket saw it (IPv4 without its v6 mapping)."""
+        sockaddr = getattr(request.remote, "sockaddr", None)
+        if not sockaddr:
+            return None
+        try:
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        except ValueError:
+            return None
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(address)
+
     async def _render(self, request: aiocoap.Message, principal: Principal) -> aiocoap.Message:
         options = raw_options(request)
         try:
@@ -154,8 +170,8 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
             logger.exception("could not read the CoAP request %r", request)
             status = RSC.INTERNAL_SERVER_ERROR
             return to_aiocoap(error_reply(options, status, "internal error"))
-        if principal.is_proven:
-            primitive = replace(primitive, principal=principal)
+        # Always set: a request from the network never keeps the in-process default.
+        primitive = replace(primitive, principal=principal, source=self._source(request))
         response = await self._cse.handle(primitive)
         return to_aiocoap(encode_response(response, primitive.operation, serialization))
 
@@ -325,14 +341,15 @@ class CoapServer:
         max_latency: float | None = None,  # seconds; None keeps RFC 7252's 100 s
         liveness_interval: float | None = 10.0,  # seconds between pings; None: no watchdog
         oscore: OscoreKeyring | OscoreContexts | None = None,
-        allow_plain: bool = True,
+        trust: Trust = Trust.CREDENTIAL,  # what an unprotected request is believed to be
     ) -> None:
-        if oscore is None and not allow_plain:
-            raise ValueError("allow_plain=False needs an OSCORE keyring: nothing could get in")
+        plain = trust.principal_without_credential()
+        if oscore is None and plain is None:
+            raise ValueError("trust 'credential' needs an OSCORE keyring: nothing could get in")
         if oscore is not None and not isinstance(oscore, OscoreContexts):
             oscore = OscoreContexts(oscore)
         self.oscore = oscore  # hand it to the CoapClient that notifies meters
-        self._allow_plain = allow_plain
+        self._plain = plain
         self._cse = cse
         self._host = host
         self._port = port
@@ -360,7 +377,7 @@ class CoapServer:
             )
 
     async def _open(self, port: int) -> None:
-        site = _CseResource(self._cse, self._max_body_size, self.oscore, self._allow_plain)
+        site = _CseResource(self._cse, self._max_body_size, self.oscore, self._plain)
         self._context = await aiocoap.Context.create_server_context(
             site, bind=(self._host, port), transports=["udp6"]
         )

@@ -41,6 +41,7 @@ from cse.core.clock import ManualClock
 from cse.core.config import CSESettings
 from cse.core.errors import M2MError
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import FilterCriteria, Request
 from cse.core.types import Operation, ResultContent
@@ -291,7 +292,7 @@ async def cse(clock: ManualClock, client: CoapClient) -> AsyncIterator[CommonSer
 
 @pytest.fixture
 async def server(cse: CommonServicesEntity) -> AsyncIterator[CoapServer]:
-    async with CoapServer(cse, "127.0.0.1", 0, max_body_size=8192) as running:
+    async with CoapServer(cse, "127.0.0.1", 0, max_body_size=8192, trust=Trust.INSECURE) as running:
         yield running
 
 
@@ -1008,7 +1009,7 @@ async def _serve_after(datagrams: list[bytes]) -> int:
     cse = CommonServicesEntity(
         MemoryStorage(), CSESettings(expiry_check_interval=3600), clock=clock
     )
-    async with cse, CoapServer(cse, "127.0.0.1", 0) as server:
+    async with cse, CoapServer(cse, "127.0.0.1", 0, trust=Trust.INSECURE) as server:
         assert server.port is not None
         peer = await RawPeer.open(server.port)
         try:
@@ -1042,7 +1043,7 @@ async def test_max_latency_sets_how_long_exchanges_are_remembered(
     before = aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME
     assert before == 247.0  # RFC 7252's defaults
     try:
-        async with CoapServer(cse, "127.0.0.1", 0, max_latency=10.0):
+        async with CoapServer(cse, "127.0.0.1", 0, max_latency=10.0, trust=Trust.INSECURE):
             # 45 s of retransmission span + 2 x 10 s + 2 s processing delay
             assert aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME == 67.0
         with pytest.raises(ValueError, match="MAX_LATENCY"):

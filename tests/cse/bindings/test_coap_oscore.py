@@ -1,6 +1,6 @@
 """OSCORE on the CoAP binding, against the meter agent's own CoAP and OSCORE code (on CPython).
 
-A real CoapServer with an in-memory keyring and `allow_plain=False`, a real CSE (a subclass
+A real CoapServer with an in-memory keyring and `trust=Trust.CREDENTIAL`, a real CSE (a subclass
 that records what reached the core), the agent's Dap, CoapClient and CoapListener as the meter,
 exact datagrams from a bare UDP socket where a test replays one. Each attack has its test:
 plain, wrong key, unknown kid, revoked kid, replay, an unprotected NOTIFY to a meter; then the
@@ -28,7 +28,7 @@ from cse.bindings.coap.oscore import (
 from cse.core.clock import ManualClock
 from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
-from cse.core.identity import Principal, Role
+from cse.core.identity import Principal, Role, Trust
 from cse.core.primitives import Request, Response
 from cse.serialization import JSON
 from cse.storage.memory import MemoryStorage
@@ -107,7 +107,7 @@ async def cse(
 
 async def serve(cse: RecordingCSE, contexts: OscoreContexts, port: int = 0) -> CoapServer:
     server = CoapServer(
-        cse, "127.0.0.1", port, oscore=contexts, allow_plain=False, liveness_interval=None
+        cse, "127.0.0.1", port, oscore=contexts, trust=Trust.CREDENTIAL, liveness_interval=None
     )
     await server.start()
     return server
