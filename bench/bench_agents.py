@@ -139,7 +139,9 @@ class Cse:
 
     def __init__(self, db: str, mqtt_url: str | None, log: Path) -> None:
         args = [sys.executable, "-m", "gridm2m", "cse", "--http-port", "0", "--coap-port", "0"]
-        args += ["--db", db] + (["--mqtt-url", mqtt_url] if mqtt_url else [])
+        # The bench broker is anonymous: meters are taken at their word.
+        mqtt = ["--mqtt-url", mqtt_url, "--mqtt-trust", "claimed"] if mqtt_url else []
+        args += ["--db", db, *mqtt]
         with log.open("w") as stderr:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=stderr, text=True)
         assert self.process.stdout is not None

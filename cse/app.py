@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -20,12 +21,14 @@ from cse.bindings.http import HttpClient, HttpSender, HttpServer
 from cse.bindings.mqtt.client import MqttSender
 from cse.bindings.mqtt.server import MqttBinding
 from cse.bindings.mqtt.settings import MqttSettings
+from cse.bindings.mqtt.topics import topic_id
 from cse.config_files import CseId, CseName, load_section
 from cse.core.config import CSELimits, CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
 from cse.core.notifications import Sender
 from cse.forwarding import PointOfAccessForwarder
+from cse.security.credentials import CredentialStore
 from cse.storage.base import Storage
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
@@ -277,6 +280,26 @@ class RunningCSE:
         return urls
 
 
+def open_credentials(config: CSEConfig) -> CredentialStore | None:
+    """The CSE's credential store, open; None when it keeps none (a ":memory:" database)."""
+    path = config.credentials_path()
+    return None if path is None else CredentialStore(path).open()
+
+
+def own_mqtt_login(
+    settings: MqttSettings, credentials: CredentialStore | None, cse_id: str
+) -> MqttSettings:
+    """How this CSE's own MQTT clients log in: as configured, else with its own credential
+    from its store, whose password `gridm2m credentials mosquitto` put in the broker's
+    password file (user name: the CSE-ID in topic form)."""
+    if settings.username is not None or credentials is None:
+        return settings
+    own = credentials.by_originator(cse_id)
+    if own is None or own.mqtt_password is None:
+        return settings
+    return dataclasses.replace(settings, username=topic_id(cse_id), password=own.mqtt_password)
+
+
 @contextlib.asynccontextmanager
 async def running_cse(
     config: CSEConfig,
@@ -289,6 +312,12 @@ async def running_cse(
     outbox does)."""
     mqtt_settings = config.mqtt.settings()
     async with contextlib.AsyncExitStack() as stack:
+        credentials = None
+        if mqtt_settings is not None and config.mqtt.trust is Trust.CREDENTIAL:
+            credentials = open_credentials(config)
+            if credentials is not None:
+                stack.callback(credentials.close)
+                mqtt_settings = own_mqtt_login(mqtt_settings, credentials, config.cse_id)
         http_client = await stack.enter_async_context(HttpClient())
         coap_client = await stack.enter_async_context(CoapClient())
         mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings))
@@ -326,7 +355,9 @@ async def running_cse(
             )
         mqtt = None
         if mqtt_settings is not None:
-            mqtt = await stack.enter_async_context(MqttBinding(cse, mqtt_settings))
+            mqtt = await stack.enter_async_context(
+                MqttBinding(cse, mqtt_settings, trust=config.mqtt.trust, credentials=credentials)
+            )
         running = RunningCSE(cse, http, coap, mqtt)
         cse.settings = config.settings(points_of_access=tuple(config.poa or running.urls))
         yield running

@@ -6,6 +6,11 @@ A bundle is a folder laid out exactly as the board's filesystem root will be:
     DIR/config.json    this meter's identity and link (schema in docs/agents.md)
     DIR/<module>.mpy   every other module of device_agents/agent/, compiled by mpy-cross
     DIR/answers.txt    the rows of the flows that answer commands, read from flash
+    DIR/ca.der         an MQTT meter's trust anchor: the CA of the broker's certificate
+
+An MQTT meter speaks TLS to the broker (port 8883) and logs in with its own password from the
+DAP's credential store (`meter_login`); both go into config.json, which is then readable by
+its owner only: a bundle with secrets belongs to one meter and goes to one board.
 
 The modules sit beside main.py, not in `lib/`: MicroPython puts the script's own folder first
 on `sys.path` (the unix port uses the folder of `main.py`; a board's default path is
@@ -27,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import zlib
@@ -47,8 +53,10 @@ DATA_FILES = ("answers.txt",)
 TRANSPORTS = ("coap", "mqtt")
 KINDS = ("electric", "gas")
 SERIALIZATIONS = ("json", "cbor")
-DEFAULT_DAP_PORT = {"coap": 5683, "mqtt": 1883}
+DEFAULT_DAP_PORT = {"coap": 5683, "mqtt": 8883}
+PLAIN_MQTT_PORT = 1883
 DEFAULT_LISTEN_PORT = 5684
+CA_FILE = "ca.der"
 
 _AE_ID_CHARACTER = re.compile(r"[A-Za-z0-9._-]")
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
@@ -105,6 +113,9 @@ def meter_config(
     buffer_file: str | None = None,
     dr_opt_out_rate: float = 0.1,
     seed: int | None = None,
+    mqtt_login: tuple[str, str] | None = None,
+    mqtt_tls: bool = False,
+    mqtt_server_name: str | None = None,
 ) -> dict[str, Any]:
     """One meter's config.json content (docs/agents.md), checked; raises BuildError."""
     if not _RESOURCE_NAME.match(meter_id):
@@ -157,7 +168,57 @@ def meter_config(
     }
     if poa_host is not None:  # where the DAP sends commands (CoAP); default: found at run time
         config["poa_host"] = poa_host
+    if transport == "mqtt":
+        config["mqtt_tls"] = mqtt_tls
+        if mqtt_tls:
+            config["mqtt_ca"] = CA_FILE  # beside main.py: the board's working folder
+        if mqtt_server_name is not None:
+            config["mqtt_server_name"] = mqtt_server_name
+        if mqtt_login is not None:
+            config["mqtt_username"], config["mqtt_password"] = mqtt_login
     return config
+
+
+def ca_certificate_der(path: Path) -> bytes:
+    """The broker's CA certificate (PEM or DER file) as DER: smaller on the board, and what
+    mbedTLS parses without a PEM decoder pass."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise BuildError(f"cannot read the CA certificate {path}: {error}") from error
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            certificate = x509.load_pem_x509_certificate(data)
+        else:
+            certificate = x509.load_der_x509_certificate(data)
+    except ValueError as error:
+        raise BuildError(f"{path} is not a certificate (PEM or DER): {error}") from error
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+def meter_login(store_path: Path, meter_id: str) -> tuple[tuple[str, str], bool]:
+    """The meter's broker login (its AE-ID, its password) from the DAP's credential store,
+    and whether its credential was made now (it is, when the store has none)."""
+    from cse.security.credentials import CredentialError, CredentialStore
+
+    try:
+        with CredentialStore(store_path) as store:
+            credential = store.by_name(meter_id)
+            made = False
+            if credential is None:
+                if any(c.name == meter_id for c in store.all()):
+                    raise BuildError(f"the credential of {meter_id} is revoked or expired")
+                credential = store.add_device(meter_id).credential
+                made = True
+            password = credential.mqtt_password or store.new_mqtt_password(meter_id)
+    except CredentialError as error:
+        raise BuildError(str(error)) from error
+    except sqlite3.Error as error:
+        raise BuildError(f"cannot use the credential store {store_path}: {error}") from error
+    return (credential.originator, password), made
 
 
 def _one_of(what: str, value: str, allowed: Sequence[str]) -> None:
@@ -193,7 +254,9 @@ class Bundle:
     @property
     def files(self) -> list[str]:
         """Every file of the bundle, relative to its folder, in flashing order."""
-        return [f"{name}.mpy" for name in self.modules] + [*DATA_FILES, ENTRY_POINT, CONFIG_FILE]
+        trust = [CA_FILE] if self.config.get("mqtt_ca") == CA_FILE else []
+        data = [*DATA_FILES, *trust, ENTRY_POINT, CONFIG_FILE]
+        return [f"{name}.mpy" for name in self.modules] + data
 
 
 def build_bundle(
@@ -201,8 +264,10 @@ def build_bundle(
     config: dict[str, Any],
     source_dir: Path = AGENT_DIR,
     mpy_cross: list[str] | None = None,
+    ca_der: bytes | None = None,
 ) -> Bundle:
-    """Compile the agent into `out` with `config` as its config.json; raises BuildError."""
+    """Compile the agent into `out` with `config` as its config.json (and `ca_der` as its
+    ca.der); raises BuildError."""
     sources = agent_sources(source_dir)
     compiler = mpy_cross or mpy_cross_command()
     out.mkdir(parents=True, exist_ok=True)
@@ -223,8 +288,20 @@ def build_bundle(
             raise BuildError(f"mpy-cross failed on {source.name}: {detail}")
     for name in (*DATA_FILES, ENTRY_POINT):
         shutil.copyfile(source_dir / name, out / name)
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+    (out / CA_FILE).unlink(missing_ok=True)
+    if ca_der is not None:
+        (out / CA_FILE).write_bytes(ca_der)
+    _write_config(out / CONFIG_FILE, config)
     return Bundle(out, tuple(source.stem for source in sources), config)
+
+
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    """config.json; private to its owner when it holds the meter's password."""
+    secret = "mqtt_password" in config
+    path.unlink(missing_ok=True)  # a new file gets the mode below, whatever the old one had
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "w") as out:
+        out.write(json.dumps(config, indent=1) + "\n")
 
 
 def read_bundle(directory: Path) -> Bundle:
@@ -241,6 +318,8 @@ def read_bundle(directory: Path) -> Bundle:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except ValueError as error:
         raise BuildError(f"{directory / CONFIG_FILE} is not valid JSON: {error}") from error
+    if config.get("mqtt_ca") == CA_FILE and not (directory / CA_FILE).is_file():
+        raise BuildError(f"bundle {directory} is incomplete (no {CA_FILE})")
     return Bundle(directory, modules, config)
 
 

@@ -153,7 +153,15 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
 
         running = await stack.enter_async_context(running_cse(config.cse, align_outbox))
         core = running.cse
-        link = await stack.enter_async_context(UpstreamLink(config.upstream, config.cse.cse_id))
+        upstream = config.upstream
+        if upstream.uses_mqtt and upstream.username is None and running.mqtt is not None:
+            # Through the DAP's own broker: the uplink logs in as the gateway's binding does
+            # (its credential from its store, see cse.app.own_mqtt_login).
+            login = running.mqtt.settings
+            upstream = upstream.model_copy(
+                update={"username": login.username, "password": login.password}
+            )
+        link = await stack.enter_async_context(UpstreamLink(upstream, config.cse.cse_id))
         metrics = GatewayMetrics()
         metrics.observe_outbox(outbox)
         metrics.watch_limits(core.counters)

@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
+from cse.core.identity import Trust
 from cse.logs import install_repeat_filter
 from cse.storage.base import StorageError
 from gridm2m import credentials
@@ -36,6 +37,11 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--http-port", type=int, help="port (default 8080; 0 picks a free one)")
     parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
     parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
+    parser.add_argument(
+        "--mqtt-trust",
+        choices=[trust.value for trust in Trust],
+        help="whom an MQTT request's topic proves (default credential: the broker's login)",
+    )
     parser.add_argument("--db", help="SQLite file (':memory:' keeps nothing)")
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_cse)
@@ -54,6 +60,7 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "http.port": args.http_port,
                 "coap.port": args.coap_port,
                 "mqtt.url": args.mqtt_url,
+                "mqtt.trust": args.mqtt_trust,
                 "db": args.db,
             },
         )
@@ -104,6 +111,11 @@ def _add_gateway_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser.add_argument("--http-port", type=int, help="the gateway CSE's HTTP port (0: any)")
     parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
     parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
+    parser.add_argument(
+        "--mqtt-trust",
+        choices=[trust.value for trust in Trust],
+        help="whom an MQTT request's topic proves (default credential: the broker's login)",
+    )
     parser.add_argument("--ops-port", type=int, help="port of /metrics and /health (0: any)")
     parser.add_argument("--db", help="SQLite file of the gateway CSE")
     parser.add_argument("--log-level", default="WARNING")
@@ -122,6 +134,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
                 "cse.http.port": args.http_port,
                 "cse.coap.port": args.coap_port,
                 "cse.mqtt.url": args.mqtt_url,
+                "cse.mqtt.trust": args.mqtt_trust,
                 "ops.port": args.ops_port,
                 "cse.db": args.db,
             },
@@ -140,6 +153,11 @@ def _add_headend_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser.add_argument("--config", help="TOML file with a [headend] section")
     parser.add_argument("--http-port", type=int, help="the IN-CSE's HTTP port (0: any)")
     parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
+    parser.add_argument(
+        "--mqtt-trust",
+        choices=[trust.value for trust in Trust],
+        help="whom an MQTT request's topic proves (default credential: the broker's login)",
+    )
     parser.add_argument("--dashboard-port", type=int, help="dashboard and API port (0: any)")
     parser.add_argument("--db", help="SQLite file of the IN-CSE")
     parser.add_argument("--mdms-db", help="SQLite file of the MDMS store")
@@ -158,6 +176,7 @@ def _run_headend(args: argparse.Namespace) -> int:
             {
                 "cse.http.port": args.http_port,
                 "cse.mqtt.url": args.mqtt_url,
+                "cse.mqtt.trust": args.mqtt_trust,
                 "dashboard.port": args.dashboard_port,
                 "cse.db": args.db,
                 "mdms.db": args.mdms_db,
@@ -395,7 +414,25 @@ def _add_agent_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--dap",
         required=True,
         metavar="HOST:PORT",
-        help="the DAP's CoAP server or MQTT broker (port default 5683 / 1883)",
+        help="the DAP's CoAP server or MQTT broker (port default 5683 / 8883, 1883 plain)",
+    )
+    build.add_argument(
+        "--credentials",
+        metavar="STORE",
+        help="MQTT: the DAP's credential store; the meter's credential is made there if it has "
+        "none, and its broker password goes into this bundle only",
+    )
+    build.add_argument(
+        "--ca", metavar="FILE", help="MQTT: the CA certificate (PEM or DER) of the broker's"
+    )
+    build.add_argument(
+        "--mqtt-server-name",
+        help="MQTT: the name on the broker's certificate, if the DAP address is not on it",
+    )
+    build.add_argument(
+        "--plain-mqtt",
+        action="store_true",
+        help="MQTT without TLS on 1883, for a lab broker (its password would travel in clear)",
     )
     build.add_argument("--kind", choices=["electric", "gas"], default="electric")
     build.add_argument(
@@ -435,7 +472,19 @@ def _add_agent_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
 def _run_agent_build(args: argparse.Namespace) -> int:
     build = _device_agents("build")
     try:
-        host, port = build.parse_host_port(args.dap, build.DEFAULT_DAP_PORT[args.transport])
+        tls = args.transport == "mqtt" and not args.plain_mqtt
+        if tls and not (args.ca and args.credentials):
+            raise build.BuildError(
+                "an MQTT meter speaks TLS with its own password: give --ca (the broker's CA) "
+                "and --credentials (the DAP's credential store), or --plain-mqtt for a lab"
+            )
+        plain = args.transport == "mqtt" and not tls
+        default_port = build.PLAIN_MQTT_PORT if plain else build.DEFAULT_DAP_PORT[args.transport]
+        host, port = build.parse_host_port(args.dap, default_port)
+        ca_der = build.ca_certificate_der(Path(args.ca)) if tls else None
+        login, made = None, False
+        if args.transport == "mqtt" and args.credentials:
+            login, made = build.meter_login(Path(args.credentials), args.meter_id)
         config = build.meter_config(
             args.meter_id,
             args.transport,
@@ -452,12 +501,17 @@ def _run_agent_build(args: argparse.Namespace) -> int:
             wifi_password=args.wifi_password,
             buffer_max=args.buffer_max,
             seed=args.seed,
+            mqtt_login=login,
+            mqtt_tls=tls,
+            mqtt_server_name=args.mqtt_server_name,
         )
     except build.BuildError as error:
         print(f"gridm2m agent build: {error}", file=sys.stderr)
         return 2
+    if made:
+        print(f"made the credential of {args.meter_id} in {args.credentials}")
     try:
-        bundle = build.build_bundle(Path(args.out), config)
+        bundle = build.build_bundle(Path(args.out), config, ca_der=ca_der)
     except (build.BuildError, OSError) as error:
         print(f"gridm2m agent build: {error}", file=sys.stderr)
         return 1

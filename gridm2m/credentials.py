@@ -8,15 +8,18 @@ Secrets are printed only when they are made (a bearer token is not kept at all),
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 import tomllib
 from pathlib import Path
 
 from cse.app import ConfigError, CSEConfig, load_cse_config
-from cse.security.credentials import Credential, CredentialError, CredentialStore
+from cse.security import mosquitto
+from cse.security.credentials import Credential, CredentialError, CredentialStore, Kind
 
 _SECTIONS = (("gateway", "cse"), ("headend", "cse"), ("cse",))
+_HEALTH_VARIABLE = "MQTT_HEALTH_PASSWORD"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -49,6 +52,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     admin.add_argument("name")
     admin.add_argument("--cert", help="a client certificate (PEM) to pin instead of a token")
     admin.add_argument("--days", type=float)
+
+    broker = actions.add_parser(
+        "mosquitto",
+        help="write the MQTT broker's password file and ACL from the store",
+        description="The DAP broker's password file (Mosquitto 2.0 $7$ hashes) and ACL for "
+        "every usable meter and CSE with an MQTT password, and for this CSE itself (its "
+        "credential is made on first use). Then reload Mosquitto: kill -HUP <pid>.",
+    )
+    broker.add_argument("--passwords", required=True, metavar="FILE", help="password_file")
+    broker.add_argument("--acl", required=True, metavar="FILE", help="acl_file")
+    broker.add_argument(
+        "--cse-id", help="the CSE serving through the broker (default: from --config)"
+    )
+    broker.add_argument(
+        "--health-env",
+        metavar="FILE",
+        help="also a `health` user for the container health check; its password is kept "
+        "in FILE as MQTT_HEALTH_PASSWORD=... (made once, then reused)",
+    )
 
     actions.add_parser("list", help="every credential, its kind and status (no secrets)")
     for action, text in (
@@ -176,7 +198,48 @@ def _act(store: CredentialStore, args: argparse.Namespace) -> int:
     elif action == "remove":
         store.remove(args.name)
         print(f"removed {args.name}")
+    elif action == "mosquitto":
+        return _write_broker_files(store, args)
     return 0
+
+
+def _write_broker_files(store: CredentialStore, args: argparse.Namespace) -> int:
+    cse_id = args.cse_id or (None if args.store else _cse_config(args.config).cse_id)
+    if not cse_id:
+        print("gridm2m credentials mosquitto: --store needs --cse-id", file=sys.stderr)
+        return 2
+    cse_id = "/" + cse_id.lstrip("/")
+    own = store.by_originator(cse_id)
+    if own is None:
+        own = store.add_cse(cse_id, mqtt=True).credential
+        print(f"made the credential {own.name} for {cse_id}'s own broker login")
+    elif own.mqtt_password is None:
+        store.new_mqtt_password(own.name)
+        print(f"gave {own.name} an MQTT password for its own broker login")
+    users = mosquitto.broker_users(store.all(), time.time())
+    if args.health_env:
+        health = _health_password(Path(args.health_env))
+        users.append(mosquitto.BrokerUser(mosquitto.HEALTH_USER, health, None))
+    mosquitto.write_private(Path(args.passwords), mosquitto.password_file(users))
+    mosquitto.write_private(Path(args.acl), mosquitto.acl_file(cse_id, users))
+    meters = sum(1 for user in users if user.credential and user.credential.kind is Kind.DEVICE)
+    print(
+        f"wrote {args.passwords} and {args.acl}: {len(users)} users ({meters} meters); "
+        "reload Mosquitto with SIGHUP (kill -HUP <pid>, docker compose kill -s HUP mosquitto)"
+    )
+    return 0
+
+
+def _health_password(path: Path) -> str:
+    """The health user's password from its env file, or a new one written there."""
+    if path.exists():
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition("=")
+            if name.strip() == _HEALTH_VARIABLE and value.strip():
+                return value.strip()
+    password = secrets.token_urlsafe(18)
+    mosquitto.write_private(path, f"{_HEALTH_VARIABLE}={password}\n")
+    return password
 
 
 def _admin_originator(args: argparse.Namespace) -> str:

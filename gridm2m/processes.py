@@ -178,7 +178,10 @@ class Stack:
             "ops": {"port": self.ops_port},
         }
         if self.broker_url:
-            gateway["cse"]["mqtt"] = {"url": self.broker_url}
+            # The demo's broker lets anyone in and holds nobody to their topics, so an MQTT
+            # topic proves nothing: meters are taken at their word, never a privileged
+            # identity. A DAP's own broker is docker/mosquitto (TLS, passwords, ACL).
+            gateway["cse"]["mqtt"] = {"url": self.broker_url, "trust": "claimed"}
         headend_toml = directory / "headend.toml"
         headend_toml.write_text(toml_text("headend", merge_tables(headend, self.headend_extra)))
         gateway_toml = directory / "gateway.toml"

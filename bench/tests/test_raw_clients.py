@@ -415,7 +415,7 @@ async def test_echo_answers_on_the_response_topic(broker: MosquittoBroker) -> No
 async def test_sim_client_creates_in_the_real_cse_over_mqtt(broker: MosquittoBroker) -> None:
     cse = await _cse_with_container()
     try:
-        async with MqttBinding(cse, MqttSettings(broker.url)):
+        async with MqttBinding(cse, MqttSettings(broker.url), trust=Trust.INSECURE):
             client = MqttSimClient(broker.port, 0, "id-in", 2400, "t", expect=b'"rsc":2001')
             await client.open()
             try:

@@ -290,6 +290,13 @@ class CredentialStore:
         self._update(name, "token_sha256 = ?", (token_digest(secret),))
         return secret
 
+    def new_mqtt_password(self, name: str) -> str:
+        """Give a credential a new MQTT password (or its first); the broker takes it once its
+        password file is made again (`gridm2m credentials mosquitto`)."""
+        password = secrets.token_urlsafe(18)
+        self._update(name, "mqtt_password = ?", (password,))
+        return password
+
     def pin_certificate(self, name: str, certificate: bytes) -> None:
         self._update(name, "cert_sha256 = ?", (hashlib.sha256(certificate).digest(),))
 

@@ -6,6 +6,7 @@ costs heap on MicroPython when the module is imported, whether it runs there or 
 
 import asyncio
 import socket
+import ssl
 import time
 
 
@@ -97,3 +98,19 @@ class AesCcm:
         except InvalidTag:
             return False
         return True
+
+
+# One context per CA for the whole process: a fleet of thousands of meters shares it (each
+# context holds the parsed CA and its own session cache).
+_TLS_CONTEXTS = {}
+TLS_ERRORS = (OSError, ssl.SSLError)
+
+
+def tls_context(ca):
+    """A TLS client context that verifies the server against the CA certificate `ca` (DER)."""
+    context = _TLS_CONTEXTS.get(ca)
+    if context is None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        _TLS_CONTEXTS[ca] = context
+    return context

@@ -30,13 +30,16 @@ on config["listen_port"] (0: any); the AE's poa is coap://<poa_host>:<that port>
 the broker is at dap_host:dap_port (1883); requests go to /oneM2M/req/<ae-id>/<cse-id>/<fmt>
 (registration on reg_req), responses come back on the matching resp/reg_resp topic,
 notifications arrive on /oneM2M/req/<cse-id>/<ae-id>/<fmt> and are answered on
-/oneM2M/resp/<cse-id>/<ae-id>/<fmt>; the poa is mqtt://<dap_host>:<dap_port>. A CBOR meter
-adds ?ct=cbor to its poa (either transport), so the DAP notifies it in CBOR as well.
+/oneM2M/resp/<cse-id>/<ae-id>/<fmt>; the poa is mqtts://<dap_host>:<dap_port> (8883) with TLS
+(config["mqtt_ca"]: the broker's CA certificate), mqtt://...:1883 without. A CBOR meter adds
+?ct=cbor to its poa (either transport), so the DAP notifies it in CBOR as well.
 
 Optional config keys (defaults): cse_id "/id-in", cse_name "cse-in", serialization "json",
 listen_port 0, listen_host "0.0.0.0", poa_host (the address the DAP sees; 127.0.0.1 on the
 unix port), timeout_ms 10000 (MQTT answers; CoAP separate responses), coap_ack_timeout_ms
-2000, coap_max_retransmit 4, mqtt_keepalive_s 60, mqtt_username, mqtt_password.
+2000, coap_max_retransmit 4, mqtt_keepalive_s 60, mqtt_username, mqtt_password, mqtt_ca (a
+DER file: TLS), mqtt_server_name (dap_host: the name the broker's certificate must carry),
+mqtt_tls (true when mqtt_ca is given).
 """
 
 import asyncio

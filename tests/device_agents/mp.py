@@ -315,12 +315,15 @@ class DapCse:
         db: str = ":memory:",
         http_port: int = 0,
         coap_port: int = 0,
+        mqtt_trust: str = "claimed",
     ):
         # A file `db` and the ports of an earlier run: the same DAP again after a restart.
         self.args = ["--http-port", str(http_port), "--coap-port", str(coap_port), "--db", db]
         self.args += ["--cse-id", cse_id, "--cse-name", cse_name]
         if mqtt_url is not None:
-            self.args += ["--mqtt-url", mqtt_url]
+            # The test brokers hold nobody to their topics: meters are taken at their word
+            # (tests/deploy runs the agent against the secured broker).
+            self.args += ["--mqtt-url", mqtt_url, "--mqtt-trust", mqtt_trust]
         self.cse_id = cse_id
         self.cse_name = cse_name
         self.http_url = ""

@@ -98,8 +98,11 @@ class System:
         }
         upstream = f"http://127.0.0.1:{self.headend_port}"
         if broker is not None:
-            gateway_cse["mqtt"] = {"url": broker.url, "username": "gateway"}
-            headend_cse["mqtt"] = {"url": broker.url, "username": "headend"}
+            # The test broker holds nobody to their topics, and the CSEs talk through it as
+            # CSE-IDs: an insecure lab listener (tests/deploy has the secured broker).
+            lab = {"url": broker.url, "trust": "insecure"}
+            gateway_cse["mqtt"] = {**lab, "username": "gateway"}
+            headend_cse["mqtt"] = {**lab, "username": "headend"}
             if upstream_mqtt:
                 upstream = broker.url
         (directory / "headend.toml").write_text(

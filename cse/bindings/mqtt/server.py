@@ -5,12 +5,22 @@ topic and payload out (or nothing, when no topic can be derived). `MqttBinding` 
 broker connection around it: one persistent session (clean session false, a stable client
 ID), QoS 1 subscriptions to the request and registration topics addressed to this CSE, a
 PUBACK only after the answer (see acks.py), and reconnection with backoff.
+
+Who sent a request: MQTT carries no identity of the publisher, so the binding relies on the
+broker. With trust "credential" the broker logged every client in with its password and its
+ACL (both made from this CSE's credential store by `gridm2m credentials mosquitto`) lets a
+client publish requests only under its own originator; the originator segment of the topic is
+then believed when it names a usable credential of the store (a meter's AE-ID, a CSE's CSE-ID
+in topic form), and anything else is refused (4103) before it reaches the core. A credential
+revoked in the store is refused at its next request, while the broker may still hold its
+connection. "claimed" and "insecure" (a broker without that ACL) prove nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -39,6 +49,7 @@ from cse.bindings.mqtt.topics import (
 )
 from cse.core.addressing import normalize_originator
 from cse.core.errors import M2MError
+from cse.core.identity import Principal, Trust
 from cse.core.primitives import Request
 from cse.core.types import Operation
 from cse.core.types import ResourceType as T
@@ -47,6 +58,7 @@ from cse.serialization import JSON
 
 if TYPE_CHECKING:
     from cse.core.handler import CommonServicesEntity
+    from cse.security.credentials import Credential, CredentialStore
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +71,9 @@ class Reply(NamedTuple):
     payload: bytes
 
 
-def _read_request(topic: RequestTopic, payload: bytes, max_payload: int, cse_id: str) -> Request:
+def _read_request(
+    topic: RequestTopic, payload: bytes, max_payload: int, cse_id: str, sender: TopicSender
+) -> Request:
     serialization = topic.serialization
     if serialization is None:
         message = f"serialization {topic.format[:20]!r} is not supported: use /json or /cbor"
@@ -73,28 +87,62 @@ def _read_request(topic: RequestTopic, payload: bytes, max_payload: int, cse_id:
     except M2MError as error:
         raise Rejected(error.status, error.message) from None
     request = request_from_primitive(primitive)
+    claimed = (("rqi", request.request_id), ("rvi", request.release_version))
+    echo = {name: value for name, value in (*claimed, ("fr", request.originator)) if value}
+    principal = sender.principal(topic.originator)
+    if principal is None:
+        raise Rejected(
+            RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
+            f"{topic.originator[:80]!r} holds no usable credential of this CSE",
+            echo,
+        )
     if topic.kind != REGISTRATION_REQUEST and not _sent_by(
         request.originator, topic.originator, cse_id
     ):
         # With per-client topic ACLs on the broker, the topic's originator is who logged in;
         # `fr` must be that entity, or an entity behind that CSE (a CSE forwarding for its
         # AEs), so one meter cannot write as another by changing the payload.
-        echo = {"rqi": request.request_id, "rvi": request.release_version, "fr": request.originator}
         raise Rejected(
             RSC.ORIGINATOR_HAS_NO_PRIVILEGE,
             f"originator {str(request.originator)[:80]!r} does not match the request topic",
-            {name: value for name, value in echo.items() if value},
+            echo,
         )
     if topic.kind == REGISTRATION_REQUEST and not (
         request.operation == Operation.CREATE and request.resource_type in (T.AE, T.REMOTE_CSE)
     ):
-        echo = {"rqi": request.request_id, "rvi": request.release_version, "fr": request.originator}
         raise Rejected(
             RSC.OPERATION_NOT_ALLOWED,
             "reg_req carries registrations only (CREATE of an AE or remoteCSE)",
-            {name: value for name, value in echo.items() if value},
+            echo,
         )
-    return request
+    return dataclasses.replace(request, principal=principal)
+
+
+class TopicSender:
+    """Who published a request, from the originator segment of its topic (see the module
+    docstring): `principal()` is None when the request must be refused."""
+
+    def __init__(self, trust: Trust, credentials: CredentialStore | None = None) -> None:
+        self.trust = trust
+        self.credentials = credentials
+
+    def principal(self, topic_originator: str) -> Principal | None:
+        if self.trust is not Trust.CREDENTIAL:
+            return self.trust.principal_without_credential()
+        credential = self.credential(topic_originator)
+        return None if credential is None else credential.principal("mqtt")
+
+    def credential(self, topic_originator: str) -> Credential | None:
+        """The usable credential whose broker login is `topic_originator`: a device's AE-ID
+        as it is, a CSE's CSE-ID without its slash. None if there is none, or two (a device
+        and a CSE cannot share a login: `gridm2m credentials mosquitto` refuses them too)."""
+        if self.credentials is None or not topic_originator or ":" in topic_originator:
+            return None
+        device = self.credentials.by_originator(topic_originator)
+        cse = self.credentials.by_originator("/" + topic_originator)
+        if device is not None and cse is not None:
+            return None
+        return device or cse
 
 
 def _sent_by(originator: str | None, topic_originator: str, cse_id: str) -> bool:
@@ -120,16 +168,26 @@ def _encode(primitive: dict[str, Any], serialization: str, cse_id: str) -> bytes
 
 
 async def answer(
-    cse: CommonServicesEntity, topic: str, payload: bytes, *, max_payload: int, prefix: str = ""
+    cse: CommonServicesEntity,
+    topic: str,
+    payload: bytes,
+    *,
+    max_payload: int,
+    prefix: str = "",
+    sender: TopicSender | None = None,
 ) -> Reply | None:
-    """Serve one request message; None when nothing can or should be published back."""
+    """Serve one request message; None when nothing can or should be published back.
+    `sender` says whom a topic proves (default: trust "credential" without a store, which
+    refuses every request)."""
     cse_id = cse.settings.cse_id
     parsed = parse_request_topic(topic, prefix)
     if parsed is None or parsed.receiver != topic_id(cse_id):
         logger.warning("dropped a message on %r: not a request topic of this CSE", topic[:200])
         return None
     try:
-        request = _read_request(parsed, payload, max_payload, cse_id)
+        request = _read_request(
+            parsed, payload, max_payload, cse_id, sender or TopicSender(Trust.CREDENTIAL)
+        )
     except Rejected as rejected:
         logger.info("refused a request on %s: %s", topic[:200], rejected.message)
         fmt = parsed.format if parsed.serialization else "json"
@@ -176,9 +234,17 @@ class MqttBinding:
     reached then); later losses of the connection are repaired in the background.
     """
 
-    def __init__(self, cse: CommonServicesEntity, settings: MqttSettings | None = None) -> None:
+    def __init__(
+        self,
+        cse: CommonServicesEntity,
+        settings: MqttSettings | None = None,
+        *,
+        trust: Trust = Trust.CREDENTIAL,
+        credentials: CredentialStore | None = None,
+    ) -> None:
         self._cse = cse
         self.settings = settings or MqttSettings()
+        self.sender = TopicSender(trust, credentials)
         self.connections = 0  # successful connections so far (the first one included)
         self.acknowledged = 0  # PUBACKs sent
         self._connected = False
@@ -365,6 +431,7 @@ class MqttBinding:
                 bytes(payload),
                 max_payload=settings.max_payload,
                 prefix=settings.topic_prefix,
+                sender=self.sender,
             )
             if reply is not None:
                 await session.client.publish(

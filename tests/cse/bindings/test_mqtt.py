@@ -25,11 +25,13 @@ from hypothesis import strategies as st
 from cse.bindings.mqtt import MqttBinding, MqttClient, MqttSender, MqttSettings, answer
 from cse.bindings.mqtt.acks import AckSequence
 from cse.bindings.mqtt.filters import filter_from_primitive, filter_to_primitive
+from cse.bindings.mqtt.server import TopicSender
 from cse.bindings.mqtt.topics import parse_request_topic, request_filters, topic_id
 from cse.core.clock import ManualClock
 from cse.core.config import CSESettings
 from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.notifications import DeliveryError
 from cse.core.types import ResponseStatusCode as RSC
 from cse.storage.memory import MemoryStorage
@@ -46,6 +48,9 @@ from tests.brokers import (
 
 CSE_ID = "/id-in"
 AE = "Cmeter"
+# The test brokers let anyone log in and publish anywhere, so a topic proves nothing: these
+# tests run the binding as a lab does (test_mqtt_identity.py has the credential checks).
+LAB = Trust.INSECURE
 _ids = itertools.count(1)
 
 
@@ -94,7 +99,7 @@ async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
 
 @pytest.fixture
 async def binding(cse: CommonServicesEntity, broker: Broker) -> AsyncIterator[MqttBinding]:
-    async with MqttBinding(cse, settings_for(broker)) as running:
+    async with MqttBinding(cse, settings_for(broker), trust=LAB) as running:
         yield running
 
 
@@ -320,7 +325,7 @@ async def test_every_message_is_acknowledged_once_answered(
     await binding.__aexit__(None, None, None)  # a graceful stop drains and acknowledges
     assert binding.acknowledged == len(messages)
     # Nothing comes again on the next connection of the same persistent session.
-    async with MqttBinding(cse, settings_for(broker)) as again:
+    async with MqttBinding(cse, settings_for(broker), trust=LAB) as again:
         request = primitive(2, "cse-in", "CAdmin")
         await raw.publish("/oneM2M/req/CAdmin/id-in/json", orjson.dumps(request))
         _, response = await raw.next()
@@ -332,11 +337,11 @@ async def test_requests_published_while_the_cse_is_away_are_served(
     broker: Broker, cse: CommonServicesEntity, raw: RawPeer
 ) -> None:
     settings = settings_for(broker)
-    async with MqttBinding(cse, settings):
+    async with MqttBinding(cse, settings, trust=LAB):
         pass  # the first connection creates the persistent session and its subscriptions
     request = primitive(2, "cse-in", "CAdmin")
     await raw.publish("/oneM2M/req/CAdmin/id-in/json", orjson.dumps(request))  # broker has it
-    async with MqttBinding(cse, settings):
+    async with MqttBinding(cse, settings, trust=LAB):
         _, response = await raw.next()
     assert (response["rsc"], response["rqi"]) == (RSC.OK, request["rqi"])
 
@@ -357,7 +362,7 @@ async def test_session_survives_broker_restart(broker: Broker, cse: CommonServic
     if not broker.persistent:
         pytest.skip("this broker keeps no sessions across a restart")
     settings = settings_for(broker)
-    async with MqttBinding(cse, settings):
+    async with MqttBinding(cse, settings, trust=LAB):
         pass
     request = primitive(2, "cse-in", "CAdmin")
     async with raw_client(broker) as client:
@@ -365,7 +370,7 @@ async def test_session_survives_broker_restart(broker: Broker, cse: CommonServic
     await broker.stop()  # Mosquitto saves the session with the queued request
     await broker.start()
     async with MqttClient(settings, "CAdmin") as admin:
-        async with MqttBinding(cse, settings) as binding:
+        async with MqttBinding(cse, settings, trust=LAB) as binding:
             follow_up = await admin.request(CSE_ID, primitive(2, "cse-in", "CAdmin"))
             assert follow_up["rsc"] == RSC.OK
         assert binding.acknowledged == 2  # the queued one came first
@@ -382,12 +387,12 @@ async def test_over_tls(tmp_path: Path, cse: CommonServicesEntity) -> None:
     async with MosquittoBroker(tmp_path / "tls-broker", tls=tls) as broker:
         assert broker.url.startswith("mqtts://")
         settings = settings_for(broker, ca_file=str(tls.ca))
-        async with MqttBinding(cse, settings), MqttClient(settings, "CAdmin") as admin:
+        async with MqttBinding(cse, settings, trust=LAB), MqttClient(settings, "CAdmin") as admin:
             response = await admin.request(CSE_ID, primitive(2, "cse-in", "CAdmin"))
             assert response["rsc"] == RSC.OK
         untrusted = settings_for(broker)  # the system CAs do not know this broker
         with pytest.raises(aiomqtt.MqttError):
-            async with MqttBinding(cse, untrusted):
+            async with MqttBinding(cse, untrusted, trust=LAB):
                 pass
         gc.collect()  # that socket's ResourceWarning belongs to this test
 
@@ -536,7 +541,7 @@ def test_a_response_that_cannot_be_serialized_becomes_5000() -> None:
 
 async def test_unreachable_broker_at_start(cse: CommonServicesEntity) -> None:
     with pytest.raises(aiomqtt.MqttError):
-        async with MqttBinding(cse, MqttSettings(f"mqtt://127.0.0.1:{free_port()}")):
+        async with MqttBinding(cse, MqttSettings(f"mqtt://127.0.0.1:{free_port()}"), trust=LAB):
             pass
 
 
@@ -573,7 +578,7 @@ def _answer(topic: str, payload: bytes) -> Any:
             MemoryStorage(), CSESettings(expiry_check_interval=3600), clock=ManualClock()
         )
         async with cse:
-            return await answer(cse, topic, payload, max_payload=4096)
+            return await answer(cse, topic, payload, max_payload=4096, sender=TopicSender(LAB))
 
     reply = asyncio.run(run())
     if reply is None:  # rt 5: the originator asked for no response
