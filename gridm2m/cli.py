@@ -559,6 +559,9 @@ def _run_fleet(args: argparse.Namespace) -> int:
         return 2
     try:
         summary = emulator.run_fleet_blocking(config)
+    except emulator.FleetConfigError as error:
+        print(f"gridm2m fleet: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"gridm2m fleet: cannot run: {error}", file=sys.stderr)
         return 1

@@ -107,10 +107,12 @@ TLS_ERRORS = (OSError, ssl.SSLError)
 
 
 def tls_context(ca):
-    """A TLS client context that verifies the server against the CA certificate `ca` (DER)."""
+    """A TLS client context that verifies the server against the CA certificate `ca` (DER,
+    or PEM: the fleet reads the file a lab's PKI wrote)."""
     context = _TLS_CONTEXTS.get(ca)
     if context is None:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)
+        cadata = ca.decode() if ca.lstrip().startswith(b"-----BEGIN") else ca
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=cadata)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         _TLS_CONTEXTS[ca] = context
     return context

@@ -31,6 +31,10 @@ class DapConfig(BaseModel):
     mqtt_port: int = Field(1883, ge=1, le=65535)
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(0, ge=0, le=65535)
+    # MQTT over TLS: the CA certificate (PEM or DER file) of the broker's certificate, and the
+    # name on that certificate when `host` is not on it. None: plain MQTT (a lab broker).
+    mqtt_ca: str | None = None
+    mqtt_server_name: str | None = None
 
 
 def _shares(value: Mapping[str, float], allowed: tuple[str, ...], what: str) -> dict[str, float]:
@@ -70,6 +74,12 @@ class FleetConfig(BaseModel):
     mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
     transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
     dap: DapConfig = DapConfig()
+    # The DAP's credential store: each MQTT meter logs in to the broker with its own password
+    # from it (its broker files come from the same store: gridm2m credentials mosquitto).
+    credentials: str | None = None
+    # Make the credentials of meters the store does not know yet (then make the broker's files
+    # again and reload it before the run); false: such a meter is an error.
+    provision: bool = False
     # More options for every agent (docs/agents.md lists them), e.g. coap_ack_timeout_ms,
     # mqtt_username. In a string, {meter_id} and {ae_id} become the meter's own.
     agent: dict[str, str | int | float | bool] = {}

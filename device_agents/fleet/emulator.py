@@ -125,8 +125,41 @@ def plan_meters(config: FleetConfig) -> list[MeterPlan]:
     return plans
 
 
-def agent_config(config: FleetConfig, plan: MeterPlan, start_ts: int) -> dict[str, Any]:
-    """The config.json one emulated meter gets (docs/agents.md, plus the agent's options)."""
+def mqtt_logins(config: FleetConfig, plans: list[MeterPlan]) -> dict[str, str]:
+    """Each MQTT meter's broker password from the credential store (none without a store);
+    raises FleetConfigError for a meter without a usable credential, unless `provision`."""
+    if config.credentials is None:
+        return {}
+    from cse.security.credentials import CredentialStore
+
+    logins: dict[str, str] = {}
+    missing: list[str] = []
+    with CredentialStore(config.credentials) as store:
+        for plan in plans:
+            if plan.transport != "mqtt":
+                continue
+            credential = store.by_name(plan.meter_id)
+            if credential is None and config.provision:
+                credential = store.add_device(plan.meter_id).credential
+            if credential is None:
+                missing.append(plan.meter_id)
+                continue
+            logins[plan.meter_id] = credential.mqtt_password or store.new_mqtt_password(
+                plan.meter_id
+            )
+    if missing:
+        raise FleetConfigError(
+            f"{len(missing)} MQTT meters ({', '.join(missing[:3])}, ...) have no usable "
+            f"credential in {config.credentials}: set provision = true, or add them"
+        )
+    return logins
+
+
+def agent_config(
+    config: FleetConfig, plan: MeterPlan, start_ts: int, password: str | None = None
+) -> dict[str, Any]:
+    """The config.json one emulated meter gets (docs/agents.md, plus the agent's options);
+    `password`: its broker password (MQTT)."""
     dap = config.dap
     listen_port = dap.listen_port + plan.index if dap.listen_port else 0
     return {
@@ -151,8 +184,23 @@ def agent_config(config: FleetConfig, plan: MeterPlan, start_ts: int) -> dict[st
         "rate_scale": config.rate_scale,
         "tick_ms": config.tick_ms,
         "timeout_ms": config.timeout_ms,
+        **_mqtt_options(config, plan, password),
         **_agent_options(config, plan),
     }
+
+
+def _mqtt_options(config: FleetConfig, plan: MeterPlan, password: str | None) -> dict[str, Any]:
+    if plan.transport != "mqtt":
+        return {}
+    options: dict[str, Any] = {"mqtt_tls": config.dap.mqtt_ca is not None}
+    if config.dap.mqtt_ca is not None:
+        options["mqtt_ca"] = config.dap.mqtt_ca
+    if config.dap.mqtt_server_name is not None:
+        options["mqtt_server_name"] = config.dap.mqtt_server_name
+    if password is not None:
+        options["mqtt_username"] = onem2m.ae_id_for(plan.meter_id)
+        options["mqtt_password"] = password
+    return options
 
 
 def _agent_options(config: FleetConfig, plan: MeterPlan) -> dict[str, Any]:
@@ -341,6 +389,7 @@ class Fleet:
         config = self.config
         plans = plan_meters(config)
         ensure_file_limit(plans)
+        logins = mqtt_logins(config, plans)
         clock = FleetClock(config.clock_speed, config.start_ts)
         gate = asyncio.Semaphore(config.max_starting)
         ticker = Ticker()
@@ -354,7 +403,8 @@ class Fleet:
                 delay = plan.start_at - clock.elapsed()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the ramp's schedule, not a synchronisation
-                agent_cfg = agent_config(config, plan, clock.meter_time())
+                password = logins.get(plan.meter_id)
+                agent_cfg = agent_config(config, plan, clock.meter_time(), password)
                 dap = TimedDap(agent_cfg, measurements)
                 agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker)
                 self.agents.append(agent)

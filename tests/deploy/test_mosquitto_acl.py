@@ -1,11 +1,14 @@
-"""docker/mosquitto on a real Mosquitto: who may log in, publish and read what.
+"""docker/mosquitto on a real Mosquitto: who may log in, over what, and publish and read what.
 
-With QoS 1 Mosquitto acknowledges a publish that the ACL refuses and drops it, and a
-subscription to topics one may not read simply delivers nothing; nothing fails on the sender's
-side. So each check sends the forbidden messages first and the allowed ones after them; the
-receiver reads until every allowed one has arrived, and by then a forbidden one that got
-through would have arrived too (Mosquitto routes each message into every subscriber's queue
-before it acknowledges it, and a queue is delivered in order). Each payload is its topic.
+The broker runs the shipped config (only ports and paths changed) with the password file and
+ACL that `gridm2m credentials mosquitto` makes from a credential store (tests/deploy/
+dap_broker.py). With QoS 1 Mosquitto acknowledges a publish that the ACL refuses and drops
+it, and a subscription to topics one may not read simply delivers nothing; nothing fails on
+the sender's side. So each check sends the forbidden messages first and the allowed ones
+after them; the receiver reads until every allowed one has arrived, and by then a forbidden
+one that got through would have arrived too (Mosquitto routes each message into every
+subscriber's queue before it acknowledges it, and a queue is delivered in order). Each
+payload is its topic.
 
 Meter topics come from the real agent (device_agents/agent), the CSE's from its MQTT binding.
 """
@@ -16,27 +19,29 @@ import asyncio
 import contextlib
 import importlib
 import json
-import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import aiomqtt
 import pytest
 
 from cse.bindings.mqtt.topics import request_filters, response_filter
 from gridm2m.broker import HOST, mosquitto_binary
-from tests.deploy.dap_broker import DapBroker, dap_broker, make_passwords, mosquitto_passwd_binary
-from tests.processes import CSEProcess
-
-pytestmark = pytest.mark.skipif(
-    mosquitto_binary() is None or mosquitto_passwd_binary() is None,
-    reason="needs the mosquitto binary and mosquitto_passwd (apt install mosquitto)",
+from tests.deploy.dap_broker import (
+    GATEWAY,
+    GATEWAY_CSE,
+    HEADEND,
+    DapBroker,
+    dap_broker,
+    gridm2m_credentials,
+    shipped_listeners,
 )
 
-GATEWAY_CSE = "/id-dap1"  # the CSE-ID that docker/mosquitto/acl names
-GATEWAY = "id-dap1"  # ... as it appears in topics
+pytestmark = pytest.mark.skipif(
+    mosquitto_binary() is None, reason="needs the mosquitto binary (apt install mosquitto)"
+)
+
 METER_A, METER_B = "mtr-000001", "mtr-000002"
 A, B = "Cmtr-000001", "Cmtr-000002"  # their AE-IDs: their broker user names
 GUARD = 15.0  # seconds before a missing message fails the test (a hang guard, not a wait)
@@ -47,19 +52,21 @@ def agent_module(name: str) -> Any:
     return importlib.import_module(f"device_agents.agent.{name}")
 
 
-def meter_config(meter_id: str, broker: DapBroker) -> dict[str, Any]:
+def meter_config(meter_id: str, broker: DapBroker, **extra: Any) -> dict[str, Any]:
     user = agent_module("onem2m").ae_id_for(meter_id)
-    return {
+    config = {
         "meter_id": meter_id,
         "transport": "mqtt",
         "dap_host": HOST,
-        "dap_port": broker.port,
+        "dap_port": broker.tls_port,
         "cse_id": GATEWAY_CSE,
         "cse_name": "dap1",
+        "mqtt_ca": str(broker.ca),
         "mqtt_username": user,
-        "mqtt_password": broker.passwords[user],
+        "mqtt_password": broker.password(user),
         "timeout_ms": 10000,
     }
+    return {**config, **extra}
 
 
 def agent_topics(meter_id: str, broker: DapBroker) -> Any:
@@ -69,15 +76,15 @@ def agent_topics(meter_id: str, broker: DapBroker) -> Any:
 
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[DapBroker]:
-    async with dap_broker(tmp_path) as running:
+    async with dap_broker(tmp_path, (METER_A, METER_B)) as running:
         yield running
 
 
 @contextlib.asynccontextmanager
 async def subscribed(
-    broker: DapBroker, user: str, filters: Iterable[str]
+    broker: DapBroker, user: str, filters: Iterable[str], *, tls: bool = True
 ) -> AsyncIterator[aiomqtt.Client]:
-    async with broker.client(user) as client:
+    async with broker.client(user, tls=tls) as client:
         for name in filters:
             await client.subscribe(name, qos=1)
         yield client
@@ -101,20 +108,54 @@ async def receive_until(client: aiomqtt.Client, expected: set[str]) -> list[str]
     raise AssertionError("the message stream ended")
 
 
-async def test_only_known_users_with_their_passwords_log_in(broker: DapBroker) -> None:
-    for user in (A, B, "gateway", "headend", "health"):
+# ---- who may connect, and how ----------------------------------------------------------------
+
+
+async def test_only_known_users_with_their_passwords_log_in_over_tls(broker: DapBroker) -> None:
+    for user in (A, B, GATEWAY, HEADEND, "health"):
         async with broker.client(user):
             pass
     refused = [
         broker.client(A, password="wrong"),
-        broker.client(B, password=broker.passwords[A]),  # another meter's password
+        broker.client(B, password=broker.password(A)),  # another meter's password
         broker.client("Cmtr-999999", password="anything"),
-        aiomqtt.Client(HOST, broker.port, identifier="anonymous"),
+        aiomqtt.Client(
+            HOST, broker.tls_port, identifier="anonymous", tls_context=broker.tls_context()
+        ),
     ]
     for client in refused:
         with pytest.raises(aiomqtt.MqttError):
             async with client:
                 pass
+
+
+async def test_the_meters_port_speaks_tls_only(broker: DapBroker) -> None:
+    """A meter that forgot TLS must not send its password in clear: the broker does not
+    even read a plain CONNECT on the meters' port."""
+    plain = aiomqtt.Client(
+        HOST, broker.tls_port, username=A, password=broker.password(A), timeout=5
+    )
+    with pytest.raises(aiomqtt.MqttError):
+        async with plain:
+            pass
+
+
+async def test_the_plain_listener_is_on_loopback_only(broker: DapBroker) -> None:
+    """As shipped, 1883 is bound to 127.0.0.1: another address of this machine (127.0.0.2,
+    standing in for the LAN) finds nothing there, while the TLS port answers on it."""
+    assert ["listener", "1883", "127.0.0.1"] in shipped_listeners()
+    assert ["listener", "8883"] in shipped_listeners()  # every interface: the meters' port
+    async with broker.client(GATEWAY, tls=False):  # the gateway on the same host
+        pass
+    with pytest.raises(OSError):
+        _, writer = await asyncio.open_connection("127.0.0.2", broker.plain_port)
+        writer.close()
+    _, writer = await asyncio.open_connection("127.0.0.2", broker.tls_port)
+    writer.close()
+    await writer.wait_closed()
+
+
+# ---- what each may publish and read ----------------------------------------------------------
 
 
 async def test_a_meter_publishes_only_as_itself_to_the_gateway(broker: DapBroker) -> None:
@@ -128,12 +169,12 @@ async def test_a_meter_publishes_only_as_itself_to_the_gateway(broker: DapBroker
     forbidden = [
         f"/oneM2M/req/{B}/{GATEWAY}/json",  # a request as meter B
         f"/oneM2M/reg_req/{B}/{GATEWAY}/json",  # registering as meter B
-        f"/oneM2M/req/{A}/id-in/json",  # around the gateway, to the head-end
+        f"/oneM2M/req/{A}/{HEADEND}/json",  # around the gateway, to the head-end
         f"/oneM2M/req/{A}/{B}/json",  # to meter B directly
         f"/oneM2M/req/{GATEWAY}/{B}/json",  # a notification to B, as the gateway
         f"/oneM2M/resp/{B}/{GATEWAY}/json",  # a fake gateway response to B's request
         f"/oneM2M/resp/{B}/{A}/json",  # a fake response to B, as from itself
-        f"/oneM2M/resp/id-in/{GATEWAY}/json",  # a fake gateway response to the head-end
+        f"/oneM2M/resp/{HEADEND}/{GATEWAY}/json",  # a fake gateway response to the head-end
         "/oneM2M/anything",
     ]
     async with (
@@ -153,14 +194,14 @@ async def test_a_meter_reads_only_what_is_addressed_to_it(broker: DapBroker) -> 
         f"/oneM2M/req/{GATEWAY}/{A}/json",  # a command notification
     ]
     for_b = [name.replace(A, B) for name in for_a]
-    for_others = [f"/oneM2M/req/{GATEWAY}/id-in/json", f"/oneM2M/resp/{GATEWAY}/id-in/json"]
+    for_others = [f"/oneM2M/req/{GATEWAY}/{HEADEND}/json", f"/oneM2M/resp/{GATEWAY}/{HEADEND}/json"]
     # Meter A tries everything; B subscribes exactly as the agent does.
     greedy = ["#", *link_b.subscriptions, *link_a.subscriptions]
     async with (
         subscribed(broker, A, greedy) as meter_a,
         subscribed(broker, B, link_b.subscriptions) as meter_b,
-        broker.client("gateway") as gateway,
-        broker.client("headend") as headend,
+        broker.client(GATEWAY, tls=False) as gateway,
+        broker.client(HEADEND) as headend,
     ):
         await publish_all(gateway, for_b + for_others[:1])
         await publish_all(headend, for_others[1:])
@@ -173,13 +214,13 @@ async def test_a_meter_reads_only_what_is_addressed_to_it(broker: DapBroker) -> 
 
 async def test_the_gateway_and_head_end_reach_each_other(broker: DapBroker) -> None:
     gateway_reads = [*request_filters(GATEWAY), response_filter(GATEWAY)]
-    headend_reads = [*request_filters("id-in"), response_filter("id-in")]
+    headend_reads = [*request_filters(HEADEND), response_filter(HEADEND)]
     # Each sends a request to the other and answers the other's (the receiver answers).
-    to_headend = [f"/oneM2M/req/{GATEWAY}/id-in/json", f"/oneM2M/resp/id-in/{GATEWAY}/json"]
-    to_gateway = [f"/oneM2M/req/id-in/{GATEWAY}/json", f"/oneM2M/resp/{GATEWAY}/id-in/json"]
+    to_headend = [f"/oneM2M/req/{GATEWAY}/{HEADEND}/json", f"/oneM2M/resp/{HEADEND}/{GATEWAY}/json"]
+    to_gateway = [f"/oneM2M/req/{HEADEND}/{GATEWAY}/json", f"/oneM2M/resp/{GATEWAY}/{HEADEND}/json"]
     async with (
-        subscribed(broker, "gateway", gateway_reads) as gateway,
-        subscribed(broker, "headend", headend_reads) as headend,
+        subscribed(broker, GATEWAY, gateway_reads, tls=False) as gateway,
+        subscribed(broker, HEADEND, headend_reads) as headend,
     ):
         await publish_all(gateway, to_headend)
         await publish_all(headend, to_gateway)
@@ -188,123 +229,43 @@ async def test_the_gateway_and_head_end_reach_each_other(broker: DapBroker) -> N
 
 
 async def test_the_health_user_reads_the_uptime_only(broker: DapBroker) -> None:
-    # What the compose health check does with mosquitto_sub: the retained $SYS message.
-    async with subscribed(broker, "health", ["$SYS/broker/uptime"]) as health:
+    # What the compose health check does with mosquitto_sub on the loopback listener.
+    async with subscribed(broker, "health", ["$SYS/broker/uptime", "#"], tls=False) as health:
         async with asyncio.timeout(GUARD):
             message = await anext(aiter(health.messages))
     assert message.topic.value == "$SYS/broker/uptime"
     assert isinstance(message.payload, bytes) and message.payload.endswith(b"seconds")
 
 
-async def test_a_real_meter_and_cse_work_through_the_broker(
-    broker: DapBroker, monkeypatch: pytest.MonkeyPatch
+async def test_a_meter_revoked_in_the_store_cannot_log_in_once_the_broker_reloads(
+    broker: DapBroker,
 ) -> None:
-    """The whole exchange of a meter with the gateway's CSE passes the ACL as shipped."""
-    monkeypatch.setenv("GRIDM2M_CSE__MQTT__USERNAME", "gateway")
-    monkeypatch.setenv("GRIDM2M_CSE__MQTT__PASSWORD", broker.passwords["gateway"])
-    cse = CSEProcess(
-        *("--role", "mn", "--cse-id", GATEWAY_CSE, "--cse-name", "dap1", "--db", ":memory:"),
-        *("--mqtt-url", broker.url),
-    )
-    await cse.start()
-    dap = agent_module("onem2m").Dap(meter_config(METER_A, broker))
-    notified: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-    def on_notify(primitive: dict[str, Any]) -> int:
-        if not notified.done():
-            notified.set_result(primitive)
-        return 2000
-
-    dap.on_notify = on_notify
-    serving: asyncio.Task[None] | None = None
-    try:
-        await dap.connect()
-        serving = asyncio.create_task(dap.serve())
-        assert await dap.register() == A  # on reg_req
-        assert await dap.ensure_container("reading") == 2001
-        assert await dap.ensure_container("command") == 2001
-        assert await dap.subscribe("command") == 2001
-        assert await dap.post("reading", {"kWh": 1234}) == 2001
-        # A command from the head-end side: the CSE notifies the meter through the broker.
-        headers = {
-            "X-M2M-Origin": "CAdmin",
-            "X-M2M-RI": "command-1",
-            "X-M2M-RVI": "3",
-            "Content-Type": "application/json;ty=4",
-        }
-        command = {"m2m:cin": {"cnf": "application/json:0", "con": '{"cmd": "read"}'}}
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{cse.url}/dap1/{METER_A}/command", data=json.dumps(command), headers=headers
-            ) as response,
-        ):
-            assert response.headers["X-M2M-RSC"] == "2001", await response.text()
-        async with asyncio.timeout(GUARD):
-            primitive = await notified
-        content = primitive["pc"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"]
-        assert json.loads(content) == {"cmd": "read"}
-    finally:
-        await dap.close()
-        if serving is not None:
-            await serving
-        await cse.stop()
+    password = broker.password(A)
+    async with broker.client(A):
+        pass
+    gridm2m_credentials(broker.store, "revoke", METER_A)
+    gridm2m_credentials(broker.store, "add-device", "mtr-000003")  # shows the reload
+    await broker.reload(newcomer="Cmtr-000003")
+    with pytest.raises(aiomqtt.MqttError):
+        async with broker.client(A, password=password):
+            pass
+    async with broker.client(B):  # the others are still in
+        pass
 
 
-async def test_a_meter_cannot_pass_itself_off_as_another_in_the_payload(
-    broker: DapBroker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ACL pins the topic's originator to the broker login; the CSE must pin fr to it."""
-    monkeypatch.setenv("GRIDM2M_CSE__MQTT__USERNAME", "gateway")
-    monkeypatch.setenv("GRIDM2M_CSE__MQTT__PASSWORD", broker.passwords["gateway"])
-    cse = CSEProcess(
-        *("--role", "mn", "--cse-id", GATEWAY_CSE, "--cse-name", "dap1", "--db", ":memory:"),
-        *("--mqtt-url", broker.url),
-    )
-    await cse.start()
-    meter_b = agent_module("onem2m").Dap(meter_config(METER_B, broker))
-    try:
-        await meter_b.connect()
-        await meter_b.register()
-        assert await meter_b.ensure_container("reading") == 2001
-        forged = {
-            "op": 1,
-            "to": f"dap1/{METER_B}/reading",
-            "fr": B,  # on meter A's own topic, logged in as meter A
-            "rqi": "forged-1",
-            "rvi": "3",
-            "ty": 4,
-            "pc": {"m2m:cin": {"cnf": "application/json:0", "con": "{}"}},
-        }
-        async with subscribed(broker, A, [f"/oneM2M/resp/{A}/+/+"]) as meter_a:
-            await meter_a.publish(
-                f"/oneM2M/req/{A}/{GATEWAY}/json", json.dumps(forged).encode(), qos=1
-            )
-            async with asyncio.timeout(GUARD):
-                response = json.loads((await anext(aiter(meter_a.messages))).payload)
-        assert response["rqi"] == "forged-1"
-        assert response["rsc"] != 2001
-    finally:
-        await meter_b.close()
-        await cse.stop()
+def test_the_broker_files_hold_no_password_and_only_usable_credentials(broker: DapBroker) -> None:
+    secrets = broker.directory / "secrets"
+    text = (secrets / "passwd").read_text() + (secrets / "acl").read_text()
+    for user in (A, B, GATEWAY, HEADEND, "health"):
+        assert broker.password(user) not in text
+    for path in ("passwd", "acl", "health.env"):
+        assert (secrets / path).stat().st_mode & 0o777 == 0o600, path
+    users = [line.split(":", 1)[0] for line in (secrets / "passwd").read_text().splitlines()]
+    assert sorted(users) == sorted([A, B, GATEWAY, HEADEND, "health", "observer"])
 
 
-def test_make_passwords_keeps_secrets_private_and_never_overwrites(tmp_path: Path) -> None:
-    out = tmp_path / "secrets"
-    passwords = make_passwords(out, 3, "-s", "7")
-    fleet = importlib.import_module("device_agents.fleet.config")
-    names = fleet.FleetConfig(meters=3, first_number=7)
-    expected = [agent_module("onem2m").ae_id_for(names.meter_id(index)) for index in range(3)]
-    assert [user for user in passwords if user.startswith("C")] == expected
-    assert len(set(passwords.values())) == len(passwords)  # every password its own
-    assert os.stat(out).st_mode & 0o777 == 0o700
-    for path in out.iterdir():
-        assert path.stat().st_mode & 0o777 == 0o600, path.name
-    hashed = (out / "passwd").read_text()
-    assert not any(password in hashed for password in passwords.values())
+# ---- a gateway CSE and real meters through the broker ------------------------------------------
 
-    with pytest.raises(Exception, match="exit status 1"):
-        make_passwords(out, 3)
-    assert (out / "passwd").read_text() == hashed
-    make_passwords(out, 3, "--force")
-    assert (out / "passwd").read_text() != hashed
+
+def json_dumps(value: Any) -> bytes:
+    return json.dumps(value).encode()

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from cse.security.credentials import CredentialStore
+from cse.security.pki import LabCA
 from device_agents import build
 from gridm2m.cli import main
 from tests.brokers import private_broker
@@ -111,10 +113,11 @@ def test_defaults_and_a_rebuild_replaces_stale_modules(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     (out).mkdir()
     (out / "retired.mpy").write_bytes(b"M\x06old")
-    assert main(build_args(out, "mqtt", "broker.lan")) == 0
+    assert main([*build_args(out, "mqtt", "broker.lan"), "--plain-mqtt"]) == 0
     assert not (out / "retired.mpy").exists()
     config = json.loads((out / "config.json").read_text())
     assert (config["dap_host"], config["dap_port"]) == ("broker.lan", 1883)
+    assert config["mqtt_tls"] is False and "mqtt_password" not in config
     assert (config["kind"], config["serialization"], config["clock_speed"]) == (
         "electric",
         "json",
@@ -123,7 +126,7 @@ def test_defaults_and_a_rebuild_replaces_stale_modules(tmp_path: Path) -> None:
     assert (config["cse_id"], config["cse_name"], config["wifi"]) == ("/id-in", "cse-in", None)
     assert "poa_host" not in config  # found at run time
     seed = config["seed"]
-    assert main(build_args(out, "mqtt", "broker.lan")) == 0
+    assert main([*build_args(out, "mqtt", "broker.lan"), "--plain-mqtt"]) == 0
     assert json.loads((out / "config.json").read_text())["seed"] == seed  # stable per meter
 
 
@@ -165,6 +168,47 @@ def test_bad_build_arguments_exit_2_with_a_message(
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert words in error and "Traceback" not in error
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_mqtt_bundle_carries_its_own_password_and_the_broker_ca(
+    tmp_path: Path, capsys: Any
+) -> None:
+    ca = LabCA.create(tmp_path / "pki")
+    store_path = tmp_path / "dap1-credentials.db"
+    tls = ["--credentials", str(store_path), "--ca", str(ca.cert_path)]
+    first, second = tmp_path / "one", tmp_path / "two"
+    assert main([*build_args(first, "mqtt", "dap1.lan"), *tls]) == 0
+    assert "made the credential of mtr-000123" in capsys.readouterr().out
+    assert main([*agent_build(second, meter_id="mtr-000124"), "--transport", "mqtt"]
+                + ["--dap", "dap1.lan", *tls]) == 0  # fmt: skip
+    with CredentialStore(store_path) as store:
+        one, two = store.by_name("mtr-000123"), store.by_name("mtr-000124")
+    assert one is not None and two is not None and one.mqtt_password and two.mqtt_password
+    config = json.loads((first / "config.json").read_text())
+    assert (config["dap_port"], config["mqtt_tls"], config["mqtt_ca"]) == (8883, True, "ca.der")
+    assert (config["mqtt_username"], config["mqtt_password"]) == ("Cmtr-000123", one.mqtt_password)
+    assert (first / "config.json").stat().st_mode & 0o777 == 0o600
+    assert two.mqtt_password not in (first / "config.json").read_text()  # its own secret only
+    assert (first / "ca.der").read_bytes() == build.ca_certificate_der(ca.cert_path)
+    assert "ca.der" in build.read_bundle(first).files
+    # A rebuild takes the credential the store has: the board's password stays the same.
+    assert main([*build_args(first, "mqtt", "dap1.lan"), *tls]) == 0
+    assert json.loads((first / "config.json").read_text())["mqtt_password"] == one.mqtt_password
+    assert one.mqtt_password not in capsys.readouterr().out  # secrets are never printed
+
+
+def test_an_mqtt_bundle_needs_tls_and_a_usable_credential(tmp_path: Path, capsys: Any) -> None:
+    ca = LabCA.create(tmp_path / "pki")
+    store_path = tmp_path / "credentials.db"
+    assert main(build_args(tmp_path / "b", "mqtt", "dap1.lan")) == 2
+    assert "--ca" in capsys.readouterr().err
+    with CredentialStore(store_path) as store:
+        store.add_device("mtr-000123")
+        store.revoke("mtr-000123")
+    tls = ["--credentials", str(store_path), "--ca", str(ca.cert_path)]
+    assert main([*build_args(tmp_path / "b", "mqtt", "dap1.lan"), *tls]) == 2
+    assert "revoked" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
 
 
@@ -374,6 +418,8 @@ async def _run_bundle_until_a_reading_arrived(
     meter_id = f"mtr-{transport}-1"
     bundle = tmp_path / "bundle"
     args = ["--transport", transport, "--dap", dap_address, "--serialization", serialization]
+    if transport == "mqtt":
+        args.append("--plain-mqtt")  # the test broker is a lab one (tests/deploy: TLS)
     # Gas C/I meters report every 4 or 6 hours of meter time: at 7200x, within 3 s.
     args += ["--kind", "gas", "--clock-speed", "7200", "--listen-port", "0"]
     assert main(agent_build(bundle, *args, meter_id=meter_id)) == 0
