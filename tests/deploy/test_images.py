@@ -1,8 +1,9 @@
 """What the images and docker/compose.yaml rely on, checked without Docker.
 
 The health check script against a real CSE, and docker/config loaded by the real config
-models with the environment the Dockerfiles set and make-passwords.sh writes, so that a
-renamed key, a moved port or a changed CSE-ID shows up here rather than in a container.
+models with the environment the Dockerfiles set, beside the broker files that
+`gridm2m credentials mosquitto` makes and docker/mosquitto, so that a renamed key, a moved
+port or a changed CSE-ID shows up here rather than in a container.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import sys
 import tomllib
 from pathlib import Path
 
+from cse.security.credentials import CredentialStore
 from gateway.config import load_gateway_config
 from headend.config import load_headend_config
-from tests.deploy.dap_broker import DOCKER, MOSQUITTO, make_passwords, read_env_file
+from tests.deploy.dap_broker import DOCKER, MOSQUITTO, gridm2m_credentials
 from tests.processes import CSEProcess
 
 ROOT = DOCKER.parent
@@ -62,41 +64,53 @@ def dockerfile_healthcheck(name: str) -> list[str]:
     return list(re.findall(r'"([^"]*)"', found.group(1)))
 
 
-def acl_users() -> set[str]:
-    return set(re.findall(r"^user (\S+)", (MOSQUITTO / "acl").read_text(), re.MULTILINE))
-
-
-def test_compose_gateway_config_matches_the_image_broker_and_acl(tmp_path: Path) -> None:
-    make_passwords(tmp_path, 1)
-    environ = dockerfile_env("gateway.Dockerfile") | read_env_file(tmp_path / "gateway.env")
+def test_compose_gateway_config_matches_the_broker_it_shares(tmp_path: Path) -> None:
+    environ = dockerfile_env("gateway.Dockerfile")
     config = load_gateway_config(DOCKER / "config" / "gateway.toml", environ=environ)
     assert (config.cse.http.host, config.ops.host) == ("0.0.0.0", "0.0.0.0")
-    # The ACL names the gateway's CSE-ID and user; the image checks the ops port.
-    acl = (MOSQUITTO / "acl").read_text()
-    assert f"/oneM2M/req/%u/{config.cse.cse_id.lstrip('/')}/+" in acl
-    assert config.cse.mqtt.username in acl_users()
-    assert config.cse.mqtt.password  # from gateway.env
-    assert config.cse.mqtt.url == "mqtt://mosquitto:1883"
-    assert config.upstream.url == "http://headend:8080"
+    # Another container: TLS to the meters' listener, the broker verified against the CA
+    # compose mounts, and the login from its own store (no password in the config).
+    compose = (DOCKER / "compose.yaml").read_text()
+    assert config.cse.mqtt.url == "mqtts://mosquitto:8883"
+    assert f":{config.cse.mqtt.ca_file}:ro" in compose
+    assert config.cse.mqtt.username is None and config.cse.mqtt.password is None
+    assert '"8883:8883"' in compose and '"1883:1883"' not in compose
+    # The broker's files made from that gateway's store name its CSE-ID and its login.
+    store = tmp_path / "credentials.db"
+    CredentialStore(store).open().close()
+    broker_files = ("--passwords", str(tmp_path / "passwd"), "--acl", str(tmp_path / "acl"))
+    gridm2m_credentials(store, "mosquitto", "--cse-id", config.cse.cse_id, *broker_files)
+    acl = (tmp_path / "acl").read_text()
+    own = config.cse.cse_id.lstrip("/")
+    assert f"pattern write /oneM2M/req/%u/{own}/+" in acl and f"\nuser {own}\n" in acl
+    assert (tmp_path / "passwd").read_text().startswith(f"{own}:$7$")
+    # The files the entry point copies are where mosquitto.conf reads them.
+    shipped = (MOSQUITTO / "mosquitto.conf").read_text()
+    entrypoint = (MOSQUITTO / "entrypoint.sh").read_text()
+    for name in ("passwd", "acl", "mosquitto.pem", "mosquitto.key"):
+        assert f"/mosquitto/secrets/{name}" in shipped
+        assert name in entrypoint
     check = dockerfile_healthcheck("gateway.Dockerfile")
     assert check[-1] == f"http://127.0.0.1:{config.ops.port}/health"
     # The image's own config file (configs/gateway.toml) agrees on the ports it publishes.
-    shipped = load_gateway_config(ROOT / "configs" / "gateway.toml", environ={})
+    shipped_config = load_gateway_config(ROOT / "configs" / "gateway.toml", environ={})
     exposed = (DOCKER / "gateway.Dockerfile").read_text()
-    for port in (f"{shipped.cse.http.port}/tcp", f"{shipped.ops.port}/tcp", "5683/udp"):
+    for port in (
+        f"{shipped_config.cse.http.port}/tcp",
+        f"{shipped_config.ops.port}/tcp",
+        "5683/udp",
+    ):
         assert port in exposed
 
 
-def test_compose_headend_config_matches_the_image_health_check(tmp_path: Path) -> None:
-    make_passwords(tmp_path, 1)
-    environ = dockerfile_env("headend.Dockerfile") | read_env_file(tmp_path / "headend.env")
+def test_compose_headend_config_matches_the_image_health_check() -> None:
+    environ = dockerfile_env("headend.Dockerfile")
     for path in (DOCKER / "config" / "headend.toml", ROOT / "configs" / "headend.toml"):
         config = load_headend_config(path, environ=environ)
         check = dockerfile_healthcheck("headend.Dockerfile")
         port, name = config.cse.http.port, config.cse.cse_name
         assert check[2:] == [f"http://127.0.0.1:{port}/{name}", "--originator", config.cse.cse_id]
         assert (config.cse.http.host, config.dashboard.host) == ("0.0.0.0", "0.0.0.0")
-    assert config.cse.mqtt.username in acl_users()
 
 
 def test_the_build_context_has_the_packages_and_no_secrets() -> None:

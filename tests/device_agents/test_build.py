@@ -180,8 +180,8 @@ def test_an_mqtt_bundle_carries_its_own_password_and_the_broker_ca(
     first, second = tmp_path / "one", tmp_path / "two"
     assert main([*build_args(first, "mqtt", "dap1.lan"), *tls]) == 0
     assert "made the credential of mtr-000123" in capsys.readouterr().out
-    assert main([*agent_build(second, meter_id="mtr-000124"), "--transport", "mqtt"]
-                + ["--dap", "dap1.lan", *tls]) == 0  # fmt: skip
+    other = agent_build(second, "--transport", "mqtt", "--dap", "dap1.lan", meter_id="mtr-000124")
+    assert main([*other, *tls]) == 0
     with CredentialStore(store_path) as store:
         one, two = store.by_name("mtr-000123"), store.by_name("mtr-000124")
     assert one is not None and two is not None and one.mqtt_password and two.mqtt_password
