@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cse.security.credentials import CredentialStore
 from gridm2m.broker import HOST, mosquitto_binary
 from tests.deploy.dap_broker import GATEWAY, GATEWAY_CSE, DapBroker, dap_broker, gridm2m_credentials
 from tests.device_agents import mp
@@ -256,3 +257,61 @@ async def test_an_unknown_broker_certificate_is_refused_by_the_meter(tmp_path: P
             await dap.connect()
         await dap.close()
         assert "u'Cmtr-000001'" not in broker.log()  # no CONNECT reached the broker
+
+
+# ---- the fleet emulator: many secured meters ------------------------------------------------
+
+
+def tls_fleet(broker: DapBroker, meters: int, **extra: Any) -> Any:
+    from device_agents.fleet.config import FleetConfig
+
+    data: dict[str, Any] = {
+        "meters": meters,
+        "transports": {"mqtt": 1},
+        "clock_speed": 5760,  # a meter day in 15 s, rare flows 200x as often
+        "start_ts": T0,
+        "rate_scale": 200,
+        "duration": 8,
+        "ramp": 2,
+        "event_loop": "asyncio",
+        "cse_id": GATEWAY_CSE,
+        "cse_name": "dap1",
+        "credentials": str(broker.store),
+        "dap": {"mqtt_port": broker.tls_port, "mqtt_ca": str(broker.ca)},
+    }
+    data.update(extra)
+    return FleetConfig.model_validate(data)
+
+
+async def test_a_fleet_of_secured_meters_logs_in_each_with_its_own_credential(
+    tmp_path: Path,
+) -> None:
+    from device_agents.fleet.emulator import Fleet
+
+    meters = tuple(f"mtr-{number:06d}" for number in range(1, 21))
+    async with dap_broker(tmp_path, meters) as broker:
+        cse = await gateway_cse(broker)
+        try:
+            summary = await Fleet(tls_fleet(broker, len(meters))).run()
+            report = summary.table()
+            assert summary.registered == len(meters), report
+            assert summary.refused == 0 and summary.sent_by_family.get("reading", 0) > 0, report
+            logins = broker.log().count("New client connected from")
+            assert logins >= len(meters)  # each its own TLS connection and login
+            for meter in meters:
+                assert f"u'C{meter}'" in broker.log()
+        finally:
+            await cse.stop()
+
+
+async def test_a_fleet_meter_without_a_credential_is_named_before_the_run(tmp_path: Path) -> None:
+    from device_agents.fleet.config import FleetConfigError
+    from device_agents.fleet.emulator import Fleet
+
+    async with dap_broker(tmp_path, ("mtr-000001",)) as broker:
+        with pytest.raises(FleetConfigError, match="mtr-000002"):
+            await Fleet(tls_fleet(broker, 2)).run()
+        provisioned = await Fleet(tls_fleet(broker, 2, provision=True, duration=0.5)).run()
+        assert provisioned is not None
+        with CredentialStore(broker.store) as store:
+            assert store.by_name("mtr-000002") is not None  # made for the broker's next files
