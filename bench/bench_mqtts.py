@@ -177,7 +177,9 @@ async def heap_run(
     try:
         async with mp.MicroPython(HEAP_RUN, config=config, heap=heap) as agent:
             free = int((await agent.expect("started", timeout=30)).split()[1])
-            await command(cse, meter, {"cmd": "read", "id": f"h{time.monotonic_ns()}"})
+            await command(
+                cse, meter, {"cmd": "read", "id": f"h{time.monotonic_ns()}", "src": "ipd"}
+            )
             done = json.loads((await agent.expect("done", timeout=30))[len("done ") :])
             await agent.wait()
     except AssertionError:  # it never started, or never answered: too small a heap
