@@ -17,8 +17,6 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
   reading needs no block of that size on a small heap;
 - `ucbor()`, `jsonparts()`: the CBOR and the JSON-in-pieces modules, each imported when
   first asked for (a meter loads the one of its serialization);
-- `tls_context(ca)`: a TLS client context that verifies the server against the CA
-  certificate `ca` (DER bytes); `TLS_ERRORS`: what a failed handshake raises;
 - `LinkError`: "not delivered", raised by both transports;
 - CPython only: `aes_ccm(key)`, OSCORE's AES-CCM from `cryptography` (see oscore.py).
 """
@@ -66,17 +64,6 @@ if IS_MICROPYTHON:
                 return None
             raise
 
-    def tls_context(ca):
-        import tls  # mbedTLS; imported only by a meter that uses TLS
-
-        context = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        context.verify_mode = tls.CERT_REQUIRED
-        context.load_verify_locations(ca)  # no keywords on MicroPython
-        return context
-
-    # mbedTLS reports a certificate that does not verify as ValueError, the rest as OSError.
-    TLS_ERRORS = (OSError, ValueError)
-
 else:  # CPython: the fleet emulator and the tests (the module never goes into a bundle)
     try:
         from . import cpython_compat as _host
@@ -93,8 +80,6 @@ else:  # CPython: the fleet emulator and the tests (the module never goes into a
     receive = _host.receive
     host_address = _host.host_address
     aes_ccm = _host.AesCcm  # OSCORE's cipher (a board builds its own on cryptolib)
-    tls_context = _host.tls_context
-    TLS_ERRORS = _host.TLS_ERRORS
 
 
 def ucbor():

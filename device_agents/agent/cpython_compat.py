@@ -103,7 +103,6 @@ class AesCcm:
 # One context per CA for the whole process: a fleet of thousands of meters shares it (each
 # context holds the parsed CA and its own session cache).
 _TLS_CONTEXTS = {}
-TLS_ERRORS = (OSError, ssl.SSLError)
 
 
 def tls_context(ca):

@@ -1,10 +1,11 @@
 """A small MQTT 3.1.1 client for the meter agent, on asyncio streams.
 
-- `connect()`: TCP (TCP_NODELAY where the port allows), with `tls` (a context from
-  compat.tls_context) TLS that verifies the broker's certificate against the CA and its name
-  against `server_name`; CONNECT with user name and password, clean session false by
-  default (the broker keeps the subscriptions and queues QoS 1 messages while the meter is
-  away), CONNACK within `timeout_ms`; then one reader task owns the socket's input.
+- `connect()`: TCP (TCP_NODELAY where the port allows), with `tls` (from mqtt_tls.py: the
+  `ssl` and `server_hostname` of asyncio's open_connection) TLS that verifies the broker's
+  certificate against the CA and its name; CONNECT with user name and password, clean
+  session false by default (the broker keeps the subscriptions and queues QoS 1 messages
+  while the meter is away), CONNACK within `timeout_ms`; then one reader task owns the
+  socket's input.
 - `publish()`: QoS 1. With `wait` it returns once the broker's PUBACK is in; without an answer
   within `timeout_ms` it sends again with DUP, `retries` times, then raises LinkError.
 - incoming PUBLISH: `await on_message(topic, payload)` runs first, the PUBACK goes after it,
@@ -100,7 +101,6 @@ class MqttClient:
         clean_session=False,
         retries=1,
         tls=None,
-        server_name=None,
     ):
         self.client_id = client_id
         self.host = host
@@ -111,8 +111,7 @@ class MqttClient:
         self.password = password
         self.clean_session = clean_session
         self.retries = retries
-        self.tls = tls
-        self.server_name = server_name or host
+        self.tls = tls or {}
         self.on_message = None  # async on_message(topic: str, payload: bytes)
         self.connected = False
         self.session_present = False
@@ -133,14 +132,9 @@ class MqttClient:
         """Open a new connection; returns whether the broker kept our session."""
         await self.disconnect()
         try:
-            if self.tls is None:
-                opening = asyncio.open_connection(self.host, self.port)
-            else:
-                opening = asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls, server_hostname=self.server_name
-                )
+            opening = asyncio.open_connection(self.host, self.port, **self.tls)
             self._reader, self._writer = await compat.wait_for_ms(opening, self.timeout_ms)
-        except compat.TLS_ERRORS + (compat.TimeoutError,) as error:
+        except (OSError, ValueError, compat.TimeoutError) as error:
             raise LinkError(f"cannot connect to {self.host}:{self.port}: {error!r}") from None
         compat.set_nodelay(self._writer)
         self._closed = asyncio.Event()
@@ -159,8 +153,8 @@ class MqttClient:
         except (EOFError, compat.TimeoutError, LinkError) as error:  # CPython: not OSError
             self._shutdown()
             raise LinkError(f"no CONNACK from {self.host}:{self.port}: {error!r}") from None
-        except compat.TLS_ERRORS as error:  # MicroPython: a refused connection, or a TLS
-            # handshake that failed (it runs with the first write), is reported only now
+        except (OSError, ValueError) as error:  # MicroPython reports a refused connection,
+            # or a failed TLS handshake (it runs with the first write), only now
             self._shutdown()
             raise LinkError(f"cannot connect to {self.host}:{self.port}: {error!r}") from None
         if ack[0] != CONNACK or ack[3] != 0:
@@ -265,7 +259,7 @@ class MqttClient:
                 offset += size
             try:
                 await compat.wait_for_ms(writer.drain(), self.timeout_ms)
-            except compat.TLS_ERRORS + (compat.TimeoutError,) as error:
+            except (OSError, ValueError, compat.TimeoutError) as error:
                 self._shutdown()
                 raise LinkError(f"send failed: {error!r}") from None
 
@@ -300,7 +294,7 @@ class MqttClient:
                 body = await self._read(size) if size else b""
                 self._ping_sent = False
                 await self._dispatch(first, body)
-        except compat.TLS_ERRORS + (EOFError, LinkError, compat.TimeoutError) as error:
+        except (EOFError, OSError, ValueError, LinkError, compat.TimeoutError) as error:
             if self.connected:
                 print("mqtt: connection lost:", repr(error))
         except Exception as error:  # a malformed packet (or a bug): start over
@@ -364,21 +358,22 @@ class MqttLink:
     The poa is mqtts://<broker host>:<port> with TLS, else mqtt:// (?ct=cbor for a CBOR
     meter). serve() reconnects with backoff.
 
-    TLS: config["mqtt_ca"] names the file of the broker's CA certificate (DER) beside the
-    agent; the broker's certificate must name config["mqtt_server_name"] (default dap_host).
-    The password is sent only inside TLS, unless the config says mqtt_tls false (a lab)."""
+    TLS (mqtt_tls.py, loaded only then): config["mqtt_ca"] names the broker's CA certificate
+    (a DER file beside the agent); the broker's certificate must name config["mqtt_server_name"]
+    (default dap_host)."""
 
     def __init__(self, dap, config):
         self.dap = dap
         self.host = config["dap_host"]
         tls = None
-        if config.get("mqtt_tls", True) and config.get("mqtt_ca"):
-            with open(config["mqtt_ca"], "rb") as ca:
-                tls = compat.tls_context(ca.read())
-        elif config.get("mqtt_tls"):
-            raise ValueError("mqtt_tls needs mqtt_ca: the broker's CA certificate (DER)")
-        self.scheme = "mqtt" if tls is None else "mqtts"
-        self.port = config.get("dap_port") or (1883 if tls is None else 8883)
+        if config.get("mqtt_ca") or config.get("mqtt_tls"):
+            try:
+                from .mqtt_tls import client_context
+            except ImportError:
+                from mqtt_tls import client_context
+            tls = client_context(config)
+        self.scheme = "mqtts" if tls else "mqtt"
+        self.port = config.get("dap_port") or (8883 if tls else 1883)
         self.client = MqttClient(
             dap.ae_id,
             self.host,
@@ -388,7 +383,6 @@ class MqttLink:
             config.get("mqtt_username"),
             config.get("mqtt_password"),
             tls=tls,
-            server_name=config.get("mqtt_server_name"),
         )
         self.client.on_message = self.on_message
         own = topic_id(dap.ae_id)
