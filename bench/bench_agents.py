@@ -139,6 +139,7 @@ class Cse:
 
     def __init__(self, db: str, mqtt_url: str | None, log: Path) -> None:
         args = [sys.executable, "-m", "gridm2m", "cse", "--http-port", "0", "--coap-port", "0"]
+        args += ["--coap-trust", "claimed"]  # plain meters; bench_security measures OSCORE
         # The bench broker is anonymous: meters are taken at their word.
         mqtt = ["--mqtt-url", mqtt_url, "--mqtt-trust", "claimed"] if mqtt_url else []
         args += ["--db", db, *mqtt]

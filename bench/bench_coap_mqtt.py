@@ -378,6 +378,8 @@ def start_servers(workdir: Path, inflight: int) -> Iterator[Servers]:
                 "0",
                 "--coap-port",
                 "0",
+                "--coap-trust",
+                "claimed",
                 "--mqtt-url",
                 url,
                 # The bench broker is anonymous: the meters are taken at their word

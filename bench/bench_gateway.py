@@ -299,7 +299,7 @@ class System:
                     "cse": {
                         "db": str(directory / "dap.db"),
                         "http": {"port": self.gateway_port},
-                        "coap": {"port": self.coap_port},
+                        "coap": {"port": self.coap_port, "trust": "claimed"},
                     },
                     "upstream": {"url": f"http://{HOST}:{self.headend_port}"},
                     "ops": {"port": self.ops_port},

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cse.bindings.coap.client import CoapClient, CoapSender
+from cse.bindings.coap.oscore import OscoreContexts
 from cse.bindings.coap.server import CoapServer
 from cse.bindings.http import HttpClient, HttpSender, HttpServer
 from cse.bindings.mqtt.client import MqttSender
@@ -29,6 +30,7 @@ from cse.core.identity import Trust
 from cse.core.notifications import Sender
 from cse.forwarding import PointOfAccessForwarder
 from cse.security.credentials import CredentialStore
+from cse.security.oscore_keyring import CredentialKeyring
 from cse.storage.base import Storage
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
@@ -313,18 +315,25 @@ async def running_cse(
     mqtt_settings = config.mqtt.settings()
     async with contextlib.AsyncExitStack() as stack:
         credentials = None
-        if mqtt_settings is not None and config.mqtt.trust is Trust.CREDENTIAL:
+        uses_mqtt_logins = mqtt_settings is not None and config.mqtt.trust is Trust.CREDENTIAL
+        uses_oscore = config.coap.port is not None and config.coap.oscore
+        if uses_mqtt_logins or uses_oscore:
             credentials = open_credentials(config)
             if credentials is not None:
                 stack.callback(credentials.close)
-                mqtt_settings = own_mqtt_login(mqtt_settings, credentials, config.cse_id)
+        if uses_mqtt_logins and credentials is not None and mqtt_settings is not None:
+            mqtt_settings = own_mqtt_login(mqtt_settings, credentials, config.cse_id)
+        # One set of OSCORE contexts for the CoAP server and the client that notifies meters:
+        # both send from the same sequence numbers.
+        keyring = CredentialKeyring(credentials) if uses_oscore and credentials else None
+        oscore = OscoreContexts(keyring) if keyring is not None else None
         http_client = await stack.enter_async_context(HttpClient())
-        coap_client = await stack.enter_async_context(CoapClient())
+        coap_client = await stack.enter_async_context(CoapClient(oscore=oscore))
         mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings))
         senders: dict[str, Sender] = {
             "http": HttpSender(http_client),
             "https": HttpSender(http_client),
-            "coap": CoapSender(coap_client),
+            "coap": CoapSender(coap_client, keyring.keys_for_originator if keyring else None),
             "mqtt": mqtt_sender,
             "mqtts": mqtt_sender,
         }
@@ -351,6 +360,8 @@ async def running_cse(
                     max_body_size=config.coap.max_body_size,
                     max_latency=config.coap.max_latency,
                     liveness_interval=config.coap.liveness_interval,
+                    oscore=oscore,
+                    trust=config.coap.trust,
                 )
             )
         mqtt = None

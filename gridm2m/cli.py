@@ -36,6 +36,11 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     parser.add_argument("--http-host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--http-port", type=int, help="port (default 8080; 0 picks a free one)")
     parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
+    parser.add_argument(
+        "--coap-trust",
+        choices=[trust.value for trust in Trust],
+        help="whom an unprotected CoAP request proves (default credential: OSCORE only)",
+    )
     parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
     parser.add_argument(
         "--mqtt-trust",
@@ -59,6 +64,7 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "http.host": args.http_host,
                 "http.port": args.http_port,
                 "coap.port": args.coap_port,
+                "coap.trust": args.coap_trust,
                 "mqtt.url": args.mqtt_url,
                 "mqtt.trust": args.mqtt_trust,
                 "db": args.db,
@@ -110,6 +116,11 @@ def _add_gateway_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser.add_argument("--upstream-url", help="the head-end IN-CSE (http://... or mqtt://...)")
     parser.add_argument("--http-port", type=int, help="the gateway CSE's HTTP port (0: any)")
     parser.add_argument("--coap-port", type=int, help="serve CoAP on this UDP port (0: any)")
+    parser.add_argument(
+        "--coap-trust",
+        choices=[trust.value for trust in Trust],
+        help="whom an unprotected CoAP request proves (default credential: OSCORE only)",
+    )
     parser.add_argument("--mqtt-url", help="serve MQTT through this broker (mqtt://host:port)")
     parser.add_argument(
         "--mqtt-trust",
@@ -133,6 +144,7 @@ def _run_gateway(args: argparse.Namespace) -> int:
                 "upstream.url": args.upstream_url,
                 "cse.http.port": args.http_port,
                 "cse.coap.port": args.coap_port,
+                "cse.coap.trust": args.coap_trust,
                 "cse.mqtt.url": args.mqtt_url,
                 "cse.mqtt.trust": args.mqtt_trust,
                 "ops.port": args.ops_port,

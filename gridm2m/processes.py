@@ -171,7 +171,7 @@ class Stack:
             "cse": {
                 "db": str(self.gateway_db),
                 "http": {"port": self.gateway_port},
-                "coap": {"port": self.coap_port},
+                "coap": {"port": self.coap_port, "trust": "claimed"},
             },
             "upstream": {"url": f"http://127.0.0.1:{self.headend_port}"},
             "mirror": {"status_interval": 2.0},

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 async def test_coap_answers_after_datagrams_from_a_socket_closed_at_once(tmp_path: Path) -> None:
     # The datagrams of the report: CON GETs whose answers meet a closed port (ICMP errors).
-    cse = CSEProcess("--coap-port", "0", "--db", str(tmp_path / "cse.db"))
+    cse = CSEProcess(
+        "--coap-port", "0", "--coap-trust", "claimed", "--db", str(tmp_path / "cse.db")
+    )
     await cse.start()
     try:
         match = re.search(r"coap://127\.0\.0\.1:(\d+)", cse.listening)

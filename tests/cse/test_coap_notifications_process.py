@@ -52,7 +52,9 @@ async def _meter(
 
 
 async def test_an_unreachable_target_does_not_disturb_live_ones(tmp_path: Any) -> None:
-    cse = CSEProcess("--coap-port", "0", "--db", str(tmp_path / "cse.db"))
+    cse = CSEProcess(
+        "--coap-port", "0", "--coap-trust", "claimed", "--db", str(tmp_path / "cse.db")
+    )
     base = await cse.start()
     try:
         async with CoapReceiver() as live, aiohttp.ClientSession() as session:

@@ -41,7 +41,17 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
     """A `gridm2m cse` with tight limits on SQLite, serving HTTP and CoAP: (URL, CoAP port)."""
     config = tmp_path / "cse.toml"
     config.write_text(LIMITS)
-    cse = CSEProcess("--config", str(config), "--coap-port", "0", "--db", str(tmp_path / "c.db"))
+    cse = CSEProcess(
+        "--config",
+        str(config),
+        "--coap-port",
+        "0",
+        # The admin speaks over plain CoAP here: a lab that believes every claim.
+        "--coap-trust",
+        "insecure",
+        "--db",
+        str(tmp_path / "c.db"),
+    )
     url = await cse.start()
     match = re.search(r"coap://127\.0\.0\.1:(\d+)", cse.listening)
     assert match is not None, cse.listening

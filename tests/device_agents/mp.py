@@ -316,10 +316,13 @@ class DapCse:
         http_port: int = 0,
         coap_port: int = 0,
         mqtt_trust: str = "claimed",
+        coap_trust: str = "claimed",
     ):
         # A file `db` and the ports of an earlier run: the same DAP again after a restart.
         self.args = ["--http-port", str(http_port), "--coap-port", str(coap_port), "--db", db]
         self.args += ["--cse-id", cse_id, "--cse-name", cse_name]
+        # Plain CoAP meters are taken at their word here (test_oscore.py runs them secured).
+        self.args += ["--coap-trust", coap_trust]
         if mqtt_url is not None:
             # The test brokers hold nobody to their topics: meters are taken at their word
             # (tests/deploy runs the agent against the secured broker).

@@ -32,7 +32,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[RunningCSE, Any]]:
             {
                 "db": str(tmp_path / "cse.db"),
                 "http": {"port": 0},
-                "coap": {"port": 0},
+                "coap": {"port": 0, "trust": "insecure"},
                 # The test broker holds nobody to their topics: MQTT proves nothing here.
                 "mqtt": {"url": broker.url, "username": "gridm2m-test", "trust": "insecure"},
             }

@@ -139,7 +139,7 @@ async def stack(
         cse: dict[str, Any] = {
             "db": str(directory / "dap.db"),
             "http": {"port": gateway_port},
-            "coap": {"port": coap_port},
+            "coap": {"port": coap_port, "trust": "claimed"},
         }
         upstream: dict[str, Any] = {"url": acme.url, "cse_id": "/id-in", "cse_name": "cse-in"}
         points = [gateway_url]

@@ -94,7 +94,7 @@ class System:
         gateway_cse: dict[str, Any] = {
             "db": str(directory / "dap.db"),
             "http": {"port": self.gateway_port},
-            "coap": {"port": self.coap_port},
+            "coap": {"port": self.coap_port, "trust": "claimed"},
         }
         upstream = f"http://127.0.0.1:{self.headend_port}"
         if broker is not None:
