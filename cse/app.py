@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import os
 import re
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from cse.core.notifications import Sender
 from cse.forwarding import PointOfAccessForwarder
 from cse.security.credentials import CredentialStore
 from cse.security.oscore_keyring import CredentialKeyring
+from cse.security.pki import client_context, self_probe_context, server_context
 from cse.storage.base import Storage
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
@@ -59,6 +61,42 @@ class TlsConfig(BaseModel):
     # Without a client certificate a client must prove itself with a bearer token.
     require_client_cert: bool = False
 
+    def context(self) -> ssl.SSLContext:
+        _check_files("[http.tls]", cert=self.cert, key=self.key, client_ca=self.client_ca)
+        try:
+            return server_context(
+                self.cert, self.key, self.client_ca, require_client=self.require_client_cert
+            )
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(f"[http.tls]: cannot use {self.cert} / {self.key}: {error}") from None
+
+
+class HttpClientConfig(BaseModel):
+    """TLS for what this CSE sends over https:// (notifications, requests to other CSEs)."""
+
+    model_config = ConfigDict(extra="forbid")
+    ca: str | None = None  # verify servers against this CA (default: the system's CAs)
+    cert: str | None = None  # the client certificate presented to servers that ask for one
+    key: str | None = None
+
+    def context(self) -> ssl.SSLContext | None:
+        if self.ca is None and self.cert is None:
+            return None
+        _check_files("[http.client]", ca=self.ca, cert=self.cert, key=self.key)
+        try:
+            return client_context(self.ca, self.cert, self.key)
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(f"[http.client]: cannot use {self.cert}: {error}") from None
+
+
+def _check_files(section: str, **files: str | None) -> None:
+    for key, path in files.items():
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(
+                f"{section} {key} = {path!r}: no such file (a lab makes them with "
+                "`gridm2m pki lab DIR`, see docs/security.md)"
+            )
+
 
 class HttpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -70,6 +108,14 @@ class HttpConfig(BaseModel):
     # anyone they claim to be ("insecure", an isolated lab only). See docs/security.md.
     trust: Trust = Trust.CREDENTIAL
     tls: TlsConfig | None = None  # None: plain HTTP
+    client: HttpClientConfig = HttpClientConfig()
+
+    def probe_context(self) -> ssl.SSLContext | None:
+        """How the CSE probes its own HTTPS listener: with its client certificate when the
+        listener requires one."""
+        if self.tls is None or not self.tls.require_client_cert or self.client.cert is None:
+            return None
+        return self_probe_context(self.client.cert, self.client.key)
 
 
 class CoapConfig(BaseModel):
@@ -271,6 +317,7 @@ class RunningCSE:
     http: HttpServer
     coap: CoapServer | None
     mqtt: MqttBinding | None
+    credentials: CredentialStore | None = None
 
     @property
     def urls(self) -> list[str]:
@@ -306,28 +353,33 @@ def own_mqtt_login(
 async def running_cse(
     config: CSEConfig,
     prepare: Callable[[CommonServicesEntity], Awaitable[None]] | None = None,
+    *,
+    local_senders: Mapping[str, Sender] | None = None,
 ) -> AsyncIterator[RunningCSE]:
     """Start storage, core and every configured binding; stop them in reverse order.
 
     `prepare` runs once the core has opened its storage and before any binding serves: an
     application checks there that its own state agrees with the database (the gateway's
-    outbox does)."""
+    outbox does). `local_senders` deliver notifications to applications in this process (by
+    URL scheme).
+    """
     mqtt_settings = config.mqtt.settings()
+    server_tls = config.http.tls.context() if config.http.tls is not None else None
+    client_tls = config.http.client.context()
     async with contextlib.AsyncExitStack() as stack:
-        credentials = None
+        # The store proves HTTP clients (certificates, tokens), MQTT logins and OSCORE keys.
+        credentials = open_credentials(config)
+        if credentials is not None:
+            stack.callback(credentials.close)
         uses_mqtt_logins = mqtt_settings is not None and config.mqtt.trust is Trust.CREDENTIAL
         uses_oscore = config.coap.port is not None and config.coap.oscore
-        if uses_mqtt_logins or uses_oscore:
-            credentials = open_credentials(config)
-            if credentials is not None:
-                stack.callback(credentials.close)
         if uses_mqtt_logins and credentials is not None and mqtt_settings is not None:
             mqtt_settings = own_mqtt_login(mqtt_settings, credentials, config.cse_id)
         # One set of OSCORE contexts for the CoAP server and the client that notifies meters:
         # both send from the same sequence numbers.
         keyring = CredentialKeyring(credentials) if uses_oscore and credentials else None
         oscore = OscoreContexts(keyring) if keyring is not None else None
-        http_client = await stack.enter_async_context(HttpClient())
+        http_client = await stack.enter_async_context(HttpClient(tls=client_tls))
         coap_client = await stack.enter_async_context(CoapClient(oscore=oscore))
         mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings))
         senders: dict[str, Sender] = {
@@ -336,6 +388,7 @@ async def running_cse(
             "coap": CoapSender(coap_client, keyring.keys_for_originator if keyring else None),
             "mqtt": mqtt_sender,
             "mqtts": mqtt_sender,
+            **(local_senders or {}),
         }
         forwarder = PointOfAccessForwarder(config.cse_id, http_client, coap_client, mqtt_settings)
         stack.push_async_callback(forwarder.close)
@@ -347,7 +400,14 @@ async def running_cse(
             await prepare(cse)
         http = await stack.enter_async_context(
             HttpServer(
-                cse, config.http.host, config.http.port, max_body_size=config.http.max_body_size
+                cse,
+                config.http.host,
+                config.http.port,
+                max_body_size=config.http.max_body_size,
+                trust=config.http.trust,
+                credentials=credentials,
+                tls=server_tls,
+                probe_tls=config.http.probe_context(),
             )
         )
         coap = None
@@ -369,7 +429,7 @@ async def running_cse(
             mqtt = await stack.enter_async_context(
                 MqttBinding(cse, mqtt_settings, trust=config.mqtt.trust, credentials=credentials)
             )
-        running = RunningCSE(cse, http, coap, mqtt)
+        running = RunningCSE(cse, http, coap, mqtt, credentials)
         cse.settings = config.settings(points_of_access=tuple(config.poa or running.urls))
         yield running
 

@@ -48,6 +48,13 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="whom an MQTT request's topic proves (default credential: the broker's login)",
     )
     parser.add_argument("--db", help="SQLite file (':memory:' keeps nothing)")
+    parser.add_argument(
+        "--trust",
+        choices=[trust.value for trust in Trust],
+        help="what every listener believes of a request that proves no credential: nothing "
+        "(credential, the default), claimed AE-IDs only (claimed), every claim (insecure: an "
+        "isolated lab only)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_cse)
 
@@ -68,6 +75,9 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "mqtt.url": args.mqtt_url,
                 "mqtt.trust": args.mqtt_trust,
                 "db": args.db,
+                "http.trust": args.trust,
+                "coap.trust": args.trust,
+                "mqtt.trust": args.trust,
             },
         )
     except ConfigError as error:

@@ -192,3 +192,17 @@ def client_context(
     if cert is not None:
         context.load_cert_chain(str(cert), str(key) if key else None)
     return context
+
+
+def self_probe_context(
+    cert: str | Path | None = None, key: str | Path | None = None
+) -> ssl.SSLContext:
+    """TLS for a process that probes its own listener on loopback: the server is not verified
+    (the socket is the process's own), the client certificate is presented when given (for a
+    listener that requires one)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    return context

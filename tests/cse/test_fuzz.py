@@ -29,6 +29,7 @@ from cse.core.clock import ManualClock
 from cse.core.config import CSESettings
 from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.primitives import FilterCriteria, Request, Response
 from cse.core.registry import SPECS, Kind
 from cse.core.types import Operation, ResultContent
@@ -916,7 +917,7 @@ def test_random_http_requests_get_onem2m_answers(call: HttpCall) -> None:
     async def scenario() -> None:
         async with (
             CommonServicesEntity(MemoryStorage(), _settings(), clock=ManualClock()) as cse,
-            HttpServer(cse, "127.0.0.1", 0, max_body_size=4096) as server,
+            HttpServer(cse, "127.0.0.1", 0, max_body_size=4096, trust=Trust.INSECURE) as server,
             aiohttp.ClientSession(skip_auto_headers=["Content-Type", "Accept"]) as session,
         ):
             await _seed(cse)

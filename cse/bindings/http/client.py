@@ -1,8 +1,15 @@
-"""HTTP client binding: sends primitives to other CSEs and notifications to HTTP targets."""
+"""HTTP client binding: sends primitives to other CSEs and notifications to HTTP targets.
+
+Over HTTPS it verifies the server against the TLS context's CA and presents the context's
+client certificate (`cse.security.pki.client_context`); a bearer token, when given, goes in
+the Authorization header of `send()` (the link to one upstream CSE), never of a notification,
+which may go to any URL a subscriber named.
+"""
 
 from __future__ import annotations
 
 import itertools
+import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -33,9 +40,18 @@ def _optional_int(value: str | None) -> int | None:
 class HttpClient:
     """One keep-alive connection pool for everything this process sends over HTTP."""
 
-    def __init__(self, *, timeout: float = 10.0, serialization: str = JSON) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        serialization: str = JSON,
+        tls: ssl.SSLContext | None = None,
+        token: str | None = None,
+    ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._serialization = serialization
+        self._tls = tls
+        self._token = token
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
 
@@ -47,7 +63,9 @@ class HttpClient:
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            # Without a context of ours, https:// URLs are verified against the system's CAs.
+            connector = aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else True)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -72,6 +90,8 @@ class HttpClient:
             "X-M2M-VSI": request.vendor_information,
         }
         headers.update({name: value for name, value in optional.items() if value is not None})
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
         url = base_url.rstrip("/") + target_to_path(request.to)
         try:
             body = encode(request.content, serialization)

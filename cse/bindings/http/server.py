@@ -1,23 +1,34 @@
-"""HTTP server binding: an aiohttp application that turns HTTP requests into primitives."""
+"""HTTP server binding: an aiohttp application that turns HTTP requests into primitives.
+
+Served over HTTPS when given a TLS context. Every request carries the principal its client
+certificate or bearer token proved (`cse/bindings/http/auth.py`), or the listener's trust for
+requests that prove nothing; a request without an identity the listener accepts is refused
+(4103, HTTP 403) before its body is read.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from cse.bindings.http.auth import HttpAuthenticator, NotAuthenticated
 from cse.bindings.http.client import HttpClient
 from cse.bindings.http.mapping import http_status, path_to_target, rsc_from_http
 from cse.bindings.liveness import ProbeRecord, probe_request
 from cse.bindings.query import parameters_from_query
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
+from cse.core.identity import Principal, Trust
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import Request, Response, error_content
 from cse.core.types import Operation, ResponseStatusCode
+from cse.security.credentials import CredentialStore
+from cse.security.pki import self_probe_context
 from cse.serialization import (
     CONTENT_TYPES,
     JSON,
@@ -87,16 +98,18 @@ def _event_category(header: str | None) -> int | None:
     return int(value)
 
 
-async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve an aiohttp app on host:port (0 picks a free port); returns the runner (call
-    `cleanup()` to stop) and the bound port."""
+async def start_site(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Serve an aiohttp app on host:port (0 picks a free port), over TLS with a context;
+    returns the runner (call `cleanup()` to stop) and the bound port."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        site = web.SockSite(runner, sock, backlog=1024)
+        site = web.SockSite(runner, sock, backlog=1024, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
@@ -105,7 +118,14 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
 
 
 class HttpServer:
-    """Serves one CSE over HTTP; an async context manager that reports its bound port."""
+    """Serves one CSE over HTTP or HTTPS; an async context manager that reports its bound port.
+
+    `trust` says what a request that proves no credential is believed to be (by default
+    nothing: it is refused); `credentials` is the store client certificates and tokens are
+    looked up in; `tls` (see `cse.security.pki.server_context`) makes it an HTTPS listener,
+    and `probe_tls` is what `probe()` connects to it with (default: no verification, no
+    client certificate).
+    """
 
     def __init__(
         self,
@@ -114,18 +134,27 @@ class HttpServer:
         port: int = 8080,
         *,
         max_body_size: int = 1 << 20,
+        trust: Trust = Trust.CREDENTIAL,
+        credentials: CredentialStore | None = None,
+        tls: ssl.SSLContext | None = None,
+        probe_tls: ssl.SSLContext | None = None,
     ) -> None:
         self._cse = cse
         self._host = host
         self._port = port
         self._max_body_size = max_body_size
+        self._auth = HttpAuthenticator(trust, credentials)
+        self._tls = tls
+        self._probe_tls = probe_tls or (self_probe_context() if tls is not None else None)
         self._runner: web.AppRunner | None = None
         self._liveness = ProbeRecord()
         self.port: int | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        scheme = "https" if self._tls is not None else "http"
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"{scheme}://{host}:{self.port}"
 
     def liveness(self) -> ProbeRecord:
         return self._liveness
@@ -134,10 +163,13 @@ class HttpServer:
         """Send the CSE a request through this listener, as a client would; alive when the
         CSE's answer comes back. The result is kept for `liveness()`."""
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self._host)
-        url = f"http://{host}:{self.port}" if host else self.url
+        scheme = "https" if self._tls is not None else "http"
+        url = f"{scheme}://{host}:{self.port}" if host else self.url
         request = probe_request(self._cse.settings.cse_id, self._cse.settings.cse_name)
+        # Any answer proves the listener alive, a refusal of the unauthenticated probe too.
+        tls = self._probe_tls if self._tls is not None else None
         try:
-            async with HttpClient(timeout=timeout) as client:
+            async with HttpClient(timeout=timeout, tls=tls) as client:
                 reply = await client.send(url, request)
             alive = reply.request_id == request.request_id
         except DeliveryError:
@@ -148,7 +180,7 @@ class HttpServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body_size, middlewares=[self._http_errors])
         app.router.add_route("*", "/{tail:.*}", self._on_request)
-        self._runner, self.port = await start_site(app, self._host, self._port)
+        self._runner, self.port = await start_site(app, self._host, self._port, self._tls)
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -196,9 +228,27 @@ class HttpServer:
         )
         return self._reply(response, _reply_serialization(headers), http_status)
 
+    def _not_authenticated(
+        self, http_request: web.Request, error: NotAuthenticated
+    ) -> web.Response:
+        reply = self._error(
+            http_request, ResponseStatusCode.ORIGINATOR_HAS_NO_PRIVILEGE, error.message
+        )
+        # TS-0009 maps every security refusal to 403; the header (RFC 9110 11.6.1, RFC 6750)
+        # tells an HTTP client that a bearer token would change the answer.
+        challenge = 'Bearer realm="oneM2M"'
+        if error.bad_token:
+            challenge += ', error="invalid_token"'
+        reply.headers["WWW-Authenticate"] = challenge
+        return reply
+
     async def _on_request(self, http_request: web.Request) -> web.StreamResponse:
         try:
-            primitive, serialization = await self._to_primitive(http_request)
+            principal = self._auth.principal(http_request)
+        except NotAuthenticated as error:
+            return self._not_authenticated(http_request, error)
+        try:
+            primitive, serialization = await self._to_primitive(http_request, principal)
             reply_in = accepted_serialization(http_request.headers.get("Accept"), serialization)
         except web.HTTPRequestEntityTooLarge:
             message = f"body exceeds the limit of {self._max_body_size} bytes"
@@ -215,7 +265,9 @@ class HttpServer:
         response = await self._cse.handle(primitive)
         return self._reply(response, reply_in)
 
-    async def _to_primitive(self, http_request: web.Request) -> tuple[Request, str]:
+    async def _to_primitive(
+        self, http_request: web.Request, principal: Principal
+    ) -> tuple[Request, str]:
         headers = http_request.headers
         serialization, resource_type = _content_type(headers.get("Content-Type"))
         body = await http_request.read()
@@ -253,6 +305,8 @@ class HttpServer:
             attribute_list=parameters.attribute_list,
             vendor_information=_text(headers.get("X-M2M-VSI")),
             response_type=parameters.response_type,
+            principal=principal,
+            source=http_request.remote,
         )
         return primitive, serialization
 

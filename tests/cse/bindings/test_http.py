@@ -22,6 +22,7 @@ from cse.bindings.http.mapping import (
 from cse.bindings.query import filter_from_query, filter_to_query
 from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
+from cse.core.identity import Trust
 from cse.core.primitives import FilterCriteria, Request
 from cse.core.types import Operation, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
@@ -494,7 +495,7 @@ async def test_ae_registration_without_an_originator(m2m: M2M) -> None:
 
 @pytest.fixture
 async def small_server(cse: CommonServicesEntity) -> AsyncIterator[HttpServer]:
-    async with HttpServer(cse, "127.0.0.1", 0, max_body_size=128) as running:
+    async with HttpServer(cse, "127.0.0.1", 0, max_body_size=128, trust=Trust.INSECURE) as running:
         yield running
 
 
