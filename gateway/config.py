@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,9 +10,10 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cse.app import CSEConfig, HttpConfig, LimitsConfig, default_data_dir
+from cse.app import ConfigError, CSEConfig, HttpConfig, LimitsConfig, default_data_dir
 from cse.bindings.mqtt.settings import MqttSettings
 from cse.config_files import CseId, CseName, load_section, merge_tables
+from cse.security.pki import client_context
 
 ENV_PREFIX = "GRIDM2M_GATEWAY__"
 
@@ -56,9 +58,12 @@ class UpstreamConfig(BaseModel):
     cse_name: CseName = "cse-in"
     username: str | None = None  # MQTT broker credentials
     password: str | None = None
+    # TLS for https:// and mqtts://: the CA the head-end's certificate is checked against
+    # (default: the system's) and the gateway's client certificate (mutual TLS).
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    token: str | None = None  # a bearer token for an HTTP IN-CSE that takes one (not logged)
     # Access control policy IDs on the upstream CSE that the gateway links to its remoteCSE and
     # family containers there when it creates them: how an IN-CSE that does not trust its
     # applications (ACME's creator-only default) gives them access to the mirrored data. The
@@ -73,6 +78,19 @@ class UpstreamConfig(BaseModel):
         if urlsplit(value).scheme not in ("http", "https", "mqtt", "mqtts"):
             raise ValueError("upstream url must be http(s)://host:port or mqtt(s)://host:port")
         return value
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an https:// link; None for http:// (or MQTT's own settings)."""
+        if urlsplit(self.url).scheme != "https":
+            return None
+        for key, path in (("ca_file", self.ca_file), ("cert_file", self.cert_file),
+                          ("key_file", self.key_file)):  # fmt: skip
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"[gateway.upstream] {key} = {path!r}: no such file")
+        try:
+            return client_context(self.ca_file, self.cert_file, self.key_file)
+        except (ssl.SSLError, ValueError) as error:
+            raise ConfigError(f"[gateway.upstream]: cannot use {self.cert_file}: {error}") from None
 
     @property
     def uses_mqtt(self) -> bool:

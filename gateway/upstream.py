@@ -1,4 +1,8 @@
-"""The gateway's link to the upstream IN-CSE: plain oneM2M requests over HTTP or MQTT.
+"""The gateway's link to the upstream IN-CSE: plain oneM2M requests over HTTP(S) or MQTT.
+
+Over HTTPS the head-end's certificate is checked against `ca_file` and the gateway presents
+`cert_file` (mutual TLS: the head-end knows the gateway by it); `token` is sent as a bearer
+token to an IN-CSE that takes those instead.
 
 Only standard request primitives go up, so any oneM2M IN-CSE can be the head-end.
 `send()` returns the upstream CSE's response, whatever its status; it raises
@@ -47,7 +51,11 @@ class UpstreamLink:
                 timeout=self.config.timeout,
             )
         else:
-            self._http = HttpClient(timeout=self.config.timeout)
+            self._http = HttpClient(
+                timeout=self.config.timeout,
+                tls=self.config.tls_context(),
+                token=self.config.token,
+            )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

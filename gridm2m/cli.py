@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -19,7 +20,7 @@ from cse.app import ConfigError, load_cse_config, serve_until_stopped
 from cse.core.identity import Trust
 from cse.logs import install_repeat_filter
 from cse.storage.base import StorageError
-from gridm2m import credentials
+from gridm2m import credentials, pki
 
 # Exit status of a part that cannot start until someone acts (a damaged database, or one in
 # use by another process): the systemd unit does not restart on it (RestartPreventExitStatus).
@@ -211,6 +212,10 @@ def _run_headend(args: argparse.Namespace) -> int:
     return _serve("headend", serve_headend_until_stopped, config)
 
 
+# An admin token of the head-end's web API, for the commands that call it.
+TOKEN_ENV = "GRIDM2M_HEADEND_TOKEN"
+
+
 def _add_command_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "command",
@@ -230,6 +235,12 @@ def _add_command_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser.add_argument(
         "--wait", type=float, default=60.0, help="seconds to wait for the answers (0: don't)"
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"an admin token of the head-end (default ${TOKEN_ENV}; prefer the variable: a "
+        "command line is visible to other users of the machine)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_command)
 
@@ -245,6 +256,7 @@ def _run_command(args: argparse.Namespace) -> int:
             args.fields,
             dap=args.dap,
             wait=args.wait,
+            token=args.token,
         )
     except CommandLineError as error:
         print(f"gridm2m command: {error}", file=sys.stderr)
@@ -353,6 +365,7 @@ def _run_interop(args: argparse.Namespace) -> int:
             headend_cse=args.attach_headend_cse,
             dap_cse_id=args.attach_dap_cse_id,
             dap_cse_name=args.attach_dap_cse_name,
+            token=os.environ.get(TOKEN_ENV),
         )
     settings = RunSettings(
         flows_dir=Path(args.flows) if args.flows else None,
@@ -614,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_agent_parser(subparsers)
     _add_fleet_parser(subparsers)
     credentials.add_parser(subparsers)
+    pki.add_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),

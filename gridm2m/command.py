@@ -36,6 +36,7 @@ def send_command(
     *,
     dap: str | None,
     wait: float,
+    token: str | None = None,
 ) -> int:
     body: dict[str, Any] = {"cmd": name, **parse_fields(fields), "issued_by": "cli"}
     meters = [m for m in meters if m]
@@ -47,14 +48,24 @@ def send_command(
         body["meters"] = list(meters)
     if dap:
         body["dap"] = dap
-    return asyncio.run(_send(headend.rstrip("/"), body, wait))
+    if not token:
+        raise CommandLineError(
+            "the head-end's API needs an admin token: set GRIDM2M_HEADEND_TOKEN (make one with "
+            "gridm2m credentials --config configs/headend.toml add-admin NAME)"
+        )
+    return asyncio.run(_send(headend.rstrip("/"), body, wait, token))
 
 
-async def _send(headend: str, body: dict[str, Any], wait: float) -> int:
+async def _send(headend: str, body: dict[str, Any], wait: float, token: str) -> int:
     timeout = aiohttp.ClientTimeout(total=30)
+    # The session talks to the head-end only, so every request may carry the token.
+    headers = {"Authorization": f"Bearer {token}"}
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
             async with session.post(f"{headend}/api/commands", json=body) as reply:
+                if reply.status == 401:
+                    raise CommandLineError("the head-end refused the token (revoked, or not "
+                                           "an admin token of this head-end)")  # fmt: skip
                 issued = await reply.json(content_type=None)
             if reply.status >= 400:
                 print(json.dumps(issued))

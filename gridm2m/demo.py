@@ -102,7 +102,11 @@ async def _run_parts(
             await stack.start(session)
             print(f"  head-end  {stack.headend.banner}", flush=True)
             print(f"  gateway   {stack.gateway.banner}", flush=True)
-            print(f"\n  dashboard: {stack.dashboard}/\n", flush=True)
+            print(
+                f"\n  dashboard: {stack.dashboard}/ (password {stack.operator_password})\n",
+                flush=True,
+            )
+            api = stack.api_headers
             summary_file = directory / "fleet-summary.json"
             fleet = await stack.spawn(
                 "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)]
@@ -110,10 +114,10 @@ async def _run_parts(
             started = time.monotonic()
             meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
             await _show_progress(
-                session, stack.dashboard, stack.health_url, fleet, stop, started, meters
+                session, (stack.dashboard, api), stack.health_url, fleet, stop, started, meters
             )
             await stop_child(fleet)
-            outcome = await _settle(session, stack.dashboard, stack.health_url, summary_file)
+            outcome = await _settle(session, (stack.dashboard, api), stack.health_url, summary_file)
     except RuntimeError as error:
         print(f"gridm2m demo: {error}", file=sys.stderr)
         return 1
@@ -123,15 +127,20 @@ async def _run_parts(
     return 1 if outcome.lost else 0
 
 
-async def _counts(session: aiohttp.ClientSession, dashboard: str) -> dict[str, int]:
-    counts = await get_json(session, f"{dashboard}/api/counts")
+# The head-end's web API: its URL and the headers that prove an admin (a bearer token).
+WebApi = tuple[str, dict[str, str]]
+
+
+async def _counts(session: aiohttp.ClientSession, dashboard: WebApi) -> dict[str, int]:
+    url, headers = dashboard
+    counts = await get_json(session, f"{url}/api/counts", headers)
     by_family = counts.get("by_family") if isinstance(counts, dict) else None
     return {str(k): int(v) for k, v in (by_family or {}).items()}
 
 
 async def _show_progress(
     session: aiohttp.ClientSession,
-    dashboard: str,
+    dashboard: WebApi,
     health_url: str,
     fleet: Child,
     stop: asyncio.Event,
@@ -175,7 +184,7 @@ _PLAYBOOK: list[tuple[str, dict[str, Any], int]] = [
 
 
 async def _play_head_end(
-    session: aiohttp.ClientSession, dashboard: str, meters: list[str], tick: int
+    session: aiohttp.ClientSession, dashboard: WebApi, meters: list[str], tick: int
 ) -> None:
     path, body, count = _PLAYBOOK[tick % len(_PLAYBOOK)]
     chosen = random.sample(meters, min(count, len(meters)))
@@ -187,12 +196,13 @@ async def _play_head_end(
     else:
         request["meters"] = chosen
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-        async with session.post(f"{dashboard}/api/{path}", json=request) as reply:
+        url, headers = dashboard
+        async with session.post(f"{url}/api/{path}", json=request, headers=headers) as reply:
             await reply.read()
 
 
 async def _settle(
-    session: aiohttp.ClientSession, dashboard: str, health_url: str, summary_file: Path
+    session: aiohttp.ClientSession, dashboard: WebApi, health_url: str, summary_file: Path
 ) -> Outcome:
     """After the fleet stopped: let the gateway deliver what it holds, then count."""
     outcome = Outcome()

@@ -4,6 +4,11 @@
 `gridm2m headend` and `gridm2m gateway` as child processes (each reports where it listens on
 the line it prints), waits until the gateway is registered, and stops them in reverse order.
 `spawn` starts any `gridm2m` subcommand the same way (the fleet, for instance).
+
+The two talk HTTPS with mutual TLS, as the shipped configs do: the stack makes a lab PKI in
+`<directory>/pki` and pins each side's client certificate in the other's credential store. It
+also makes an admin token for the head-end's web API (`api_headers`) and sets the dashboard's
+operator password (`operator_password`).
 """
 
 from __future__ import annotations
@@ -11,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,7 +29,10 @@ from typing import Any
 import aiohttp
 
 from cse.config_files import merge_tables
+from cse.security.credentials import CredentialStore
+from cse.security.pki import LabCA, client_context
 from gridm2m.broker import free_port, free_udp_port
+from gridm2m.pki import LabFiles, client_files, make_lab
 
 START_TIMEOUT_S = 60.0
 
@@ -122,10 +132,12 @@ async def stop(child: Child, how: signal.Signals = signal.SIGTERM) -> None:
             await child.process.wait()
 
 
-async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> Any:
     """The JSON at url, or None if it cannot be had right now."""
     try:
-        async with session.get(url) as reply:
+        async with session.get(url, headers=headers) as reply:
             return await reply.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
@@ -149,6 +161,10 @@ class Stack:
         self.mdms_db = self.directory / "mdms.db"
         self.gateway_db = self.directory / "id-dap1.db"
         self.headend_db = self.directory / "id-in.db"
+        self.pki_dir = self.directory / "pki"
+        self.pki: LabFiles | None = None
+        self.admin_token = ""
+        self.operator_password = secrets.token_urlsafe(12)
 
     def _pick_ports(self) -> None:
         self.headend_port = free_port()
@@ -158,22 +174,50 @@ class Stack:
         self.dashboard_port = port_or_free(self._wanted_dashboard_port)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.health_url = f"http://127.0.0.1:{self.ops_port}/health"
-        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        self.gateway_url = f"https://127.0.0.1:{self.gateway_port}"
+        self.headend_url = f"https://127.0.0.1:{self.headend_port}"
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        """What a script sends to the head-end's web API (an admin token)."""
+        return {"Authorization": f"Bearer {self.admin_token}"}
+
+    def _tls(self, server: str, client: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The [cse.http] tls and client tables of one side."""
+        pki = self.pki_dir
+        listener = {
+            "cert": str(pki / "server" / f"{server}.pem"),
+            "key": str(pki / "server" / f"{server}.key"),
+            "client_ca": str(pki / "ca.pem"),
+        }
+        files = client_files(pki, client)
+        sender = {"ca": str(pki / "ca.pem"), "cert": str(files.cert), "key": str(files.key)}
+        return listener, sender
 
     def write_configs(self) -> tuple[Path, Path]:
         directory = self.directory
+        headend_tls, headend_client = self._tls("headend", "id-in")
+        gateway_tls, gateway_client = self._tls("gateway", "id-dap1")
         headend: dict[str, Any] = {
-            "cse": {"db": str(self.headend_db), "http": {"port": self.headend_port}},
+            "cse": {
+                "db": str(self.headend_db),
+                "http": {"port": self.headend_port, "tls": headend_tls, "client": headend_client},
+            },
             "mdms": {"db": str(self.mdms_db)},
-            "dashboard": {"port": self.dashboard_port},
+            "dashboard": {"port": self.dashboard_port, "password": self.operator_password},
         }
         gateway: dict[str, Any] = {
             "cse": {
                 "db": str(self.gateway_db),
-                "http": {"port": self.gateway_port},
+                "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
                 "coap": {"port": self.coap_port, "trust": "claimed"},
             },
-            "upstream": {"url": f"http://127.0.0.1:{self.headend_port}"},
+            "upstream": {
+                "url": self.headend_url,
+                "ca_file": gateway_client["ca"],
+                "cert_file": gateway_client["cert"],
+                "key_file": gateway_client["key"],
+            },
             "mirror": {"status_interval": 2.0},
             "ops": {"port": self.ops_port},
         }
@@ -186,7 +230,36 @@ class Stack:
         headend_toml.write_text(toml_text("headend", merge_tables(headend, self.headend_extra)))
         gateway_toml = directory / "gateway.toml"
         gateway_toml.write_text(toml_text("gateway", merge_tables(gateway, self.gateway_extra)))
+        self._provision(headend_toml, gateway_toml)
         return headend_toml, gateway_toml
+
+    def _provision(self, headend_toml: Path, gateway_toml: Path) -> None:
+        """The lab PKI, each side pinned in the other's store, and an admin token."""
+        from gateway.config import load_gateway_config
+        from headend.config import load_headend_config
+
+        gateway = load_gateway_config(gateway_toml).cse
+        headend = load_headend_config(headend_toml).cse
+        self.pki = make_lab(self.pki_dir, gateway, headend)
+        self.headend_store = str(headend.credentials_path())
+        with CredentialStore(self.headend_store) as store:
+            if any(credential.name == "stack" for credential in store.all()):
+                self.admin_token = store.new_token("stack")
+            else:
+                self.admin_token = store.add_admin("stack", headend.admin_originator).token or ""
+
+    def app_tls(self, name: str) -> ssl.SSLContext:
+        """A client certificate for an application `C<name>` on the head-end's IN-CSE (as a
+        utility's application outside the head-end gets one), pinned in its store."""
+        ca = LabCA(self.pki_dir)
+        files = client_files(self.pki_dir, name)
+        if not files.cert.exists():
+            files = ca.issue_client(self.pki_dir / "client", name)
+        with CredentialStore(self.headend_store) as store:
+            if not any(credential.name == name for credential in store.all()):
+                store.add_device(name, mqtt=False, oscore=False)
+            store.pin_certificate(name, files.der())
+        return client_context(ca.cert_path, files.cert, files.key)
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         for attempt in range(3):

@@ -1,13 +1,19 @@
 """Composition of the head-end: the IN-CSE, the MDMS store, the MDMS and command applications,
-and one web server for the dashboard, its API, commands and the MDMS's notifications."""
+and one web server (login required) for the dashboard, its API and commands.
+
+The MDMS hears from the IN-CSE in process (`local://mdms`, `headend/local_ae.py`): there is no
+HTTP endpoint where anyone else could hand it meter data.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,17 +21,21 @@ from aiohttp import web
 
 from cse.app import RunningCSE, running_cse
 from cse.bindings.http.server import start_site
+from cse.core.primitives import Request
+from cse.core.types import Operation
+from cse.core.types import ResponseStatusCode as RSC
+from cse.security.credentials import CredentialStore, Kind
 from headend.apps import HeadendApps
 from headend.commands import CommandError, CommandService
 from headend.config import HeadendConfig
-from headend.dashboard import dashboard_app
+from headend.dashboard import WebLogin, dashboard_app
+from headend.dashboard.login import TokenCheck, hash_password, new_password
 from headend.flows import flow_info
+from headend.local_ae import LOCAL_SCHEME, InProcessNotifications
 from headend.mdms import Mdms
 from headend.store import MdmsStore, open_store
 
 logger = logging.getLogger(__name__)
-
-NOTIFY_PATH = "/notify/mdms"
 
 
 @dataclass
@@ -52,19 +62,17 @@ async def _object_body(request: web.Request) -> dict[str, Any] | None:
 
 
 def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
-    """Routes beside the dashboard's: MDMS notifications and issuing commands."""
+    """Routes beside the dashboard's: issuing commands, running applications, health."""
 
-    async def notify(request: web.Request) -> web.Response:
-        # The oneM2M HTTP binding of a NOTIFY to the MDMS AE's point of access.
-        request_id = request.headers.get("X-M2M-RI", "")
-        try:
-            content = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            status = 4000
-        else:
-            status = int(await holder["mdms"].on_notify(content))
-        headers = {"X-M2M-RSC": str(status), "X-M2M-RI": request_id}
-        return web.Response(status=200 if status < 4000 else 400, headers=headers)
+    async def health(_: web.Request) -> web.Response:
+        # The IN-CSE answers from its core and storage; nothing else is told.
+        running: RunningCSE = holder["cse"]
+        settings = running.cse.settings
+        reply = await running.cse.handle(
+            Request(Operation.RETRIEVE, settings.cse_name, settings.cse_id, "health", "3")
+        )
+        healthy = reply.status == RSC.OK
+        return _json({"healthy": healthy}, 200 if healthy else 503)
 
     async def issue(request: web.Request) -> web.Response:
         body = await _object_body(request)
@@ -74,7 +82,7 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
         meters = body.pop("meters", None)
         meter = body.pop("meter", None)
         dap = body.pop("dap", None)
-        issued_by = str(body.pop("issued_by", "api"))
+        issued_by = str(body.pop("issued_by", request.get("user", "api")))
         try:
             if meters is not None:
                 if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):
@@ -148,28 +156,72 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
         apps: HeadendApps = holder["apps"]
         return _json({"reports": await apps.dms_reports()})
 
-    app.router.add_post(NOTIFY_PATH, notify)
+    app.router.add_get("/health", health)
     app.router.add_post("/api/apps/{name}", run_app)
     app.router.add_get("/api/apps/dms", dms_reports)
     app.router.add_get("/api/counts", counts)
     app.router.add_post("/api/commands", issue)
 
 
+def operator_password(config: HeadendConfig) -> tuple[str, str | None]:
+    """The operator's password hash, and the password itself when it was just made (to be
+    shown once). A password in the config replaces the stored hash."""
+    path = config.password_path()
+    chosen = config.dashboard.password
+    if chosen is None and path.is_file():
+        return path.read_text().strip(), None
+    made = new_password() if chosen is None else None
+    hashed = hash_password(chosen or made or "")
+    _write_private(path, hashed + "\n")
+    return hashed, made
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _admin_tokens(credentials: CredentialStore | None) -> TokenCheck:
+    def admin_name(token: str) -> str | None:
+        found = credentials.by_token(token) if credentials is not None and token else None
+        return found.name if found is not None and found.kind is Kind.ADMIN else None
+
+    return admin_name
+
+
 @contextlib.asynccontextmanager
 async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend]:
+    password_hash, new_operator_password = operator_password(config)
+    notifications = InProcessNotifications()
     async with contextlib.AsyncExitStack() as stack:
-        running = await stack.enter_async_context(running_cse(config.cse))
+        running = await stack.enter_async_context(
+            running_cse(config.cse, local_senders={LOCAL_SCHEME: notifications})
+        )
         store = open_store(config.mdms.sqlite_path(), config.mdms.postgres_url)
         await store.open()
         stack.push_async_callback(store.close)
-        holder: dict[str, Any] = {"store": store}
-        app = dashboard_app(store)
-        _add_routes(app, holder)
+        holder: dict[str, Any] = {"store": store, "cse": running}
         dashboard = config.dashboard
+        login = WebLogin(
+            password_hash,
+            _admin_tokens(running.credentials),
+            session_s=dashboard.session_hours * 3600,
+        )
+        app = dashboard_app(store, login=login)
+        _add_routes(app, holder)
         runner, port = await start_site(app, dashboard.host, dashboard.port)
         stack.push_async_callback(runner.cleanup)
         web_url = f"http://{dashboard.host}:{port}"
-        mdms = Mdms(running.cse, store, dashboard.notify_url or web_url + NOTIFY_PATH)
+        if new_operator_password is not None:
+            print(
+                f"gridm2m headend: the dashboard's operator password is {new_operator_password} "
+                f"(shown once; only its hash is kept, in {config.password_path()})",
+                flush=True,
+            )
+        mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"))
+        notifications.register("mdms", mdms.on_notify)
         commands = CommandService(running.cse, store)
         holder.update(mdms=mdms, commands=commands, apps=HeadendApps(commands, store))
         await mdms.start()

@@ -36,8 +36,11 @@ class DashboardConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=0, le=65535)
-    # The URL the IN-CSE sends the MDMS's notifications to; default the dashboard's own.
-    notify_url: str | None = None
+    # The operator's password, hashed into password_file at start. Unset: the one in
+    # password_file, or on the first start a new one, printed once.
+    password: str | None = Field(None, repr=False)
+    password_file: str | None = None  # default: beside the MDMS's SQLite file
+    session_hours: float = Field(8.0, gt=0)  # a login lasts this long
 
 
 class CommandConfig(BaseModel):
@@ -52,6 +55,11 @@ class HeadendConfig(BaseModel):
     mdms: MdmsConfig = MdmsConfig()
     dashboard: DashboardConfig = DashboardConfig()
     commands: CommandConfig = CommandConfig()
+
+    def password_path(self) -> Path:
+        if self.dashboard.password_file:
+            return Path(self.dashboard.password_file)
+        return Path(self.mdms.sqlite_path()).with_name("dashboard-password")
 
     @model_validator(mode="after")
     def _trust_own_apps(self) -> HeadendConfig:

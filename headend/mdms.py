@@ -171,9 +171,13 @@ class Mdms:
             notices = [content.get("m2m:sgn")]
         if not isinstance(notices, list) or not all(isinstance(n, dict) for n in notices):
             return RSC.BAD_REQUEST
+        if any(notice.get("vrq") for notice in notices):
+            # The MDMS's own subscriptions need no verification (it is their subscriber):
+            # a verification request means someone else names the MDMS as their target.
+            return RSC.SUBSCRIPTION_CREATOR_HAS_NO_PRIVILEGE
         grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for notice in notices:
-            if notice.get("vrq") or notice.get("sud"):
+            if notice.get("sud"):
                 continue
             sur = str(notice.get("sur", ""))
             what = self._watching.get(sur.rsplit("/", 1)[-1])

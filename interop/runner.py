@@ -36,6 +36,7 @@ import random
 import re
 import signal
 import sqlite3
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -80,6 +81,7 @@ class AttachTo:
     headend_cse: str | None = None  # the IN-CSE's HTTP URL, for the PHEV application
     dap_cse_id: str = "/id-dap1"
     dap_cse_name: str = "dap1"
+    token: str | None = None  # an admin token of the head-end's web API
 
 
 @dataclass
@@ -95,6 +97,8 @@ class Target:
     dap_cse_name: str
     attached: bool
     gateway: str = ""
+    api_headers: dict[str, str] = field(default_factory=dict)  # an admin token for the API
+    headend_tls: ssl.SSLContext | None = None  # the PHEV application's client certificate
     # The parts' databases, read directly when the runner started them itself.
     mdms_db: Path | None = None
     gateway_db: Path | None = None
@@ -228,7 +232,11 @@ class HeadendDriver:
     async def _refresh_meters(self) -> None:
         """Command only electric meters (gas C/I meters take no commands) that the MDMS has
         heard from: they are registered at the DAP."""
-        found = await get_json(self.session, f"{self.target.dashboard}/api/meters?limit=1000")
+        found = await get_json(
+            self.session,
+            f"{self.target.dashboard}/api/meters?limit=1000",
+            self.target.api_headers,
+        )
         known = {m["meter"] for m in (found or {}).get("meters", []) if isinstance(m, dict)}
         self.meters = sorted(known & self.electric)
 
@@ -255,7 +263,9 @@ class HeadendDriver:
                     await stop.wait()
 
     async def _post(self, path: str, body: dict[str, Any]) -> int:
-        async with self.session.post(f"{self.target.dashboard}/api/{path}", json=body) as reply:
+        async with self.session.post(
+            f"{self.target.dashboard}/api/{path}", json=body, headers=self.target.api_headers
+        ) as reply:
             await reply.read()
             return reply.status
 
@@ -292,7 +302,9 @@ class HeadendDriver:
             "Content-Type": f"application/json;ty={ty}",
             "Accept": "application/json",
         }
-        async with self.session.post(f"{self._in}{path}", json=body, headers=headers) as reply:
+        async with self.session.post(
+            f"{self._in}{path}", json=body, headers=headers, ssl=self.target.headend_tls or True
+        ) as reply:
             await reply.read()
             return int(reply.headers.get("X-M2M-RSC", "0"))
 
@@ -392,11 +404,13 @@ async def _stand_up(
             health_url=stack.health_url,
             coap=("127.0.0.1", stack.coap_port),
             broker=("127.0.0.1", broker_port),
-            headend_cse=f"http://127.0.0.1:{stack.headend_port}",
+            headend_cse=stack.headend_url,
             dap_cse_id="/id-dap1",
             dap_cse_name="dap1",
             attached=False,
             gateway=stack.gateway_url,
+            api_headers=stack.api_headers,
+            headend_tls=stack.app_tls("phev"),
             mdms_db=stack.mdms_db,
             gateway_db=stack.gateway_db,
             headend_db=stack.headend_db,
@@ -424,6 +438,7 @@ async def _attach(
         dap_cse_name=attach.dap_cse_name,
         attached=True,
         gateway=attach.gateway_ops,
+        api_headers={"Authorization": f"Bearer {attach.token}"} if attach.token else {},
     )
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -431,8 +446,9 @@ async def _attach(
             ("the head-end", f"{target.dashboard}/api/overview"),
             ("the gateway", target.health_url),
         ):
+            headers = target.api_headers if url.startswith(target.dashboard) else None
             try:
-                async with session.get(url) as reply:
+                async with session.get(url, headers=headers) as reply:
                     if reply.status >= 400:
                         raise RunError(f"{what} at {url} answers {reply.status}")
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -524,7 +540,7 @@ async def _drain(session: aiohttp.ClientSession, target: Target) -> None:
     stored, quiet_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         health = await get_json(session, target.health_url)
-        counts = await get_json(session, f"{target.dashboard}/api/counts")
+        counts = await get_json(session, f"{target.dashboard}/api/counts", target.api_headers)
         total = counts.get("total", 0) if isinstance(counts, dict) else 0
         if total != stored:
             stored, quiet_since = total, time.monotonic()
@@ -592,7 +608,7 @@ async def _messages_from_api(
     after = 0
     while True:
         url = f"{target.dashboard}/api/messages?limit=1000&after_id={after}"
-        page = (await get_json(session, url) or {}).get("messages", [])
+        page = (await get_json(session, url, target.api_headers) or {}).get("messages", [])
         if not page:
             return rows
         page.sort(key=lambda m: m["id"])

@@ -17,6 +17,8 @@ where the stream fails it polls instead.
   GET /api/stream          text/event-stream: a "change" event whenever the store changes
 
 URLs in the page are relative, so the app can also be mounted as a sub-application.
+Every route but the login page and the static files needs a login or an admin token
+(`headend/dashboard/login.py`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from headend.dashboard.login import WebLogin
 from headend.store import MdmsStore, StoreError
 
 _STATIC = resources.files("headend.dashboard") / "static"
@@ -229,6 +232,7 @@ class _Dashboard:
 def dashboard_app(
     store: MdmsStore,
     *,
+    login: WebLogin,
     title: str = "GridM2M head-end",
     online_window_s: float = 900,
     poll_interval_s: float = 5.0,
@@ -239,10 +243,11 @@ def dashboard_app(
 
     A meter is online when it was heard from within `online_window_s`. The page polls every
     `poll_interval_s` while the event stream is down; the stream sends at most one event per
-    `stream_interval_s`.
+    `stream_interval_s`. `login` guards every route.
     """
     dashboard = _Dashboard(store, title, online_window_s, poll_interval_s, stream_interval_s, clock)
     app = web.Application(middlewares=[_errors_as_json])
+    login.install(app)
     app.router.add_get("/", dashboard.index)
     app.router.add_get("/static/{name}", dashboard.static_file)
     app.router.add_get("/api/overview", dashboard.overview)

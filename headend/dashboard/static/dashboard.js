@@ -53,6 +53,10 @@ function fill(tbody, rows, emptyText, columns) {
 
 async function getJSON(path) {
   const response = await fetch(path, { cache: "no-store" });
+  if (response.status === 401) {
+    window.location.assign("login");  // the session ended (expired, or the head-end restarted)
+    throw new Error("logged out");
+  }
   if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
   return response.json();
 }
