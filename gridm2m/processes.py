@@ -32,7 +32,7 @@ from cse.config_files import merge_tables
 from cse.security.credentials import CredentialStore
 from cse.security.pki import LabCA, client_context
 from gridm2m.broker import free_port, free_udp_port
-from gridm2m.pki import LabFiles, client_files, make_lab
+from gridm2m.pki import client_files, make_lab
 
 START_TIMEOUT_S = 60.0
 
@@ -143,6 +143,54 @@ async def get_json(
         return None
 
 
+def tls_tables(pki: Path, server: str, client: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A part's [cse.http.tls] and [cse.http.client] tables with the lab files in `pki`
+    (`server`: its server certificate's name; `client`: its CSE-ID without the slash)."""
+    listener = {
+        "cert": str(pki / "server" / f"{server}.pem"),
+        "key": str(pki / "server" / f"{server}.key"),
+        "client_ca": str(pki / "ca.pem"),
+    }
+    files = client_files(pki, client)
+    sender = {"ca": str(pki / "ca.pem"), "cert": str(files.cert), "key": str(files.key)}
+    return listener, sender
+
+
+def upstream_tls(sender: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's [gateway.upstream] TLS keys from its [cse.http.client] table."""
+    return {"ca_file": sender["ca"], "cert_file": sender["cert"], "key_file": sender["key"]}
+
+
+def provision_lab(pki: Path, headend_toml: Path, gateway_toml: Path) -> tuple[str, str]:
+    """The lab PKI in `pki` with each side pinned in the other's credential store, and an
+    admin token `stack` for the head-end's web API; returns (token, head-end store path)."""
+    from gateway.config import load_gateway_config
+    from headend.config import load_headend_config
+
+    gateway = load_gateway_config(gateway_toml).cse
+    headend = load_headend_config(headend_toml).cse
+    make_lab(pki, gateway, headend)
+    store_path = str(headend.credentials_path())
+    with CredentialStore(store_path) as store:
+        if any(credential.name == "stack" for credential in store.all()):
+            return store.new_token("stack"), store_path
+        return store.add_admin("stack", headend.admin_originator).token or "", store_path
+
+
+def pinned_client(pki: Path, store_path: str, name: str) -> ssl.SSLContext:
+    """A TLS context with a client certificate for the entity `C<name>` (an AE: a meter, an
+    application), issued by the lab CA in `pki` and pinned to its credential in the store."""
+    ca = LabCA(pki)
+    files = client_files(pki, name)
+    if not files.cert.exists():
+        files = ca.issue_client(pki / "client", name)
+    with CredentialStore(store_path) as store:
+        if not any(credential.name == name for credential in store.all()):
+            store.add_device(name, mqtt=False, oscore=False)
+        store.pin_certificate(name, files.der())
+    return client_context(ca.cert_path, files.cert, files.key)
+
+
 @dataclass
 class Stack:
     """A head-end and a gateway on loopback, configured into `directory`."""
@@ -162,8 +210,8 @@ class Stack:
         self.gateway_db = self.directory / "id-dap1.db"
         self.headend_db = self.directory / "id-in.db"
         self.pki_dir = self.directory / "pki"
-        self.pki: LabFiles | None = None
         self.admin_token = ""
+        self.headend_store = ""
         self.operator_password = secrets.token_urlsafe(12)
 
     def _pick_ports(self) -> None:
@@ -182,22 +230,10 @@ class Stack:
         """What a script sends to the head-end's web API (an admin token)."""
         return {"Authorization": f"Bearer {self.admin_token}"}
 
-    def _tls(self, server: str, client: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The [cse.http] tls and client tables of one side."""
-        pki = self.pki_dir
-        listener = {
-            "cert": str(pki / "server" / f"{server}.pem"),
-            "key": str(pki / "server" / f"{server}.key"),
-            "client_ca": str(pki / "ca.pem"),
-        }
-        files = client_files(pki, client)
-        sender = {"ca": str(pki / "ca.pem"), "cert": str(files.cert), "key": str(files.key)}
-        return listener, sender
-
     def write_configs(self) -> tuple[Path, Path]:
         directory = self.directory
-        headend_tls, headend_client = self._tls("headend", "id-in")
-        gateway_tls, gateway_client = self._tls("gateway", "id-dap1")
+        headend_tls, headend_client = tls_tables(self.pki_dir, "headend", "id-in")
+        gateway_tls, gateway_client = tls_tables(self.pki_dir, "gateway", "id-dap1")
         headend: dict[str, Any] = {
             "cse": {
                 "db": str(self.headend_db),
@@ -212,12 +248,7 @@ class Stack:
                 "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
                 "coap": {"port": self.coap_port, "trust": "claimed"},
             },
-            "upstream": {
-                "url": self.headend_url,
-                "ca_file": gateway_client["ca"],
-                "cert_file": gateway_client["cert"],
-                "key_file": gateway_client["key"],
-            },
+            "upstream": {"url": self.headend_url, **upstream_tls(gateway_client)},
             "mirror": {"status_interval": 2.0},
             "ops": {"port": self.ops_port},
         }
@@ -234,32 +265,14 @@ class Stack:
         return headend_toml, gateway_toml
 
     def _provision(self, headend_toml: Path, gateway_toml: Path) -> None:
-        """The lab PKI, each side pinned in the other's store, and an admin token."""
-        from gateway.config import load_gateway_config
-        from headend.config import load_headend_config
-
-        gateway = load_gateway_config(gateway_toml).cse
-        headend = load_headend_config(headend_toml).cse
-        self.pki = make_lab(self.pki_dir, gateway, headend)
-        self.headend_store = str(headend.credentials_path())
-        with CredentialStore(self.headend_store) as store:
-            if any(credential.name == "stack" for credential in store.all()):
-                self.admin_token = store.new_token("stack")
-            else:
-                self.admin_token = store.add_admin("stack", headend.admin_originator).token or ""
+        self.admin_token, self.headend_store = provision_lab(
+            self.pki_dir, headend_toml, gateway_toml
+        )
 
     def app_tls(self, name: str) -> ssl.SSLContext:
         """A client certificate for an application `C<name>` on the head-end's IN-CSE (as a
         utility's application outside the head-end gets one), pinned in its store."""
-        ca = LabCA(self.pki_dir)
-        files = client_files(self.pki_dir, name)
-        if not files.cert.exists():
-            files = ca.issue_client(self.pki_dir / "client", name)
-        with CredentialStore(self.headend_store) as store:
-            if not any(credential.name == name for credential in store.all()):
-                store.add_device(name, mqtt=False, oscore=False)
-            store.pin_certificate(name, files.der())
-        return client_context(ca.cert_path, files.cert, files.key)
+        return pinned_client(self.pki_dir, self.headend_store, name)
 
     async def start(self, session: aiohttp.ClientSession) -> None:
         for attempt in range(3):

@@ -29,7 +29,7 @@ from headend.apps import HeadendApps
 from headend.commands import CommandError, CommandService
 from headend.config import HeadendConfig
 from headend.dashboard import WebLogin, dashboard_app
-from headend.dashboard.login import TokenCheck, hash_password, new_password
+from headend.dashboard.login import USER, TokenCheck, hash_password, new_password
 from headend.flows import flow_info
 from headend.local_ae import LOCAL_SCHEME, InProcessNotifications
 from headend.mdms import Mdms
@@ -82,7 +82,7 @@ def _add_routes(app: web.Application, holder: dict[str, Any]) -> None:
         meters = body.pop("meters", None)
         meter = body.pop("meter", None)
         dap = body.pop("dap", None)
-        issued_by = str(body.pop("issued_by", request.get("user", "api")))
+        issued_by = str(body.pop("issued_by", request.get(USER, "api")))
         try:
             if meters is not None:
                 if not isinstance(meters, list) or not all(isinstance(m, str) for m in meters):

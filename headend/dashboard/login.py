@@ -34,6 +34,7 @@ from aiohttp import web
 logger = logging.getLogger(__name__)
 
 COOKIE = "gridm2m_session"
+USER = web.RequestKey("user", str)  # who the request proved to be: "dashboard" or an admin
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TokenCheck = Callable[[str], str | None]  # token -> the admin's name, None: not an admin token
 
@@ -124,7 +125,7 @@ class WebLogin:
         if request.method not in _SAFE_METHODS and not _same_origin(request):
             logger.warning("refused a %s to %s from another origin", request.method, path)
             return web.json_response({"error": "cross-origin request refused"}, status=403)
-        request["user"] = "dashboard"
+        request[USER] = "dashboard"
         return await handler(request)
 
     async def _with_token(
@@ -136,7 +137,7 @@ class WebLogin:
             logger.warning("refused a request to %s from %s: not an admin token",
                            request.path, request.remote)  # fmt: skip
             return _unauthorized("not an admin token of this head-end", invalid=True)
-        request["user"] = name
+        request[USER] = name
         return await handler(request)
 
     def _has_session(self, request: web.Request) -> bool:

@@ -1,7 +1,9 @@
 """The dashboard: its JSON API and event stream over HTTP on loopback, and the page itself in
 a real headless Chromium (Debian's, driven by Playwright), all over a real SQLite store.
 
-The browser cases are skipped, with the reason, when no Chromium is installed. With
+Every route needs a login (the browser cases log in through the form) or an admin token
+(the API cases send one). The browser cases are skipped, with the reason, when no Chromium is
+installed. With
 GRIDM2M_DASHBOARD_SCREENSHOT=<png path> set, `test_screenshot` fills the store with a small
 simulated fleet and saves a picture of the page (docs/dashboard.png is made this way).
 """
@@ -23,12 +25,22 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from device_agents.agent import flows
 from device_agents.agent.meter import Meter
-from headend.dashboard import dashboard_app
+from headend.dashboard import WebLogin, dashboard_app
+from headend.dashboard.login import hash_password
 from headend.store import CommandRecord, MdmsStore, MeterMessage, SQLiteMdmsStore
 
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 NOW = T0 + 3600.0
 WAIT_MS = 15_000  # the longest any browser expectation waits
+PASSWORD = "a password for the tests"
+PASSWORD_HASH = hash_password(PASSWORD)
+TOKEN = "an admin token of the tests"
+
+
+def login() -> WebLogin:
+    return WebLogin(PASSWORD_HASH, lambda token: "script" if token == TOKEN else None)
+
+
 CHROMIUM_FLAGS = [
     "--no-sandbox",  # the tests may run as root
     "--disable-gpu",
@@ -101,7 +113,7 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 async def dashboard(store: MdmsStore) -> AsyncIterator[str]:
     """The dashboard's base URL, over the small state, with a clock fixed at NOW."""
     await small_state(store)
-    app = dashboard_app(store, title="Test <head-end> & co", poll_interval_s=0.5,
+    app = dashboard_app(store, login=login(), title="Test <head-end> & co", poll_interval_s=0.5,
                         stream_interval_s=0.05, clock=lambda: NOW)  # fmt: skip
     runner, url = await serve(app)
     yield url
@@ -110,7 +122,11 @@ async def dashboard(store: MdmsStore) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    """A script's session: it sends the admin token."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers=headers
+    ) as session:
         yield session
 
 
@@ -237,12 +253,113 @@ async def test_the_stream_announces_each_change(
 
 
 async def test_shutdown_ends_open_streams(store: MdmsStore, http: aiohttp.ClientSession) -> None:
-    runner, url = await serve(dashboard_app(store))
+    runner, url = await serve(dashboard_app(store, login=login()))
     async with http.get(f"{url}/api/stream") as response:
         await read_event(response)
         # A stream waits for changes; shutting down must not wait for it to time out.
         async with asyncio.timeout(10):
             await runner.cleanup()
+
+
+# ---- who may use it ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def anonymous() -> AsyncIterator[aiohttp.ClientSession]:
+    """A browser-like session: no token, keeps cookies, does not follow redirects by itself."""
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), cookie_jar=aiohttp.CookieJar(unsafe=True)
+    ) as session:
+        yield session
+
+
+@pytest.mark.parametrize("path", ["/api/overview", "/api/meters", "/api/stream", "/api/latency"])
+async def test_the_api_wants_a_login_or_a_token(
+    dashboard: str, anonymous: aiohttp.ClientSession, path: str
+) -> None:
+    async with anonymous.get(dashboard + path) as reply:
+        assert reply.status == 401
+        assert reply.headers["WWW-Authenticate"] == 'Bearer realm="gridm2m"'
+    bad = {"Authorization": "Bearer not-the-token"}
+    async with anonymous.get(dashboard + path, headers=bad) as reply:
+        assert reply.status == 401
+        assert 'error="invalid_token"' in reply.headers["WWW-Authenticate"]
+
+
+async def test_the_page_sends_a_stranger_to_the_login_form(
+    dashboard: str, anonymous: aiohttp.ClientSession
+) -> None:
+    async with anonymous.get(f"{dashboard}/", allow_redirects=False) as reply:
+        assert (reply.status, reply.headers["Location"]) == (303, "/login")
+    async with anonymous.get(f"{dashboard}/login") as reply:
+        assert reply.status == 200 and 'name="password"' in await reply.text()
+
+
+async def log_in(session: aiohttp.ClientSession, url: str, password: str) -> int:
+    async with session.post(
+        f"{url}/login", data={"password": password}, allow_redirects=False
+    ) as reply:
+        return reply.status
+
+
+async def test_a_login_opens_a_session_until_logout(
+    dashboard: str, anonymous: aiohttp.ClientSession
+) -> None:
+    assert await log_in(anonymous, dashboard, "wrong") == 401
+    async with anonymous.get(f"{dashboard}/api/overview") as reply:
+        assert reply.status == 401
+    async with anonymous.post(
+        f"{dashboard}/login", data={"password": PASSWORD}, allow_redirects=False
+    ) as reply:
+        assert reply.status == 303
+        cookie = reply.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    async with anonymous.get(f"{dashboard}/api/overview") as reply:
+        assert reply.status == 200
+    async with anonymous.post(f"{dashboard}/logout", allow_redirects=False) as reply:
+        assert reply.status == 303
+    async with anonymous.get(f"{dashboard}/api/overview") as reply:
+        assert reply.status == 401
+
+
+async def test_a_forged_session_cookie_is_not_a_login(dashboard: str) -> None:
+    cookies = {"gridm2m_session": "guessed"}
+    async with (
+        aiohttp.ClientSession(cookies=cookies) as session,
+        session.get(f"{dashboard}/api/overview") as reply,
+    ):
+        assert reply.status == 401
+
+
+async def test_a_post_on_a_session_from_another_origin_is_refused(
+    store: MdmsStore, anonymous: aiohttp.ClientSession
+) -> None:
+    app = dashboard_app(store, login=login())
+
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response({"done": True})
+
+    app.router.add_post("/api/commands", accept)
+    runner, url = await serve(app)
+    try:
+        assert await log_in(anonymous, url, PASSWORD) == 303
+        elsewhere = {"Origin": "https://elsewhere.example"}
+        async with anonymous.post(f"{url}/api/commands", json={}, headers=elsewhere) as reply:
+            assert reply.status == 403
+        own = {"Origin": url}
+        async with anonymous.post(f"{url}/api/commands", json={}, headers=own) as reply:
+            assert reply.status == 200
+    finally:
+        await runner.cleanup()
+
+
+async def test_guessing_the_password_is_slowed_down(
+    dashboard: str, anonymous: aiohttp.ClientSession
+) -> None:
+    statuses = [await log_in(anonymous, dashboard, f"guess {n}") for n in range(6)]
+    assert statuses == [401] * 5 + [429]
+    # Even the right password waits until the window has passed.
+    assert await log_in(anonymous, dashboard, PASSWORD) == 429
 
 
 # ---- the page in a browser -------------------------------------------------------------------
@@ -260,12 +377,17 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 async def open_page(browser: Browser, url: str) -> tuple[Page, list[str], list[str]]:
-    """The page at url, with the errors it raises and every URL it asks for."""
+    """The page at url after logging in, with the errors it raises and every URL it asks for."""
     page = await browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     requested: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("request", lambda request: requested.append(request.url))
+    await page.goto(f"{url}/")
+    await expect(page).to_have_url(f"{url}/login")  # no session yet: the login form
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await expect(page).to_have_url(f"{url}/", timeout=WAIT_MS)
     return page, errors, requested
 
 
@@ -273,7 +395,6 @@ async def test_the_page_shows_the_meters_and_follows_the_store(
     browser: Browser, dashboard: str, store: MdmsStore
 ) -> None:
     page, errors, requested = await open_page(browser, dashboard)
-    await page.goto(f"{dashboard}/")
     m1 = page.locator('#meters tr[data-meter="m1"]')
     await expect(m1).to_contain_text("1,234.600 kWh in", timeout=WAIT_MS)
     await expect(m1).to_contain_text("online")
@@ -409,11 +530,10 @@ async def simulated_fleet(store: MdmsStore, now: float) -> None:
 async def test_screenshot(browser: Browser, store: MdmsStore) -> None:
     now = T0 + 12 * 3600
     await simulated_fleet(store, now)
-    app = dashboard_app(store, online_window_s=3600, clock=lambda: now)
+    app = dashboard_app(store, login=login(), online_window_s=3600, clock=lambda: now)
     runner, url = await serve(app)
     try:
         page, errors, _ = await open_page(browser, url)
-        await page.goto(f"{url}/")
         await expect(page.locator("#live")).to_have_attribute("data-mode", "live", timeout=WAIT_MS)
         await expect(page.locator("#latency-chart .main-svg").first).to_be_visible()
         await page.locator('#meters tr[data-meter="mtr-0001"]').click()

@@ -6,8 +6,11 @@
         issued = await system.command("mtr-1", {"cmd": "read"})
 
 Processes are started with their own config files in the test's directory and report where
-they listen on the line they print. Waiting on another process's state polls its HTTP API
-with a short backoff and always ends in a timeout with what was seen, never a bare sleep.
+they listen on the line they print. The gateway and the head-end talk HTTPS with mutual TLS
+(a lab PKI in the test's directory, each side pinned in the other's credential store), and
+the head-end's API is called with an admin token, as in a deployment. Waiting on another
+process's state polls its HTTP API with a short backoff and always ends in a timeout with
+what was seen, never a bare sleep.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +29,15 @@ import aiohttp
 
 from device_agents.agent.agent import Agent
 from gridm2m.broker import Broker, free_port, free_udp_port
-from gridm2m.processes import Child, spawn, toml_text
+from gridm2m.processes import (
+    Child,
+    pinned_client,
+    provision_lab,
+    spawn,
+    tls_tables,
+    toml_text,
+    upstream_tls,
+)
 from gridm2m.processes import stop as stop_child
 
 TIMEOUT = 60.0
@@ -87,16 +99,20 @@ class System:
         self.gateway_port = free_port()
         self.ops_port = free_port()
         self.coap_port = free_udp_port()
+        pki = directory / "pki"
+        headend_tls, headend_client = tls_tables(pki, "headend", "id-in")
+        gateway_tls, gateway_client = tls_tables(pki, "gateway", "id-dap1")
         headend_cse: dict[str, Any] = {
             "db": str(directory / "in.db"),
-            "http": {"port": self.headend_port},
+            "http": {"port": self.headend_port, "tls": headend_tls, "client": headend_client},
         }
         gateway_cse: dict[str, Any] = {
             "db": str(directory / "dap.db"),
-            "http": {"port": self.gateway_port},
+            "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
             "coap": {"port": self.coap_port, "trust": "claimed"},
         }
-        upstream = f"http://127.0.0.1:{self.headend_port}"
+        upstream = f"https://127.0.0.1:{self.headend_port}"
+        link: dict[str, Any] = upstream_tls(gateway_client)
         if broker is not None:
             # The test broker holds nobody to their topics, and the CSEs talk through it as
             # CSE-IDs: an insecure lab listener (tests/deploy has the secured broker).
@@ -104,7 +120,7 @@ class System:
             gateway_cse["mqtt"] = {**lab, "username": "gateway"}
             headend_cse["mqtt"] = {**lab, "username": "headend"}
             if upstream_mqtt:
-                upstream = broker.url
+                upstream, link = broker.url, {}
         (directory / "headend.toml").write_text(
             toml_text(
                 "headend",
@@ -120,7 +136,12 @@ class System:
                 "gateway",
                 {
                     "cse": gateway_cse,
-                    "upstream": {"url": upstream, "username": "gateway", "check_interval": 2.0},
+                    "upstream": {
+                        "url": upstream,
+                        "username": "gateway",
+                        "check_interval": 2.0,
+                        **link,
+                    },
                     "outbox": {"retry_min": 0.1, "retry_max": 1.0},
                     "mirror": {"status_interval": 1.0},
                     "ops": {"port": self.ops_port},
@@ -129,6 +150,15 @@ class System:
         )
         self.api = f"http://127.0.0.1:{self.dashboard_port}"
         self.ops = f"http://127.0.0.1:{self.ops_port}"
+        token, _ = provision_lab(pki, directory / "headend.toml", directory / "gateway.toml")
+        self.api_headers = {"Authorization": f"Bearer {token}"}
+        self.gateway_url = f"https://127.0.0.1:{self.gateway_port}"
+
+    def meter_tls(self, name: str) -> ssl.SSLContext:
+        """A client certificate for meter `name`, pinned in the gateway's credential store:
+        what a meter talking HTTPS to the gateway proves itself with."""
+        store = self.directory / "id-dap1-credentials.db"
+        return pinned_client(self.directory / "pki", str(store), name)
 
     async def __aenter__(self) -> System:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -173,8 +203,9 @@ class System:
 
     async def get(self, url: str) -> Any:
         assert self._session is not None
+        headers = self.api_headers if url.startswith(self.api) else None
         try:
-            async with self._session.get(url) as reply:
+            async with self._session.get(url, headers=headers) as reply:
                 return await reply.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return None
@@ -216,7 +247,9 @@ class System:
             request["meters"] = meter
         else:
             request["meter"] = meter
-        async with self._session.post(f"{self.api}/api/commands", json=request) as reply:
+        async with self._session.post(
+            f"{self.api}/api/commands", json=request, headers=self.api_headers
+        ) as reply:
             answer = await reply.json(content_type=None)
             assert reply.status == 202, answer
             return dict(answer)

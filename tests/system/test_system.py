@@ -216,11 +216,18 @@ async def test_a_flooding_meter_and_an_impostor_do_not_stop_the_others(
     import aiohttp
 
     async with System(tmp_path, broker) as system:
-        gateway = f"http://127.0.0.1:{system.gateway_port}"
+        gateway = system.gateway_url
         headers = {"X-M2M-RVI": "3", "Accept": "application/json"}
+        # Each meter proves itself with its own client certificate (mutual TLS).
+        tls = {f"C{meter}": system.meter_tls(meter) for meter in ("mtr-flood", "mtr-calm")}
 
         async def http(
-            session: aiohttp.ClientSession, origin: str, path: str, ty: int, body: Any
+            session: aiohttp.ClientSession,
+            origin: str,
+            path: str,
+            ty: int,
+            body: Any,
+            certificate: str | None = None,
         ) -> int:
             request_headers = {
                 **headers,
@@ -228,7 +235,12 @@ async def test_a_flooding_meter_and_an_impostor_do_not_stop_the_others(
                 "X-M2M-RI": f"{origin}-{path}-{id(body)}",
                 "Content-Type": f"application/json;ty={ty}",
             }
-            async with session.post(f"{gateway}/{path}", json=body, headers=request_headers) as r:
+            async with session.post(
+                f"{gateway}/{path}",
+                json=body,
+                headers=request_headers,
+                ssl=tls[certificate or origin],
+            ) as r:
                 return int(r.headers["X-M2M-RSC"])
 
         async with aiohttp.ClientSession() as session:
@@ -237,9 +249,14 @@ async def test_a_flooding_meter_and_an_impostor_do_not_stop_the_others(
                 assert await http(session, f"C{meter}", "dap1", 2, ae) == 2001
                 cnt = {"m2m:cnt": {"rn": "reading"}}
                 assert await http(session, f"C{meter}", f"dap1/{meter}", 3, cnt) == 2001
-            # A meter writing into another meter's container is refused.
+            # A meter writing into another meter's container is refused, with its own
+            # certificate or another's.
             forged = {"m2m:cin": {"con": json.dumps(message(0))}}
             assert await http(session, "Cmtr-flood", "dap1/mtr-calm/reading", 4, forged) == 4103
+            as_calm = await http(
+                session, "Cmtr-calm", "dap1/mtr-calm/reading", 4, forged, "Cmtr-flood"
+            )
+            assert as_calm == 4103
 
             async def flood(worker: int) -> int:
                 acked = 0
