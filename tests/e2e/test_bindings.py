@@ -28,10 +28,13 @@ Send = Callable[[Request], Awaitable[Response]]
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[RunningCSE, Any]]:
     async with private_broker(tmp_path) as broker:
+        # These cases are about the bindings agreeing on oneM2M, so every listener believes
+        # claimed originators (lab mode); tests/cse/bindings/test_http_security.py and the
+        # other bindings' security tests cover what a listener proves.
         config = CSEConfig.model_validate(
             {
                 "db": str(tmp_path / "cse.db"),
-                "http": {"port": 0},
+                "http": {"port": 0, "trust": "insecure"},
                 "coap": {"port": 0, "trust": "insecure"},
                 # The test broker holds nobody to their topics: MQTT proves nothing here.
                 "mqtt": {"url": broker.url, "username": "gridm2m-test", "trust": "insecure"},

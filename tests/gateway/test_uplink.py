@@ -1,8 +1,10 @@
-"""The gateway in one process against a real upstream CSE on loopback HTTP.
+"""The gateway in one process against a real upstream CSE on loopback HTTPS.
 
 The upstream is a bare GridM2M CSE (any oneM2M IN-CSE would do): the gateway registers with
 it, mirrors meter data into containers under its remoteCSE there, re-registers when the
-upstream forgets it, and lets the upstream's applications reach meters by retargeting.
+upstream forgets it, and lets the upstream's applications reach meters by retargeting. The
+two prove themselves to each other with client certificates (a lab PKI, each side pinned in
+the other's credential store), as the shipped configs have them.
 """
 
 from __future__ import annotations
@@ -16,13 +18,22 @@ from typing import Any
 import orjson
 import pytest
 
-from cse.app import CSEConfig, HttpConfig, RunningCSE, running_cse
+from cse.app import (
+    CSEConfig,
+    HttpClientConfig,
+    HttpConfig,
+    RunningCSE,
+    TlsConfig,
+    running_cse,
+)
 from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResourceType
 from cse.core.types import ResponseStatusCode as RSC
 from cse.storage.base import Change, Put
 from gateway.app import RunningGateway, running_gateway
 from gateway.config import GatewayConfig, OutboxConfig, UpstreamConfig
+from gridm2m.pki import make_lab
+from gridm2m.processes import tls_tables, upstream_tls
 from tests.brokers import free_port
 from tests.helpers import ae_body, create, delete, retrieve
 
@@ -55,17 +66,38 @@ class Arrivals:
             await self._changed.wait_for(lambda: predicate(self.paths))
 
 
+def make_pki(tmp_path: Path) -> Path:
+    """The lab PKI, and each side's client certificate pinned in the other's store."""
+    pki = tmp_path / "pki"
+    gateway = CSEConfig(role="mn", cse_id="/id-dap1", cse_name="dap1", db=str(tmp_path / "dap.db"))
+    make_lab(pki, gateway, CSEConfig(db=str(tmp_path / "in.db")))
+    return pki
+
+
 def upstream_config(tmp_path: Path, port: int = 0) -> CSEConfig:
-    return CSEConfig(db=str(tmp_path / "in.db"), http=HttpConfig(port=port))
+    pki = make_pki(tmp_path)
+    listener, sender = tls_tables(pki, "headend", "id-in")
+    return CSEConfig(
+        db=str(tmp_path / "in.db"),
+        http=HttpConfig(
+            port=port,
+            tls=TlsConfig.model_validate(listener),
+            client=HttpClientConfig.model_validate(sender),
+        ),
+    )
 
 
 def gateway_config(tmp_path: Path, upstream_url: str, **outbox: Any) -> GatewayConfig:
+    pki = make_pki(tmp_path)
+    listener, sender = tls_tables(pki, "gateway", "id-dap1")
     config = GatewayConfig(
-        upstream=UpstreamConfig(url=upstream_url, check_interval=3600),
+        upstream=UpstreamConfig(url=upstream_url, check_interval=3600, **upstream_tls(sender)),
         outbox=OutboxConfig(retry_min=0.05, retry_max=0.5, **outbox),
     )
     config.cse.db = str(tmp_path / "dap.db")
     config.cse.http.port = 0
+    config.cse.http.tls = TlsConfig.model_validate(listener)
+    config.cse.http.client = HttpClientConfig.model_validate(sender)
     config.ops.port = 0
     config.mirror.status_interval = 3600
     return config
@@ -140,7 +172,7 @@ async def test_outage_queues_in_priority_order_and_drains_alarms_first(tmp_path:
     port = free_port()
     async with (
         running_cse(upstream_config(tmp_path, port)) as upstream,
-        running_gateway(gateway_config(tmp_path, f"http://127.0.0.1:{port}")) as gateway,
+        running_gateway(gateway_config(tmp_path, f"https://127.0.0.1:{port}")) as gateway,
     ):
         async with asyncio.timeout(TIMEOUT):
             await gateway.registrar.registered.wait()
