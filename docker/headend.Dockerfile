@@ -47,10 +47,9 @@ WORKDIR /var/lib/gridm2m
 # Numeric, so that a runtime can check it is not root (runAsNonRoot) without /etc/passwd.
 USER 10001:10001
 EXPOSE 8080/tcp 8090/tcp
-# A RETRIEVE of the CSEBase by the CSE's own ID: answered 2000 only when core and storage work.
-# Change both if the config gives the IN-CSE another CSE-ID or CSEBase name.
+# The web server's /health: the IN-CSE answers a RETRIEVE of its CSEBase in process (2000 only
+# when core and storage work). It needs no login and tells nothing else.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "/opt/gridm2m/healthcheck.py", "http://127.0.0.1:8080/cse-in", \
-         "--originator", "/id-in"]
+    CMD ["python", "/opt/gridm2m/healthcheck.py", "http://127.0.0.1:8090/health"]
 ENTRYPOINT ["gridm2m"]
 CMD ["headend", "--config", "/etc/gridm2m/headend.toml"]

@@ -7,7 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-_LISTENING = re.compile(r"listening on (http://\S+)")
+_LISTENING = re.compile(r"listening on (https?://\S+)")
 
 
 class CSEProcess:

@@ -47,7 +47,8 @@ async def _post_instances(
 
 async def test_acknowledged_resources_survive_sigkill(tmp_path: Path) -> None:
     db = str(tmp_path / "cse.db")
-    cse = CSEProcess("--db", db)
+    # Lab mode: the meter's claimed AE-ID is believed (this is about durability).
+    cse = CSEProcess("--db", db, "--trust", "claimed")
     url = await cse.start()
     acknowledged: list[str] = []
     async with aiohttp.ClientSession() as session:
@@ -71,7 +72,7 @@ async def test_acknowledged_resources_survive_sigkill(tmp_path: Path) -> None:
         await asyncio.gather(*writers)
     assert len(acknowledged) >= 300
 
-    restarted = CSEProcess("--db", db)
+    restarted = CSEProcess("--db", db, "--trust", "claimed")
     url = await restarted.start()
     try:
         async with aiohttp.ClientSession() as session:

@@ -38,7 +38,9 @@ async def healthcheck(*args: str) -> tuple[int, str]:
 
 
 async def test_healthcheck_passes_a_serving_cse_and_fails_anything_else() -> None:
-    cse = CSEProcess("--db", ":memory:")
+    # Lab mode: a plain request's originator is believed (the head-end's own check is on its
+    # web server's /health, which needs no credential).
+    cse = CSEProcess("--db", ":memory:", "--trust", "insecure")
     url = await cse.start()
     try:
         assert await healthcheck(f"{url}/cse-in", "--originator", "/id-in") == (0, "")
@@ -90,6 +92,11 @@ def test_compose_gateway_config_matches_the_broker_it_shares(tmp_path: Path) -> 
     for name in ("passwd", "acl", "mosquitto.pem", "mosquitto.key"):
         assert f"/mosquitto/secrets/{name}" in shipped
         assert name in entrypoint
+    # HTTPS with mutual TLS to the head-end, on the files of the compose's tls volume.
+    assert config.upstream.url == "https://headend:8080"
+    assert config.cse.http.tls is not None and config.upstream.cert_file
+    assert config.cse.http.tls.cert.startswith("/etc/gridm2m/tls/")
+    assert "tls:/etc/gridm2m/tls:ro" in compose
     check = dockerfile_healthcheck("gateway.Dockerfile")
     assert check[-1] == f"http://127.0.0.1:{config.ops.port}/health"
     # The image's own config file (configs/gateway.toml) agrees on the ports it publishes.
@@ -108,8 +115,7 @@ def test_compose_headend_config_matches_the_image_health_check() -> None:
     for path in (DOCKER / "config" / "headend.toml", ROOT / "configs" / "headend.toml"):
         config = load_headend_config(path, environ=environ)
         check = dockerfile_healthcheck("headend.Dockerfile")
-        port, name = config.cse.http.port, config.cse.cse_name
-        assert check[2:] == [f"http://127.0.0.1:{port}/{name}", "--originator", config.cse.cse_id]
+        assert check[2:] == [f"http://127.0.0.1:{config.dashboard.port}/health"]
         assert (config.cse.http.host, config.dashboard.host) == ("0.0.0.0", "0.0.0.0")
 
 
@@ -121,5 +127,28 @@ def test_the_build_context_has_the_packages_and_no_secrets() -> None:
     for kept in [*packages, "configs", "pyproject.toml", "README.md"]:
         assert kept not in ignored, kept
     assert "!docker/healthcheck.py" in ignored  # the one file of docker/ the images need
-    for secret in ["docker", "**/.env", "**/*.env", ".venv", ".git", "**/*.db"]:
+    for secret in ["docker", "**/.env", "**/*.env", ".venv", ".git", "**/*.db", "pki", "**/*.key"]:
         assert secret in ignored, secret
+
+
+def published_ports() -> dict[str, list[str]]:
+    """Each compose service's published ports, as written ([host address:]host:container)."""
+    ports: dict[str, list[str]] = {}
+    for line in (DOCKER / "compose.yaml").read_text().splitlines():
+        service = re.match(r"^  ([a-z][a-z0-9-]*):$", line)
+        if service:
+            current = service.group(1)
+        published = re.match(r'^\s+- "([0-9.:]+/?[a-z]*)"', line)
+        if published and ":" in published.group(1):
+            ports.setdefault(current, []).append(published.group(1))
+    return ports
+
+
+def test_compose_publishes_only_what_must_be_reached() -> None:
+    ports = published_ports()
+    # Meters reach the broker and the gateway's CoAP; a head-end elsewhere the gateway's HTTPS.
+    assert ports["mosquitto"] == ["8883:8883"]
+    assert sorted(ports["gateway"]) == ["127.0.0.1:9110:9110", "5683:5683/udp", "8081:8081"]
+    # The operator's dashboard on this host only; the IN-CSE on the compose network only.
+    assert ports["headend"] == ["127.0.0.1:8090:8090"]
+    assert "fleet" not in ports and "tls" not in ports
