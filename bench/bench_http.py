@@ -7,7 +7,8 @@ Run from the repository root::
     python bench/bench_http.py --only-acme --duration 5
 
 "Ours" is the CSE at ``--target URL`` if given, else GridM2M's CSE started here with
-``gridm2m cse --http-port 0 --db <workdir>/cse.db`` (:func:`bench.targets.start_gridm2m`).
+``gridm2m cse --http-port 0 --db <workdir>/cse.db --trust claimed`` (lab mode, as ACME
+believes claimed originators too; :func:`bench.targets.start_gridm2m`).
 
 Each target gets ``benchAE`` (originator ``Cbench``) with container ``cnt`` and then, in this
 fixed order, the scenarios (``--scenarios`` picks a subset by key)::

@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.limits import switch_limits_off
 from bench.rawhttp import LoadResult, build_request, run_load
 
-_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+_LISTENING = re.compile(r"listening on https?://([\d.]+):(\d+)")
 ORIGIN = "Cscale"
 CONTENT = "x" * 100
 
@@ -53,7 +53,19 @@ def retrieve(path: str) -> callable:  # type: ignore[valid-type]
 class Server:
     def __init__(self, db: Path) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gridm2m", "cse", "--http-port", "0", "--db", str(db)],
+            # Lab mode (claimed AE-IDs believed): this measures the store, not authentication.
+            [
+                sys.executable,
+                "-m",
+                "gridm2m",
+                "cse",
+                "--http-port",
+                "0",
+                "--db",
+                str(db),
+                "--trust",
+                "claimed",
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )

@@ -138,7 +138,10 @@ async def stack(
         gateway_url = f"http://127.0.0.1:{gateway_port}"
         cse: dict[str, Any] = {
             "db": str(directory / "dap.db"),
-            "http": {"port": gateway_port},
+            # ACME, as the IN-CSE, sends plain HTTP with no credential our gateway can check,
+            # and this lab's tests act as ACME's admin on the gateway too: an insecure HTTP
+            # listener, for an isolated lab only (docs/interop.md).
+            "http": {"port": gateway_port, "trust": "insecure"},
             "coap": {"port": coap_port, "trust": "claimed"},
         }
         upstream: dict[str, Any] = {"url": acme.url, "cse_id": "/id-in", "cse_name": "cse-in"}
