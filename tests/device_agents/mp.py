@@ -53,6 +53,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cse.security.credentials import CredentialStore
+
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_DIR = ROOT / "device_agents" / "agent"
 HEAP = "96k"
@@ -300,12 +302,15 @@ class MicroPython:
 
 # ---- a DAP (gridm2m cse) for the agents to talk to -------------------------------------------
 
-_LISTENING = re.compile(r"listening on (http://\S+) (coap://\S+)(?: (mqtt://\S+))?")
+_LISTENING = re.compile(r"listening on (https?://\S+) (coap://\S+)(?: (mqtt://\S+))?")
 ADMIN = "CAdmin"
 
 
 class DapCse:
-    """`gridm2m cse` with HTTP, CoAP (any port) and optionally MQTT, on in-memory storage."""
+    """`gridm2m cse` with HTTP, CoAP (any port) and optionally MQTT, on in-memory storage.
+
+    The tests' own HTTP requests act as the admin with an admin token from a credential store
+    made for this process (the HTTP listener believes no claimed admin)."""
 
     def __init__(
         self,
@@ -335,11 +340,17 @@ class DapCse:
         self.process: asyncio.subprocess.Process | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ids = 0
+        self._store_dir = tempfile.mkdtemp(prefix="dapcse-")
+        store = Path(self._store_dir) / "credentials.db"
+        with CredentialStore(store) as credentials:
+            self._token = credentials.add_admin("tests", ADMIN).token or ""
+        self._environ = {**os.environ, "GRIDM2M_CSE__CREDENTIALS": str(store)}
 
     async def __aenter__(self) -> DapCse:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gridm2m", "cse", *self.args,
             cwd=ROOT,
+            env=self._environ,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -369,6 +380,7 @@ class DapCse:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+        shutil.rmtree(self._store_dir, ignore_errors=True)
 
     def config(self, meter_id: str, transport: str = "coap", **extra: Any) -> dict[str, Any]:
         """An agent config.json for a meter of this DAP (CoAP, or MQTT through its broker)."""
@@ -400,6 +412,8 @@ class DapCse:
         self._ids += 1
         headers = {"X-M2M-Origin": origin, "X-M2M-RI": f"test-{self._ids}", "X-M2M-RVI": "3"}
         headers["Accept"] = "application/json"
+        if origin == ADMIN:
+            headers["Authorization"] = f"Bearer {self._token}"
         data = None
         if body is not None:
             headers["Content-Type"] = "application/json" + (f";ty={ty}" if ty else "")
