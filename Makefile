@@ -26,10 +26,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## bench: HTTP against ACME side by side, scale, CoAP/MQTT against the bare transports, the gateway
+## bench: HTTP against ACME side by side, scale, HTTP vs HTTPS, CoAP/MQTT against the bare transports, the gateway
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_http --acme
 	$(BIN)/python -m bench.bench_scale
+	$(BIN)/python -m bench.bench_https
 	$(BIN)/python -m bench.bench_coap_mqtt
 	$(BIN)/python -m bench.bench_gateway
 
