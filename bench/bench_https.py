@@ -36,6 +36,7 @@ import aiohttp
 if __package__ in (None, ""):  # run as ``python bench/bench_https.py``
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.limits import switch_limits_off
 from cse.security.credentials import CredentialStore
 from cse.security.pki import LabCA, client_context
 from gridm2m.processes import toml_text
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three variants")
     args = parser.parse_args(argv)
+    switch_limits_off()
     results = asyncio.run(run(args.duration, args.connections, args.rounds))
     base = results[0].rate
     print(f"contentInstance CREATE (100 B), {args.connections} keep-alive connections, "
