@@ -6,11 +6,12 @@
 
 Everything runs as real processes on loopback, each pair in a private work directory:
 `gridm2m headend` and `gridm2m gateway` (`python -m gridm2m <part> --config <dir>/<part>.toml`,
-configs written here as tests/system/harness.py writes them; the gateway serves CoAP and
-mirrors upstream over HTTP). The load comes from this process, a lean asyncio client
-(bench.rawcoap's CON requests on raw UDP sockets, bench.rawhttp's keep-alive HTTP, uvloop if
-installed); the CPU it used is printed beside the servers'. As the meter agents do, every
-CREATE but an AE's asks for rcn=0 (no representation in the answer).
+configs written here as tests/system/harness.py writes them; the gateway serves CoAP, and HTTP
+in lab mode for the load, and mirrors upstream over HTTPS with mutual TLS). The load comes
+from this process, a lean asyncio client (bench.rawcoap's CON requests on raw UDP sockets,
+bench.rawhttp's keep-alive HTTP, uvloop if installed); the CPU it used is printed beside the
+servers'. As the meter agents do, every CREATE but an AE's asks for rcn=0 (no representation
+in the answer).
 
 1. Outage storm, for each N in --meters, on a fresh head-end and gateway:
    - N meters register on the gateway over CoAP, 64 at a time: AE `C<meter>` (rn <meter>)
@@ -93,7 +94,7 @@ from bench.rawcoap import (
 )
 from bench.rawhttp import build_request, run_load
 from gridm2m.broker import free_port, free_udp_port
-from gridm2m.processes import Child, spawn, toml_text
+from gridm2m.processes import Child, provision_lab, spawn, tls_tables, toml_text, upstream_tls
 from gridm2m.processes import stop as stop_child
 
 HOST = "127.0.0.1"
@@ -215,12 +216,13 @@ class Part:
 class Http:
     """One keep-alive HTTP/1.1 connection for GETs: status and body; reopened when closed."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
         self.port = port
+        self.headers = {"Accept": "*/*", **(headers or {})}
         self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def get(self, path: str) -> tuple[int, bytes]:
-        request = build_request("GET", path, {"Accept": "*/*"})
+        request = build_request("GET", path, self.headers)
         for attempt in (1, 2):
             if self._streams is None:
                 self._streams = await asyncio.open_connection(HOST, self.port)
@@ -282,11 +284,17 @@ class System:
         self.gateway_port = free_port()
         self.ops_port = free_port()
         self.coap_port = free_udp_port()
+        # The gateway and the head-end talk HTTPS with mutual TLS, as shipped; the meters'
+        # load reaches the gateway over plain HTTP in lab mode (claimed AE-IDs believed).
+        pki = directory / "pki"
+        headend_tls, headend_client = tls_tables(pki, "headend", "id-in")
+        _, gateway_client = tls_tables(pki, "gateway", "id-dap1")
+        headend_http = {"port": self.headend_port, "tls": headend_tls, "client": headend_client}
         (directory / "headend.toml").write_text(
             toml_text(
                 "headend",
                 {
-                    "cse": {"db": str(directory / "in.db"), "http": {"port": self.headend_port}},
+                    "cse": {"db": str(directory / "in.db"), "http": headend_http},
                     "mdms": {"db": str(directory / "mdms.db")},
                     "dashboard": {"port": self.api_port},
                 },
@@ -298,17 +306,21 @@ class System:
                 {
                     "cse": {
                         "db": str(directory / "dap.db"),
-                        "http": {"port": self.gateway_port},
+                        "http": {"port": self.gateway_port, "trust": "claimed"},
                         "coap": {"port": self.coap_port, "trust": "claimed"},
                     },
-                    "upstream": {"url": f"http://{HOST}:{self.headend_port}"},
+                    "upstream": {
+                        "url": f"https://{HOST}:{self.headend_port}",
+                        **upstream_tls(gateway_client),
+                    },
                     "ops": {"port": self.ops_port},
                 },
             )
         )
         self.headend = Part("headend", directory / "headend.toml", directory / "headend.log")
         self.gateway = Part("gateway", directory / "gateway.toml", directory / "gateway.log")
-        self.api = Http(self.api_port)
+        token, _ = provision_lab(pki, directory / "headend.toml", directory / "gateway.toml")
+        self.api = Http(self.api_port, {"Authorization": f"Bearer {token}"})
         self.ops = Http(self.ops_port)
 
     async def start(self) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from cse.bindings.coap.client import CoapClient
 from cse.core.primitives import FilterCriteria
 from cse.core.types import ContentStatus
 from cse.core.types import ResponseStatusCode as RSC
+from cse.security.credentials import CredentialStore
 from tests.helpers import ae_body, create, retrieve
 from tests.processes import CSEProcess
 
@@ -33,12 +34,21 @@ registrations_per_minute = 1
 requests_per_second = 0.5
 request_burst = 40
 discovery_result_cap = 10
+
+[cse.http]
+trust = "claimed"   # a meter LAN in lab mode: the meters' claimed AE-IDs are believed
 """
+
+
+ADMIN_TOKEN: dict[str, str] = {}  # the admin's bearer token of the running CSE
 
 
 @pytest.fixture
 async def running(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
-    """A `gridm2m cse` with tight limits on SQLite, serving HTTP and CoAP: (URL, CoAP port)."""
+    """A `gridm2m cse` with tight limits on SQLite, serving HTTP and CoAP: (URL, CoAP port).
+    The checks that read as the admin prove it with a token (ADMIN_TOKEN)."""
+    with CredentialStore(tmp_path / "id-in-credentials.db") as store:
+        ADMIN_TOKEN["CAdmin"] = store.add_admin("tests", "CAdmin").token or ""
     config = tmp_path / "cse.toml"
     config.write_text(LIMITS)
     cse = CSEProcess(
@@ -63,6 +73,8 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
 
 def _headers(origin: str, ty: int | None = None) -> dict[str, str]:
     headers = {"X-M2M-Origin": origin, "X-M2M-RI": f"f{next(_ids)}", "X-M2M-RVI": "3"}
+    if origin in ADMIN_TOKEN:
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN[origin]}"
     headers["Content-Type"] = "application/json" + (f";ty={ty}" if ty else "")
     return headers
 
