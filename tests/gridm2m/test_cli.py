@@ -83,3 +83,53 @@ def test_an_impossible_loss_is_refused(capsys: pytest.CaptureFixture[str]) -> No
         main(["interop", "run", "--loss", "1.5"])
     assert ended.value.code == 2
     assert "loss" in capsys.readouterr().err
+
+
+def test_pki_lab_makes_what_the_shipped_configs_name_and_pins_each_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cse.security.credentials import CredentialStore
+    from gateway.config import load_gateway_config
+    from gridm2m.cli import main
+    from gridm2m.pki import client_files
+    from headend.config import load_headend_config
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRIDM2M_DATA_DIR", str(tmp_path / "data"))
+    configs = [f"--gateway-config={root}/configs/gateway.toml",
+               f"--headend-config={root}/configs/headend.toml"]  # fmt: skip
+    assert main(["pki", "lab", "pki", *configs]) == 0
+    gateway = load_gateway_config(root / "configs" / "gateway.toml")
+    headend = load_headend_config(root / "configs" / "headend.toml")
+    # Every file the shipped configs name exists (their paths are relative to the folder).
+    named = [gateway.upstream.ca_file, gateway.upstream.cert_file, gateway.upstream.key_file]
+    for cse in (gateway.cse, headend.cse):
+        assert cse.http.tls is not None
+        named += [cse.http.tls.cert, cse.http.tls.key, cse.http.tls.client_ca]
+        named += [cse.http.client.ca, cse.http.client.cert, cse.http.client.key]
+    assert all(name and (tmp_path / name).is_file() for name in named), named
+    assert all((key.stat().st_mode & 0o077) == 0 for key in (tmp_path / "pki").rglob("*.key"))
+    for config, peer in ((gateway.cse, "id-in"), (headend.cse, "id-dap1")):
+        with CredentialStore(str(config.credentials_path())) as store:
+            pinned = store.by_certificate(
+                (tmp_path / "pki" / "client" / f"{peer}.pem").read_bytes()
+            )
+            assert pinned is None  # a PEM is not what is pinned: the DER is
+            found = store.by_name(peer)
+            assert found is not None and found.cert_sha256 is not None
+    # Again: the files are kept and pinned again, nothing fails.
+    before = (tmp_path / "pki" / "ca.pem").read_bytes()
+    assert main(["pki", "lab", "pki", *configs]) == 0
+    assert (tmp_path / "pki" / "ca.pem").read_bytes() == before
+    assert "pinned /id-in" in capsys.readouterr().out
+
+
+def test_gridm2m_command_without_a_token_says_how_to_get_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gridm2m.cli import main
+
+    monkeypatch.delenv("GRIDM2M_HEADEND_TOKEN", raising=False)
+    assert main(["command", "mtr-1", "read"]) == 2
+    assert "add-admin" in capsys.readouterr().err

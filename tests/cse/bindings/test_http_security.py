@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,6 +217,20 @@ async def test_a_token_proves_its_credential_until_it_is_revoked(
         )
     assert (status, rsc) == (403, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
     assert headers["WWW-Authenticate"] == 'Bearer realm="oneM2M", error="invalid_token"'
+
+
+async def test_an_expired_token_is_refused(
+    gateway_cse: CommonServicesEntity, store: CredentialStore
+) -> None:
+    token = store.add_admin("bob", "CAdmin", expires=time.time() - 1).token
+    async with (
+        HttpServer(gateway_cse, "127.0.0.1", 0, credentials=store) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        status, rsc, headers = await call(session, server.url, "GET", READINGS, "CAdmin",
+                                          token=token)  # fmt: skip
+    assert (status, rsc) == (403, RSC.ORIGINATOR_HAS_NO_PRIVILEGE)
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
 
 
 async def test_a_cse_token_speaks_for_that_cse_and_what_is_behind_it(
