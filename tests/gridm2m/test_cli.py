@@ -112,12 +112,8 @@ def test_pki_lab_makes_what_the_shipped_configs_name_and_pins_each_side(
     assert all((key.stat().st_mode & 0o077) == 0 for key in (tmp_path / "pki").rglob("*.key"))
     for config, peer in ((gateway.cse, "id-in"), (headend.cse, "id-dap1")):
         with CredentialStore(str(config.credentials_path())) as store:
-            pinned = store.by_certificate(
-                (tmp_path / "pki" / "client" / f"{peer}.pem").read_bytes()
-            )
-            assert pinned is None  # a PEM is not what is pinned: the DER is
-            found = store.by_name(peer)
-            assert found is not None and found.cert_sha256 is not None
+            pinned = store.by_certificate(client_files(tmp_path / "pki", peer).der())
+            assert pinned is not None and pinned.originator == "/" + peer
     # Again: the files are kept and pinned again, nothing fails.
     before = (tmp_path / "pki" / "ca.pem").read_bytes()
     assert main(["pki", "lab", "pki", *configs]) == 0
