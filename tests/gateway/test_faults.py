@@ -144,7 +144,7 @@ async def test_the_uplink_sends_as_soon_as_the_registration_check_reaches_the_he
     port = free_port()
     async with running_cse(upstream_config(tmp_path, port)) as upstream:
         # A backoff longer than the test: only the wake-up can deliver in time.
-        config = gateway_config(tmp_path, f"http://127.0.0.1:{port}")
+        config = gateway_config(tmp_path, f"https://127.0.0.1:{port}")
         config.outbox.retry_min = config.outbox.retry_max = 3600
         async with running_gateway(config) as gateway:
             await gateway.registrar.registered.wait()
@@ -162,7 +162,7 @@ async def test_the_uplink_sends_as_soon_as_the_registration_check_reaches_the_he
 async def test_a_wall_clock_step_back_does_not_hold_the_uplink_back(tmp_path: Path) -> None:
     port = free_port()
     async with running_cse(upstream_config(tmp_path, port)) as upstream:
-        config = gateway_config(tmp_path, f"http://127.0.0.1:{port}")
+        config = gateway_config(tmp_path, f"https://127.0.0.1:{port}")
         async with running_gateway(config) as gateway:
             await gateway.registrar.registered.wait()
             dap = gateway.cse.cse
@@ -184,7 +184,7 @@ async def test_the_sender_survives_an_outbox_that_cannot_record_deliveries(
     port = free_port()
     async with running_cse(upstream_config(tmp_path, port)) as upstream:
         arrivals = Arrivals(upstream.cse, ResourceType.CONTENT_INSTANCE)
-        config = gateway_config(tmp_path, f"http://127.0.0.1:{port}")
+        config = gateway_config(tmp_path, f"https://127.0.0.1:{port}")
         async with running_gateway(config) as gateway:
             await gateway.registrar.registered.wait()
             dap = gateway.cse.cse

@@ -30,11 +30,13 @@ _ids = itertools.count()
 
 
 class HttpMeter:
-    """A meter that posts alarms to the gateway over HTTP and remembers what was stored."""
+    """A meter that posts alarms to the gateway over HTTPS (its own pinned client certificate)
+    and remembers what was stored."""
 
-    def __init__(self, session: aiohttp.ClientSession, gateway_url: str, name: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, system: System, name: str) -> None:
         self.session = session
-        self.url = gateway_url
+        self.url = system.gateway_url
+        self.tls = system.meter_tls(name)
         self.name = name
         self.acknowledged: list[int] = []
         self.refused: list[int] = []  # answered 5000: not stored
@@ -53,7 +55,7 @@ class HttpMeter:
             (f"dap1/{self.name}", 3, {"m2m:cnt": {"rn": "event"}}),
         ):
             async with self.session.post(
-                f"{self.url}/{path}", json=body, headers=self._headers(ty)
+                f"{self.url}/{path}", json=body, headers=self._headers(ty), ssl=self.tls
             ) as reply:
                 assert reply.status == 201, await reply.text()
 
@@ -65,7 +67,10 @@ class HttpMeter:
         body = {"m2m:cin": {"cnf": "application/json:0", "con": con}}
         try:
             async with self.session.post(
-                f"{self.url}/dap1/{self.name}/event", json=body, headers=self._headers(4)
+                f"{self.url}/dap1/{self.name}/event",
+                json=body,
+                headers=self._headers(4),
+                ssl=self.tls,
             ) as reply:
                 status = int(reply.headers.get("X-M2M-RSC", 0))
         except (aiohttp.ClientError, OSError):
@@ -78,7 +83,7 @@ class HttpMeter:
 
     async def read_container(self) -> int:
         async with self.session.get(
-            f"{self.url}/dap1/{self.name}/event", headers=self._headers()
+            f"{self.url}/dap1/{self.name}/event", headers=self._headers(), ssl=self.tls
         ) as reply:
             return reply.status
 
@@ -108,13 +113,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-def gateway_url(system: System) -> str:
-    return f"http://127.0.0.1:{system.gateway_port}"
-
-
 async def test_a_recreated_database_under_a_kept_outbox_loses_nothing(tmp_path: Path) -> None:
     async with System(tmp_path) as system, session() as client:
-        meter = HttpMeter(client, gateway_url(system), "mtr-1")
+        meter = HttpMeter(client, system, "mtr-1")
         await meter.register()
         for _ in range(20):
             assert await meter.post() == 2001
@@ -144,7 +145,7 @@ async def test_power_loss_while_meters_write_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:
     async with System(tmp_path) as system, session() as client:
-        meters = [HttpMeter(client, gateway_url(system), f"mtr-{n}") for n in range(4)]
+        meters = [HttpMeter(client, system, f"mtr-{n}") for n in range(4)]
         for meter in meters:
             await meter.register()
         for _ in range(3):
@@ -174,7 +175,7 @@ async def test_a_full_disk_refuses_writes_cleanly_and_recovers_by_itself(
     system = System(tmp_path)
     system.gateway.log_level = "WARNING"  # the log must not be the file that hits the limit
     async with system, session() as client:
-        meter = HttpMeter(client, gateway_url(system), "mtr-1")
+        meter = HttpMeter(client, system, "mtr-1")
         await meter.register()
         for _ in range(3):
             assert await meter.post() == 2001
@@ -218,7 +219,7 @@ async def test_a_full_disk_refuses_writes_cleanly_and_recovers_by_itself(
 
 async def test_a_damaged_database_at_start_gets_one_clear_paragraph(tmp_path: Path) -> None:
     async with System(tmp_path) as system, session() as client:
-        await HttpMeter(client, gateway_url(system), "mtr-1").register()
+        await HttpMeter(client, system, "mtr-1").register()
         await system.gateway.stop()
     database = tmp_path / "dap.db"
     with database.open("r+b") as file:
