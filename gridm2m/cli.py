@@ -54,7 +54,7 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         choices=[trust.value for trust in Trust],
         help="what every listener believes of a request that proves no credential: nothing "
         "(credential, the default), claimed AE-IDs only (claimed), every claim (insecure: an "
-        "isolated lab only); --mqtt-trust overrides it for MQTT",
+        "isolated lab only); --coap-trust and --mqtt-trust override it for their listener",
     )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_cse)
@@ -72,12 +72,12 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "http.host": args.http_host,
                 "http.port": args.http_port,
                 "coap.port": args.coap_port,
-                "coap.trust": args.coap_trust,
                 "mqtt.url": args.mqtt_url,
                 "db": args.db,
                 "http.trust": args.trust,
-                "coap.trust": args.trust,
-                "mqtt.trust": args.mqtt_trust or args.trust,  # --mqtt-trust wins
+                # --coap-trust and --mqtt-trust win over --trust for their listener.
+                "coap.trust": args.coap_trust or args.trust,
+                "mqtt.trust": args.mqtt_trust or args.trust,
             },
         )
     except ConfigError as error:
