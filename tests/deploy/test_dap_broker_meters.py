@@ -38,9 +38,16 @@ def agent_module(name: str) -> Any:
     return importlib.import_module(f"device_agents.agent.{name}")
 
 
+# The head-end side's requests prove the admin with a token from the gateway's store.
+ADMIN_TOKEN: dict[str, str] = {}
+
+
 async def gateway_cse(broker: DapBroker) -> CSEProcess:
     """The gateway's CSE on the broker's store, logged in with its own credential; it trusts
-    the broker's CA for the meters' mqtts:// points of access (their commands)."""
+    the broker's CA for the meters' mqtts:// points of access (their commands). An admin
+    token for the head-end side's HTTP requests is made in the same store, as a user would."""
+    made = gridm2m_credentials(broker.store, "add-admin", "head-end-side")
+    ADMIN_TOKEN["CAdmin"] = made.rsplit("token (shown once): ", 1)[1].strip()
     config = broker.directory / "gateway-cse.toml"
     config.write_text(f'[cse.mqtt]\nca_file = "{broker.ca}"\n')
     cse = CSEProcess(
@@ -77,6 +84,7 @@ async def command(cse: CSEProcess, meter_id: str, content: dict[str, Any]) -> No
         "X-M2M-RI": f"command-{content.get('id')}",
         "X-M2M-RVI": "3",
         "Content-Type": "application/json;ty=4",
+        "Authorization": f"Bearer {ADMIN_TOKEN['CAdmin']}",
     }
     body = {"m2m:cin": {"cnf": "application/json:0", "con": json.dumps(content)}}
     url = f"{cse.url}/dap1/{meter_id}/command"
@@ -89,6 +97,7 @@ async def command(cse: CSEProcess, meter_id: str, content: dict[str, Any]) -> No
 
 async def latest(cse: CSEProcess, path: str) -> dict[str, Any]:
     headers = {"X-M2M-Origin": "CAdmin", "X-M2M-RI": "check", "X-M2M-RVI": "3"}
+    headers["Authorization"] = f"Bearer {ADMIN_TOKEN['CAdmin']}"
     async with (
         aiohttp.ClientSession() as session,
         session.get(f"{cse.url}/{path}", headers=headers) as response,
