@@ -68,11 +68,3 @@ class RepeatFilter(logging.Filter):
             )
             record.args = None
         return True
-
-
-def install_repeat_filter(handler: logging.Handler | None = None, **settings: float) -> None:
-    """Put a RepeatFilter on `handler` (default: every handler of the root logger)."""
-    handlers = [handler] if handler is not None else logging.getLogger().handlers
-    for each in handlers:
-        if not any(isinstance(existing, RepeatFilter) for existing in each.filters):
-            each.addFilter(RepeatFilter(**settings))  # type: ignore[arg-type]

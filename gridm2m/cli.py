@@ -18,7 +18,7 @@ import aiomqtt
 
 from cse.app import ConfigError, load_cse_config, serve_until_stopped
 from cse.core.identity import Trust
-from cse.logs import install_repeat_filter
+from cse.logs import RepeatFilter
 from cse.storage.base import StorageError
 from gridm2m import credentials, pki
 
@@ -628,12 +628,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     credentials.add_parser(subparsers)
     pki.add_parser(subparsers)
     args = parser.parse_args(argv)
+    # Floods of the same line (junk datagrams, refused credentials) are counted, not written.
+    # Only on the handler made here: a host that configured logging itself keeps its own.
+    stderr = logging.StreamHandler()
+    stderr.addFilter(RepeatFilter())
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[stderr],
     )
-    # Floods of the same line (junk datagrams, refused credentials) are counted, not written.
-    install_repeat_filter()
     return int(args.run(args))
 
 

@@ -22,14 +22,18 @@ def test_a_flood_of_one_line_is_cut_to_a_burst_and_counted(
 ) -> None:
     clock = Clock()
     log = logging.getLogger("tests.flood")
-    caplog.handler.addFilter(RepeatFilter(burst=3, window=60, clock=clock))
+    repeat = RepeatFilter(burst=3, window=60, clock=clock)
+    caplog.handler.addFilter(repeat)
     caplog.set_level(logging.WARNING)
-    for n in range(1000):
-        log.warning("ignoring a junk datagram from %s", f"10.0.0.{n % 250}")
-    log.warning("another kind of line")
-    assert len(caplog.records) == 4
-    clock.now = 61
-    log.warning("ignoring a junk datagram from %s", "10.0.0.9")
+    try:
+        for n in range(1000):
+            log.warning("ignoring a junk datagram from %s", f"10.0.0.{n % 250}")
+        log.warning("another kind of line")
+        assert len(caplog.records) == 4
+        clock.now = 61
+        log.warning("ignoring a junk datagram from %s", "10.0.0.9")
+    finally:
+        caplog.handler.removeFilter(repeat)
     assert caplog.records[-1].getMessage() == (
         "ignoring a junk datagram from 10.0.0.9 (997 more like this in the last 60 s)"
     )
