@@ -294,7 +294,12 @@ class System:
             toml_text(
                 "headend",
                 {
-                    "cse": {"db": str(directory / "in.db"), "http": headend_http},
+                    "cse": {
+                        "db": str(directory / "in.db"),
+                        "http": headend_http,
+                        "remote_cses": ["/id-dap1"],  # the gateway's self-registration
+                        "egress": {"loopback_peers": True},  # every part on this machine
+                    },
                     "mdms": {"db": str(directory / "mdms.db")},
                     "dashboard": {"port": self.api_port},
                 },
@@ -308,6 +313,7 @@ class System:
                         "db": str(directory / "dap.db"),
                         "http": {"port": self.gateway_port, "trust": "claimed"},
                         "coap": {"port": self.coap_port, "trust": "claimed"},
+                        "egress": {"loopback_peers": True},
                     },
                     "upstream": {
                         "url": f"https://{HOST}:{self.headend_port}",

@@ -26,11 +26,12 @@ from cse.bindings.mqtt.settings import MqttSettings
 from cse.bindings.mqtt.topics import topic_id
 from cse.config_files import CseId, CseName, load_section
 from cse.core.config import CSELimits, CSESettings
+from cse.core.egress import AllowEntry, EgressPolicy, EgressSettings
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
 from cse.core.notifications import Sender
 from cse.forwarding import PointOfAccessForwarder
-from cse.security.credentials import CredentialStore
+from cse.security.credentials import CredentialStore, Kind
 from cse.security.oscore_keyring import CredentialKeyring
 from cse.security.pki import client_context, self_probe_context, server_context
 from cse.storage.base import Storage
@@ -219,6 +220,31 @@ class LimitsConfig(BaseModel):
         return CSELimits(**values)
 
 
+class EgressConfig(BaseModel):
+    """Where the CSE may send besides the points of access its registered entities announced
+    from their own address (cse/core/egress.py, docs/security.md "Egress policy")."""
+
+    model_config = ConfigDict(extra="forbid")
+    # Hosts ("mdms.example.net", "10.20.0.7"), networks ("10.20.0.0/16") or URL prefixes
+    # ("https://mdms.example.net/onem2m") a nu or poa may name although no entity announced
+    # it from there; an entry also lifts the loopback/link-local refusal for what it names,
+    # and a URL prefix even the refusal of this process's own ports.
+    allow: list[str] = []
+    # Reach points of access on loopback addresses (every part on one machine: a lab, the
+    # demo, tests). Off: a poa on 127.0.0.0/8 or ::1 is never sent to.
+    loopback_peers: bool = False
+
+    @field_validator("allow")
+    @classmethod
+    def _entries(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            AllowEntry.parse(entry)  # ValueError says which entry and why
+        return value
+
+    def settings(self) -> EgressSettings:
+        return EgressSettings(allow=tuple(self.allow), loopback_peers=self.loopback_peers)
+
+
 class CSEConfig(BaseModel):
     """The [cse] section of a config file; every field can also come from a flag or env var."""
 
@@ -241,10 +267,14 @@ class CSEConfig(BaseModel):
     # Points of access announced to other CSEs; by default the bound URLs (set this when
     # listening on 0.0.0.0 or behind NAT, e.g. ["http://dap1.lab:8081"]).
     poa: list[str] = []
+    # CSE-IDs that may register here as a remoteCSE besides those with a CSE credential in the
+    # credential store (`gridm2m credentials add-cse`); any other is refused (4103).
+    remote_cses: list[CseId] = []
     http: HttpConfig = HttpConfig()
     coap: CoapConfig = CoapConfig()
     mqtt: MqttConfig = MqttConfig()
     limits: LimitsConfig = LimitsConfig()
+    egress: EgressConfig = EgressConfig()
 
     @field_validator("db")
     @classmethod
@@ -269,6 +299,8 @@ class CSEConfig(BaseModel):
             points_of_access=points_of_access,
             default_lifetime=self.default_lifetime,
             limits=self.limits.settings(),
+            egress=self.egress.settings(),
+            remote_cses=tuple(self.remote_cses),
         )
 
     def database_path(self) -> str:
@@ -349,6 +381,19 @@ def own_mqtt_login(
     return dataclasses.replace(settings, username=topic_id(cse_id), password=own.mqtt_password)
 
 
+def _provisioned_cse(credentials: CredentialStore | None) -> Callable[[str], bool] | None:
+    """Is a CSE-ID provisioned (a usable CSE credential in the store)? None without a store."""
+    if credentials is None:
+        return None
+    store = credentials
+
+    def provisioned(cse_id: str) -> bool:
+        credential = store.by_originator(cse_id)
+        return credential is not None and credential.kind is Kind.CSE
+
+    return provisioned
+
+
 @contextlib.asynccontextmanager
 async def running_cse(
     config: CSEConfig,
@@ -379,9 +424,17 @@ async def running_cse(
         # both send from the same sequence numbers.
         keyring = CredentialKeyring(credentials) if uses_oscore and credentials else None
         oscore = OscoreContexts(keyring) if keyring is not None else None
-        http_client = await stack.enter_async_context(HttpClient(tls=client_tls))
-        coap_client = await stack.enter_async_context(CoapClient(oscore=oscore))
-        mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings))
+        egress = EgressPolicy(
+            config.egress.settings(),
+            broker_url=config.mqtt.url,
+            remote_cses=config.remote_cses,
+            provisioned_cse=_provisioned_cse(credentials),
+            local_schemes=local_senders or (),
+        )
+        # Every client checks its sends against the CSE's egress policy.
+        http_client = await stack.enter_async_context(HttpClient(tls=client_tls, egress=egress))
+        coap_client = await stack.enter_async_context(CoapClient(oscore=oscore, egress=egress))
+        mqtt_sender = await stack.enter_async_context(MqttSender(mqtt_settings, egress=egress))
         senders: dict[str, Sender] = {
             "http": HttpSender(http_client),
             "https": HttpSender(http_client),
@@ -390,11 +443,20 @@ async def running_cse(
             "mqtts": mqtt_sender,
             **(local_senders or {}),
         }
-        forwarder = PointOfAccessForwarder(config.cse_id, http_client, coap_client, mqtt_settings)
+        forwarder = PointOfAccessForwarder(
+            config.cse_id, http_client, coap_client, mqtt_settings, egress=egress
+        )
         stack.push_async_callback(forwarder.close)
         cse = CommonServicesEntity(
-            open_storage(config), config.settings(), senders=senders, forwarder=forwarder
+            open_storage(config),
+            config.settings(),
+            senders=senders,
+            forwarder=forwarder,
+            egress=egress,
         )
+        for port in (config.http.port, config.coap.port):
+            if port:  # known before anything listens; port 0 is added once bound
+                egress.add_own_port(port)
         await stack.enter_async_context(cse)
         if prepare is not None:
             await prepare(cse)
@@ -410,6 +472,8 @@ async def running_cse(
                 probe_tls=config.http.probe_context(),
             )
         )
+        assert http.port is not None
+        egress.add_own_port(http.port)
         coap = None
         if config.coap.port is not None:
             coap = await stack.enter_async_context(
@@ -424,6 +488,8 @@ async def running_cse(
                     trust=config.coap.trust,
                 )
             )
+            assert coap.port is not None
+            egress.add_own_port(coap.port)
         mqtt = None
         if mqtt_settings is not None:
             mqtt = await stack.enter_async_context(

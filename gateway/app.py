@@ -153,6 +153,10 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
 
         running = await stack.enter_async_context(running_cse(config.cse, align_outbox))
         core = running.cse
+        # The configured head-end is a target by config; the ops endpoint is ours, never one.
+        core.egress.allow_exactly(config.upstream.url)
+        if config.ops.port:
+            core.egress.add_own_port(config.ops.port)
         upstream = config.upstream
         if upstream.uses_mqtt and upstream.username is None and running.mqtt is not None:
             # Through the DAP's own broker: the uplink logs in as the gateway's binding does
@@ -165,11 +169,13 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
         metrics = GatewayMetrics()
         metrics.observe_outbox(outbox)
         metrics.watch_limits(core.counters)
+        metrics.watch_egress(core.egress.refused)
         registrar = Registrar(
             core,
             link,
             config.mirror.families,
             check_interval=config.upstream.check_interval,
+            announce_broker_only=config.upstream.uses_mqtt and not config.cse.poa,
         )
         uplink = Uplink(
             core,
@@ -189,6 +195,7 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
         if config.ops.port is not None:
             runner, port = await start_site(_ops_app(gateway), config.ops.host, config.ops.port)
             stack.push_async_callback(runner.cleanup)
+            core.egress.add_own_port(port)
             gateway.ops_url = f"http://{config.ops.host}:{port}"
         reporter = core.supervisor.start(
             "status report", lambda: _report_status(gateway, config.mirror.status_interval)

@@ -163,6 +163,9 @@ class GatewayConfig(BaseModel):
     def _trust_the_head_end(self) -> GatewayConfig:
         if self.upstream.cse_id not in self.cse.trusted_originators:
             self.cse.trusted_originators.append(self.upstream.cse_id)
+        # The gateway registers its head-end's remoteCSE on its own CSE (gateway/registration.py).
+        if self.upstream.cse_id not in self.cse.remote_cses:
+            self.cse.remote_cses.append(self.upstream.cse_id)
         if self.upstream.cse_id == self.cse.cse_id:
             raise ValueError("the gateway and its upstream CSE need different CSE-IDs")
         return self

@@ -3,7 +3,7 @@ process in tests)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -47,6 +47,23 @@ class _LimitsCollector(Collector):
             ("queued", counters.discovery_queued, "discoveries that waited for a walk to end"),
         ):
             yield CounterMetricFamily(f"gridm2m_cse_discovery_{name}", f"Discovery: {text}", value)
+
+
+class _EgressCollector(Collector):
+    """The egress policy's refusals (cse/core/egress.py), read at each scrape."""
+
+    def __init__(self, refused: Mapping[str, int]) -> None:
+        self._refused = refused
+
+    def collect(self) -> Iterator[Metric]:
+        refused = CounterMetricFamily(
+            "gridm2m_egress_refused",
+            "Sends and registrations the CSE's egress policy refused (docs/security.md)",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self._refused.items()):
+            refused.add_metric([reason], count)
+        yield refused
 
 
 class GatewayMetrics:
@@ -159,6 +176,10 @@ class GatewayMetrics:
             self.outbox_depth.labels(name).set(outbox.depth.get(priority, 0))
             self.shed.labels(name).set(outbox.shed.get(priority, 0))
         self.outbox_bytes.set(outbox.bytes_used)
+
+    def watch_egress(self, refused: Mapping[str, int]) -> None:
+        """Export what the CSE's egress policy refused, by reason (docs/security.md)."""
+        self.registry.register(_EgressCollector(refused))
 
     def delivered(self, priority: int, latency: float, attempts: int) -> None:
         name = PRIORITY_NAMES.get(priority, "bulk")

@@ -42,9 +42,11 @@ class Registrar:
         families: Iterable[str],
         *,
         check_interval: float,
+        announce_broker_only: bool = False,
     ) -> None:
         self.cse = cse
         self.link = link
+        self.announce_broker_only = announce_broker_only
         self.families = list(families)
         self.check_interval = check_interval
         self.registered = asyncio.Event()
@@ -119,6 +121,16 @@ class Registrar:
 
     # ---- requests ------------------------------------------------------------------------
 
+    def _points_of_access(self) -> list[str]:
+        """What we announce upstream. Over an MQTT uplink the head-end sees the broker, not
+        our address, so by default we announce only our poa at the broker: the one it accepts
+        (docs/security.md, "Egress policy"); `[cse] poa` set by hand is announced as it is."""
+        points = list(self.cse.settings.points_of_access)
+        if self.announce_broker_only:
+            at_broker = [url for url in points if url.split("://", 1)[0] in ("mqtt", "mqtts")]
+            return at_broker or points
+        return points
+
     def _remote_cse(self) -> dict[str, object]:
         settings = self.cse.settings
         return {
@@ -127,7 +139,7 @@ class Registrar:
             "cb": f"{settings.cse_id}/{settings.cse_name}",
             "cst": settings.cse_type,
             "rr": True,
-            "poa": list(settings.points_of_access),
+            "poa": self._points_of_access(),
             "srv": ["3", "4"],
             **self._policies(),
         }

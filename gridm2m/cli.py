@@ -56,6 +56,12 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         "(credential, the default), claimed AE-IDs only (claimed), every claim (insecure: an "
         "isolated lab only); --coap-trust and --mqtt-trust override it for their listener",
     )
+    parser.add_argument(
+        "--loopback-peers",
+        action="store_const",
+        const=True,
+        help="send to points of access on loopback (every part on this machine)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_cse)
 
@@ -78,6 +84,7 @@ def _run_cse(args: argparse.Namespace) -> int:
                 # --coap-trust and --mqtt-trust win over --trust for their listener.
                 "coap.trust": args.coap_trust or args.trust,
                 "mqtt.trust": args.mqtt_trust or args.trust,
+                "egress.loopback_peers": args.loopback_peers,
             },
         )
     except ConfigError as error:

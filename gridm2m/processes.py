@@ -234,10 +234,14 @@ class Stack:
         directory = self.directory
         headend_tls, headend_client = tls_tables(self.pki_dir, "headend", "id-in")
         gateway_tls, gateway_client = tls_tables(self.pki_dir, "gateway", "id-dap1")
+        # Every part on loopback: each CSE reaches the others' points of access there
+        # (loopback_peers), and the head-end accepts the gateway's CSE-ID as a remoteCSE.
         headend: dict[str, Any] = {
             "cse": {
                 "db": str(self.headend_db),
                 "http": {"port": self.headend_port, "tls": headend_tls, "client": headend_client},
+                "remote_cses": ["/id-dap1"],
+                "egress": {"loopback_peers": True},
             },
             "mdms": {"db": str(self.mdms_db)},
             "dashboard": {"port": self.dashboard_port, "password": self.operator_password},
@@ -247,6 +251,7 @@ class Stack:
                 "db": str(self.gateway_db),
                 "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
                 "coap": {"port": self.coap_port, "trust": "claimed"},
+                "egress": {"loopback_peers": True},
             },
             "upstream": {"url": self.headend_url, **upstream_tls(gateway_client)},
             "mirror": {"status_interval": 2.0},

@@ -220,6 +220,9 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
                 f"(shown once; only its hash is kept, in {config.password_path()})",
                 flush=True,
             )
+        # The web server is this process's own: the IN-CSE never sends there (the MDMS hears
+        # in process), whatever a subscription names (docs/security.md, "Egress policy").
+        running.cse.egress.add_own_port(port)
         mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"))
         notifications.register("mdms", mdms.on_notify)
         commands = CommandService(running.cse, store)

@@ -14,6 +14,7 @@ from cse.core.config import CSESettings
 from cse.core.handler import CommonServicesEntity
 from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
+from tests.helpers import LAB
 
 # The fuzz tests draw new examples on every run, which is how they find bugs. CI
 # (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the same examples every time, so that a
@@ -54,7 +55,7 @@ async def cse(clock: ManualClock) -> AsyncIterator[CommonServicesEntity]:
     client = HttpClient(timeout=5)
     entity = CommonServicesEntity(
         MemoryStorage(),
-        CSESettings(expiry_check_interval=3600),
+        CSESettings(expiry_check_interval=3600, egress=LAB, remote_cses=("/id-mn",)),
         clock=clock,
         senders={"http": HttpSender(client)},
     )

@@ -1,4 +1,5 @@
-"""Builders shared by the tests: request primitives and a NOTIFY receiver on loopback."""
+"""Builders shared by the tests: request primitives, a NOTIFY receiver and listeners that
+count what reaches them, on loopback."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ from typing import Any
 
 from aiohttp import web
 
+from cse.core.egress import EgressSettings
 from cse.core.primitives import FilterCriteria, Request
 from cse.core.types import Operation, ResultContent
 
 _ids = itertools.count(1)
 
 ADMIN = "CAdmin"
+
+# The egress policy of a test CSE: its notification receivers run on loopback, where a CSE
+# sends only to what it is told to allow (tests of the policy itself use stricter ones).
+LAB = EgressSettings(allow=("127.0.0.1",))
+# Meters on this machine: their points of access, registered from loopback, are reached.
+ON_THIS_MACHINE = EgressSettings(loopback_peers=True)
 
 
 def request(
@@ -104,3 +112,51 @@ class NotificationReceiver:
 
     def bodies(self) -> list[dict[str, Any]]:
         return [item["body"] for item in self.received]
+
+
+class TcpListener:
+    """A real TCP listener on loopback that counts the connections it accepts."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> TcpListener:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """A real UDP socket on loopback that counts the datagrams it receives."""
+
+    def __init__(self) -> None:
+        self.datagrams = 0
+        self.port = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def __aenter__(self) -> UdpListener:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: self, local_addr=("127.0.0.1", 0)
+        )
+        self._transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._transport is not None
+        self._transport.close()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams += 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cse.core.egress import EgressSettings
+
 
 @dataclass(frozen=True, slots=True)
 class CSELimits:
@@ -56,6 +58,10 @@ class CSESettings:
     trusted_originators: tuple[str, ...] = ()
     sp_id: str | None = None  # e.g. "gridm2m.example.net"; None accepts any domain
     points_of_access: tuple[str, ...] = ()
+    # Where the CSE may send beyond the registered entities (cse/core/egress.py), and which
+    # other CSE-IDs may register here as a remoteCSE besides the provisioned ones.
+    egress: EgressSettings = field(default_factory=EgressSettings)
+    remote_cses: tuple[str, ...] = ()
     # Lifetime given to resources created without et (seconds); ACME uses five years.
     default_lifetime: float = 5 * 365 * 24 * 3600.0
     # Quotas and rate limits (docs/gateway.md, "Limits").

@@ -76,6 +76,9 @@ async def handle_create(
     else:
         await cse.access.check(originator, Operation.CREATE, parent)
         owner, resource_id = originator, cse.new_resource_id(spec.id_prefix)
+    if resource_type in (T.AE, T.REMOTE_CSE):
+        # Who may register, and whether the CSE will send to its poa (cse/core/egress.py).
+        await cse.egress.check_registration(request, resource_type, originator, attributes)
 
     if resource_type == T.SUBSCRIPTION:
         await subscriptions.prepare(cse, originator, parent, attributes)

@@ -5,6 +5,11 @@ from __future__ import annotations
 from cse.core.types import ResponseStatusCode as RSC
 
 
+class DeliveryError(Exception):
+    """A target could not be reached, or did not answer in time (no response status code:
+    the caller decides what that means for its request)."""
+
+
 class M2MError(Exception):
     """A request failed with a oneM2M response status code and a short debug text."""
 

@@ -18,6 +18,7 @@ from cse.core.access import AccessControl
 from cse.core.addressing import Address, normalize_originator, parse_address
 from cse.core.clock import Clock, SystemClock, format_timestamp, parse_timestamp
 from cse.core.config import CSESettings
+from cse.core.egress import EgressPolicy
 from cse.core.errors import (
     BadRequest,
     M2MError,
@@ -59,6 +60,7 @@ class CommonServicesEntity:
         clock: Clock | None = None,
         senders: dict[str, Sender] | None = None,
         forwarder: Forwarder | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.storage = storage
         self.settings = settings or CSESettings()
@@ -66,6 +68,10 @@ class CommonServicesEntity:
         # Every background task (committer, notification delivery, expiry) runs under it; an
         # application built on the CSE (the gateway) adds its own, so one place says what is down.
         self.supervisor = Supervisor()
+        # Shared with the bindings' clients, which check every send against it.
+        self.egress = egress or EgressPolicy(
+            self.settings.egress, remote_cses=self.settings.remote_cses
+        )
         self.access = AccessControl(storage, self.settings)
         self.notifier = Notifier(self, senders or {})
         self.forwarder = forwarder or Forwarder()

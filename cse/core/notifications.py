@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cse.core import subscriptions
 from cse.core.addressing import Address
-from cse.core.errors import OriginatorHasNoPrivilege
+from cse.core.errors import DeliveryError, OriginatorHasNoPrivilege
 from cse.core.primitives import Request, Response
 from cse.core.types import NotificationEventType as NET
 from cse.core.types import Operation, ResponseStatusCode
@@ -43,9 +43,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-
-class DeliveryError(Exception):
-    """The target could not be reached, or did not answer in time."""
+__all__ = ["DeliveryError", "Notifier", "Sender"]
 
 
 class Sender(Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+from cse.core.egress import EgressRefused, same_origin
 from cse.core.errors import BadRequest, OriginatorHasNoPrivilege, SubscriptionVerificationFailed
 from cse.core.types import NotificationContentType as NCT
 from cse.core.types import NotificationEventType as NET
@@ -90,10 +91,16 @@ async def prepare(
             f"originator {originator} may not retrieve {subscribed.path}, so not subscribe to it"
         )
     check_subscription(attributes)
+    if attributes.get("su"):
+        await check_target(cse, originator, attributes["su"])
     await verify_targets(cse, originator, attributes["nu"])
 
 
 async def verify_targets(cse: CommonServicesEntity, originator: str, targets: list[str]) -> None:
+    # Every target is checked before any is sent a verification request: a refused one
+    # fails the request with nothing sent anywhere.
+    for target in targets:
+        await check_target(cse, originator, target)
     for target in targets:
         if target == originator:
             continue  # the subscriber itself needs no verification
@@ -101,6 +108,54 @@ async def verify_targets(cse: CommonServicesEntity, originator: str, targets: li
             raise SubscriptionVerificationFailed(
                 f"notification target {target} did not accept the verification request"
             )
+
+
+async def check_target(cse: CommonServicesEntity, originator: str, target: str) -> None:
+    """5204 without sending anything if the egress policy will not let the CSE reach a target.
+
+    A bare URL must be at a registered entity's point of access or be allowed by config; an
+    AE-ID or CSE-ID is reached through its point of access, checked at its registration.
+    TS-0004 has no code for "the hosting CSE will not send there"; 5204 is what it answers
+    when it cannot initiate the verification, and what ACME answers for any target it cannot
+    reach (docs/conformance.md).
+    """
+    egress = cse.egress
+    if "://" in target:
+        if not (
+            await egress.allows_unannounced(target) or await _announced(cse, originator, target)
+        ):
+            refusal = egress.refuse_unannounced(target)
+            raise SubscriptionVerificationFailed(
+                f"the CSE does not send to {target[:100]}: {refusal.detail}"
+            )
+        url = target
+    else:
+        point = await cse.notifier.resolve_target(target)
+        if point is None:
+            return  # nowhere to send: verify() says so, or the subscriber has no poa yet
+        url = point
+    if egress.is_local(url):
+        return  # an application in this process: no network involved
+    try:
+        await egress.destination(url)
+    except EgressRefused as refusal:
+        raise SubscriptionVerificationFailed(
+            f"the CSE does not send to {target[:100]}: {refusal.detail}"
+        ) from None
+
+
+async def _announced(cse: CommonServicesEntity, originator: str, url: str) -> bool:
+    """Is `url` at the scheme, host and port of a registered AE's or remoteCSE's poa?
+    (The subscriber's own first: the usual case, and no scan of every registration.)"""
+    own = await cse.find(originator) if originator else None
+    if own is not None and own.ty in (T.AE, T.REMOTE_CSE) and _announces(own, url):
+        return True
+    entities = await cse.storage.children(cse.settings.cse_ri, [T.AE, T.REMOTE_CSE])
+    return any(not cse.is_expired(entity) and _announces(entity, url) for entity in entities)
+
+
+def _announces(entity: Resource, url: str) -> bool:
+    return any(same_origin(url, str(point)) for point in entity.attributes.get("poa") or [])
 
 
 def representation(

@@ -51,6 +51,9 @@ async def handle_update(
     await _check_type_rules(cse, originator, resource, changes_requested)
     if resource.ty == T.CONTAINER:
         cse.quotas.apply_container_limits(originator, changes_requested, create=False)
+    if resource.ty in (T.AE, T.REMOTE_CSE) and changes_requested.get("poa"):
+        # A moved entity (a new DHCP lease) updates its poa from its new address.
+        await cse.egress.check_points_of_access(changes_requested["poa"], request)
 
     async with cse.write_lock:
         current = await cse.lookup(address)  # may have changed while we checked

@@ -53,7 +53,15 @@ async def _meter(
 
 async def test_an_unreachable_target_does_not_disturb_live_ones(tmp_path: Any) -> None:
     # Lab mode: the meters' claimed AE-IDs are believed (this is about notifications).
-    cse = CSEProcess("--coap-port", "0", "--db", str(tmp_path / "cse.db"), "--trust", "claimed")
+    cse = CSEProcess(
+        "--coap-port",
+        "0",
+        "--db",
+        str(tmp_path / "cse.db"),
+        "--trust",
+        "claimed",
+        "--loopback-peers",
+    )
     base = await cse.start()
     try:
         async with CoapReceiver() as live, aiohttp.ClientSession() as session:

@@ -328,6 +328,7 @@ class DapCse:
         self.args += ["--cse-id", cse_id, "--cse-name", cse_name]
         # Plain CoAP meters are taken at their word here (test_oscore.py runs them secured).
         self.args += ["--coap-trust", coap_trust]
+        self.args += ["--loopback-peers"]  # the meters listen on this machine's loopback
         if mqtt_url is not None:
             # The test brokers hold nobody to their topics: meters are taken at their word
             # (tests/deploy runs the agent against the secured broker).

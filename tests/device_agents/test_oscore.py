@@ -34,7 +34,7 @@ from cse.storage.memory import MemoryStorage
 from device_agents.agent import coap, oscore
 from tests.device_agents import mp
 from tests.device_agents.test_agent import END_TO_END, EVERY_COMMAND, T0
-from tests.helpers import create, retrieve
+from tests.helpers import ON_THIS_MACHINE, create, retrieve
 
 # An OSCORE meter's heap on the 64-bit unix port (docs/agents.md, "Heap"): the end-to-end run
 # below passes at 120k and fails at 116k (a plain CoAP meter: 96k); the module costs 10 KB.
@@ -232,7 +232,7 @@ async def oscore_dap(keyring: MemoryKeyring, port: int = 0) -> AsyncIterator[Coa
     async with CoapClient(timeout=5, oscore=contexts) as client:
         cse = CommonServicesEntity(
             MemoryStorage(),
-            CSESettings(expiry_check_interval=3600, notification_timeout=5),
+            CSESettings(expiry_check_interval=3600, notification_timeout=5, egress=ON_THIS_MACHINE),
             senders={"coap": CoapSender(client, keyring.keys_for_originator)},
         )
         async with (

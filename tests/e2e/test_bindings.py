@@ -38,6 +38,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[RunningCSE, Any]]:
                 "coap": {"port": 0, "trust": "insecure"},
                 # The test broker holds nobody to their topics: MQTT proves nothing here.
                 "mqtt": {"url": broker.url, "username": "gridm2m-test", "trust": "insecure"},
+                "egress": {"allow": ["127.0.0.1"]},  # the notification receiver's host
             }
         )
         async with running_cse(config) as running:

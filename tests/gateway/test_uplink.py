@@ -20,6 +20,7 @@ import pytest
 
 from cse.app import (
     CSEConfig,
+    EgressConfig,
     HttpClientConfig,
     HttpConfig,
     RunningCSE,
@@ -77,6 +78,8 @@ def make_pki(tmp_path: Path) -> Path:
 def upstream_config(tmp_path: Path, port: int = 0) -> CSEConfig:
     pki = make_pki(tmp_path)
     listener, sender = tls_tables(pki, "headend", "id-in")
+    # The head-end's IN-CSE: it accepts the gateway's registration and reaches its points of
+    # access on loopback.
     return CSEConfig(
         db=str(tmp_path / "in.db"),
         http=HttpConfig(
@@ -84,6 +87,8 @@ def upstream_config(tmp_path: Path, port: int = 0) -> CSEConfig:
             tls=TlsConfig.model_validate(listener),
             client=HttpClientConfig.model_validate(sender),
         ),
+        remote_cses=["/id-dap1"],
+        egress=EgressConfig(loopback_peers=True),
     )
 
 

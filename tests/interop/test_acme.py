@@ -143,6 +143,7 @@ async def stack(
             # listener, for an isolated lab only (docs/interop.md).
             "http": {"port": gateway_port, "trust": "insecure"},
             "coap": {"port": coap_port, "trust": "claimed"},
+            "egress": {"loopback_peers": True},  # the meter listens on loopback
         }
         upstream: dict[str, Any] = {"url": acme.url, "cse_id": "/id-in", "cse_name": "cse-in"}
         points = [gateway_url]

@@ -102,14 +102,18 @@ class System:
         pki = directory / "pki"
         headend_tls, headend_client = tls_tables(pki, "headend", "id-in")
         gateway_tls, gateway_client = tls_tables(pki, "gateway", "id-dap1")
+        # Every part on loopback: each CSE reaches the others' points of access there.
         headend_cse: dict[str, Any] = {
             "db": str(directory / "in.db"),
             "http": {"port": self.headend_port, "tls": headend_tls, "client": headend_client},
+            "remote_cses": ["/id-dap1"],
+            "egress": {"loopback_peers": True},
         }
         gateway_cse: dict[str, Any] = {
             "db": str(directory / "dap.db"),
             "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
             "coap": {"port": self.coap_port, "trust": "claimed"},
+            "egress": {"loopback_peers": True},
         }
         upstream = f"https://127.0.0.1:{self.headend_port}"
         link: dict[str, Any] = upstream_tls(gateway_client)

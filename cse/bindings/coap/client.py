@@ -8,6 +8,9 @@ A request to a meter with OSCORE keys is protected with the keys' security conte
 the CoapServer through one `OscoreContexts`), its body sent as inner Block1 when over 1024 bytes,
 and its answer verified; a meter that lost its replay window after a reboot answers 4.01 with
 an Echo value, and the request goes once more carrying it (RFC 8613 B.1.2).
+
+With an egress policy (cse/core/egress.py) each exchange is checked first and sent to the
+address the policy checked, written into the URI as an IP literal (no second lookup).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import aiocoap  # type: ignore[import-untyped]
 
@@ -24,6 +27,7 @@ from cse.bindings.coap.codec import (
     decode_response,
     encode_notification,
     encode_request,
+    has_rsc,
     reply_status,
 )
 from cse.bindings.coap.messages import raw_options, to_aiocoap
@@ -34,8 +38,8 @@ from cse.bindings.coap.oscore import (
     open_answer,
     protect_request,
 )
-from cse.core.errors import M2MError
-from cse.core.notifications import DeliveryError
+from cse.core.egress import EgressPolicy, NotOneM2MAnswer
+from cse.core.errors import DeliveryError, M2MError
 from cse.core.primitives import Request, Response
 from cse.core.types import Operation
 from cse.serialization import CBOR, JSON
@@ -53,10 +57,12 @@ class CoapClient:
         timeout: float = 10.0,
         serialization: str = JSON,
         oscore: OscoreContexts | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._timeout = timeout
         self._serialization = serialization
         self._oscore = oscore  # the CoapServer's: one sequence number space per meter
+        self._egress = egress
         self._context: aiocoap.Context | None = None
         self._opening = asyncio.Lock()
 
@@ -82,14 +88,29 @@ class CoapClient:
                 await self._context.shutdown()
                 self._context = None
 
+    async def _checked(self, base_url: str, target_url: str) -> str:
+        """base_url with its host replaced by the address the egress policy checked."""
+        if self._egress is None:
+            return base_url
+        destination = await self._egress.destination(target_url)
+        parts = urlsplit(base_url)
+        return urlunsplit(parts._replace(netloc=destination.netloc))
+
     async def exchange(
-        self, base_url: str, message: CoapMessage, *, keys: OscoreKeys | None = None
+        self,
+        base_url: str,
+        message: CoapMessage,
+        *,
+        keys: OscoreKeys | None = None,
+        target_url: str | None = None,
     ) -> aiocoap.Message:
         """Send `message` to the peer in base_url (coap://host:port[/prefix]); return its answer
-        (with `keys`: protected with OSCORE, and the verified inner answer)."""
+        (with `keys`: protected with OSCORE, and the verified inner answer). `target_url` is
+        the whole URL the egress policy judges (default base_url)."""
+        uri = await self._checked(base_url, target_url or base_url)
         context = await self._open()
         try:
-            request = to_aiocoap(message, uri=base_url)
+            request = to_aiocoap(message, uri=uri)
             async with asyncio.timeout(self._timeout):
                 if keys is None:
                     return await context.request(request).response
@@ -141,13 +162,16 @@ class CoapClient:
             request = request.copy(echo=echo)
         raise AssertionError("unreachable")
 
-    async def send(self, base_url: str, request: Request) -> Response:
-        """Send a request primitive to the CSE at base_url (coap://host:port)."""
+    async def send(self, base_url: str, request: Request, *, require_rsc: bool = False) -> Response:
+        """Send a request primitive to the CSE at base_url (coap://host:port). With
+        `require_rsc` an answer without the oneM2M-RSC option is a NotOneM2MAnswer."""
         try:
             message = encode_request(request, self._serialization)
         except (TypeError, ValueError) as error:
             raise DeliveryError(f"{base_url}: content cannot be sent as CoAP") from error
         reply = await self.exchange(base_url, message)
+        if require_rsc and not has_rsc(raw_options(reply)):
+            raise NotOneM2MAnswer(f"{base_url}: the answer is not a oneM2M response")
         try:
             return decode_response(int(reply.code), raw_options(reply), reply.payload, request)
         except M2MError as error:
@@ -185,5 +209,7 @@ class CoapSender:
         keys = None
         if self._keys_for is not None and isinstance(primitive.get("to"), str):
             keys = self._keys_for(primitive["to"])
-        reply = await self._client.exchange(f"coap://{parts.netloc}", message, keys=keys)
+        reply = await self._client.exchange(
+            f"coap://{parts.netloc}", message, keys=keys, target_url=url
+        )
         return reply_status(int(reply.code), raw_options(reply), Operation.NOTIFY)

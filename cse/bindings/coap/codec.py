@@ -342,6 +342,12 @@ def encode_notification(
     )
 
 
+def has_rsc(options: RawOptions) -> bool:
+    """Does a reply carry the oneM2M-RSC option (what every oneM2M entity answers with)?"""
+    raw = _collect(options, strict=False).parameters.get("rsc")
+    return raw is not None and 0 < len(raw) <= 2
+
+
 def reply_status(code: int, options: RawOptions, operation: Operation) -> int:
     """The oneM2M-RSC of a reply, or a guess from its CoAP code."""
     raw = _collect(options, strict=False).parameters.get("rsc")

@@ -4,21 +4,28 @@ Over HTTPS it verifies the server against the TLS context's CA and presents the 
 client certificate (`cse.security.pki.client_context`); a bearer token, when given, goes in
 the Authorization header of `send()` (the link to one upstream CSE), never of a notification,
 which may go to any URL a subscriber named.
+
+With an egress policy (cse/core/egress.py) every request is checked before it leaves: the
+policy resolves the host once and checks each address, and the connection goes to the address
+it checked (the session's resolver answers only with checked addresses). Redirects are never
+followed: a redirect would lead to a target nobody checked.
 """
 
 from __future__ import annotations
 
 import itertools
+import socket
 import ssl
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from cse.bindings.http.mapping import rsc_from_http, status_code, target_to_path
 from cse.bindings.query import request_query
-from cse.core.errors import BadRequest
-from cse.core.notifications import DeliveryError
+from cse.core.egress import EgressPolicy, NotOneM2MAnswer
+from cse.core.errors import BadRequest, DeliveryError
 from cse.core.primitives import Request, Response
 from cse.core.types import ContentStatus, Operation, ResponseStatusCode
 from cse.serialization import CBOR, CONTENT_TYPES, JSON, decode, encode
@@ -37,6 +44,33 @@ def _optional_int(value: str | None) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
+class _CheckedResolver(AbstractResolver):
+    """Answers a host lookup only with the address the egress policy checked for it."""
+
+    def __init__(self) -> None:
+        self.checked: dict[tuple[str, int], str] = {}
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        address = self.checked.get((host, port))
+        if address is None:
+            raise OSError(f"{host}:{port} was not checked by the egress policy")
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        ]
+
+    async def close(self) -> None:
+        self.checked.clear()
+
+
 class HttpClient:
     """One keep-alive connection pool for everything this process sends over HTTP."""
 
@@ -47,6 +81,7 @@ class HttpClient:
         serialization: str = JSON,
         tls: ssl.SSLContext | None = None,
         token: str | None = None,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._serialization = serialization
@@ -54,6 +89,8 @@ class HttpClient:
         self._token = token
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
+        self._egress = egress
+        self._resolver = _CheckedResolver() if egress is not None else None
 
     async def __aenter__(self) -> HttpClient:
         return self
@@ -64,17 +101,30 @@ class HttpClient:
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             # Without a context of ours, https:// URLs are verified against the system's CAs.
-            connector = aiohttp.TCPConnector(ssl=self._tls if self._tls is not None else True)
+            # With an egress policy, hosts resolve only to the addresses it checked.
+            connector = aiohttp.TCPConnector(
+                ssl=self._tls if self._tls is not None else True,
+                resolver=self._resolver,
+                use_dns_cache=self._resolver is None,
+            )
             self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         return self._session
+
+    async def check(self, url: str) -> None:
+        """Ask the egress policy before sending to `url` (EgressRefused: send nothing)."""
+        if self._egress is None or self._resolver is None:
+            return
+        destination = await self._egress.destination(url)
+        self._resolver.checked[(destination.host, destination.port)] = destination.address
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def send(self, base_url: str, request: Request) -> Response:
-        """Send a request primitive to the CSE at base_url (http://host:port)."""
+    async def send(self, base_url: str, request: Request, *, require_rsc: bool = False) -> Response:
+        """Send a request primitive to the CSE at base_url (http://host:port). With
+        `require_rsc` an answer without X-M2M-RSC (not a oneM2M entity) is a NotOneM2MAnswer."""
         serialization = self._serialization
         headers = {
             "X-M2M-Origin": request.originator or "",
@@ -103,6 +153,7 @@ class HttpClient:
             headers["Content-Type"] = f"{CONTENT_TYPES[serialization]};ty={resource_type}"
         elif body:
             headers["Content-Type"] = CONTENT_TYPES[serialization]
+        await self.check(url)
         try:
             async with self._open().request(
                 _METHODS[request.operation],
@@ -110,9 +161,12 @@ class HttpClient:
                 data=body or None,
                 headers=headers,
                 params=request_query(request),
+                allow_redirects=False,
             ) as reply:
-                payload = await reply.read()
                 rsc = status_code(reply.headers.get("X-M2M-RSC"))
+                if rsc is None and require_rsc:
+                    raise NotOneM2MAnswer(f"{url}: the answer is not a oneM2M response")
+                payload = await reply.read()
                 reply_serialization = CBOR if "cbor" in reply.content_type else JSON
                 try:
                     content = decode(payload, reply_serialization) if payload else None
@@ -157,9 +211,12 @@ class HttpSender:
             body = encode(primitive.get("pc"), serialization)
         except (TypeError, ValueError) as error:
             raise DeliveryError(f"{url}: content cannot be sent as {serialization}") from error
+        await self._client.check(target)
         try:
             session = self._client._open()
-            async with session.post(target, data=body, headers=headers) as reply:
+            async with session.post(
+                target, data=body, headers=headers, allow_redirects=False
+            ) as reply:
                 await reply.read()
                 rsc = status_code(reply.headers.get("X-M2M-RSC"))
                 return int(rsc) if rsc is not None else rsc_from_http(reply.status)

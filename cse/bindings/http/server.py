@@ -22,6 +22,7 @@ from cse.bindings.http.client import HttpClient
 from cse.bindings.http.mapping import http_status, path_to_target, rsc_from_http
 from cse.bindings.liveness import ProbeRecord, probe_request
 from cse.bindings.query import parameters_from_query
+from cse.core.egress import normalized
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
 from cse.core.identity import Principal, Trust
 from cse.core.notifications import DeliveryError
@@ -71,6 +72,13 @@ def _reply_serialization(headers: Mapping[str, str]) -> str:
         return accepted_serialization(headers.get("Accept"), default)
     except M2MError:
         return default
+
+
+def _peer_address(http_request: web.Request) -> str | None:
+    """The peer's IP address (an IPv4 peer of a dual-stack socket as IPv4)."""
+    remote = http_request.remote
+    address = normalized(remote) if remote else None
+    return str(address) if address is not None else remote
 
 
 def _content_type(header: str | None) -> tuple[str | None, int | None]:
@@ -306,7 +314,7 @@ class HttpServer:
             vendor_information=_text(headers.get("X-M2M-VSI")),
             response_type=parameters.response_type,
             principal=principal,
-            source=http_request.remote,
+            source=_peer_address(http_request),  # what a registered poa is checked against
         )
         return primitive, serialization
 

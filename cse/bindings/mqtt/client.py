@@ -16,7 +16,11 @@ is still waiting, and a caller that gave up retries with the same rqi.
   `[prefix]/oneM2M/resp/<cse-id>/<target-id>/json` is the result. The target ID is the `to`
   of the NOTIFY in topic form; an AE-ID under this CSE is used as its bare stem.
 
-One connection per broker and originator is opened on first use and reused.
+Only the CSE's own broker (`[cse.mqtt] url`) is ever connected to: a target naming another
+broker is refused (EgressRefused) before any connection, so the CSE's broker username and
+password go nowhere else. A target naming our broker by another host or address of the same
+machine is sent through our own connection. One connection per topic prefix and originator is
+opened on first use and reused.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dataclasses
 import logging
 import secrets
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiomqtt
 
@@ -48,8 +52,8 @@ from cse.bindings.mqtt.topics import (
     topic,
     topic_id,
 )
-from cse.core.errors import M2MError
-from cse.core.notifications import DeliveryError
+from cse.core.egress import EgressPolicy
+from cse.core.errors import DeliveryError, M2MError
 from cse.core.primitives import Request, Response
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import CBOR, JSON
@@ -209,12 +213,19 @@ class MqttClient:
 class MqttSender:
     """Delivers NOTIFY primitives to mqtt:// and mqtts:// targets (see the module docstring).
 
-    `settings` lends credentials and TLS files to the connections; the broker comes from
-    each target URL.
+    `settings` is the CSE's own broker connection (None: it has none, and every MQTT target
+    is refused); a target URL only adds its topic prefix (its path).
     """
 
-    def __init__(self, settings: MqttSettings | None = None, *, timeout: float = 5.0) -> None:
-        self._template = settings or MqttSettings()
+    def __init__(
+        self,
+        settings: MqttSettings | None = None,
+        *,
+        timeout: float = 5.0,
+        egress: EgressPolicy | None = None,
+    ) -> None:
+        self._template = settings
+        self._egress = egress or EgressPolicy(broker_url=settings.url if settings else None)
         self._timeout = timeout
         self._clients: dict[tuple[str, str], MqttClient] = {}
         self._lock = asyncio.Lock()
@@ -230,15 +241,20 @@ class MqttSender:
         for client in clients:
             await client.close()
 
-    async def _client(self, broker: str, originator: str) -> MqttClient:
+    async def _client(self, prefix: str, originator: str) -> MqttClient:
+        """A client of our own broker whose oneM2M topics start with `prefix`."""
+        assert self._template is not None
         async with self._lock:
-            key = (broker, originator)
+            key = (prefix, originator)
             if key not in self._clients:
-                settings = dataclasses.replace(self._template, url=broker)
+                own = urlsplit(self._template.url)
+                url = urlunsplit((own.scheme, own.netloc, prefix, "", ""))
+                settings = dataclasses.replace(self._template, url=url)
                 self._clients[key] = MqttClient(settings, originator, timeout=self._timeout)
             return self._clients[key]
 
     async def send(self, url: str, primitive: dict[str, Any]) -> int:
+        await self._egress.destination(url)  # our broker, or EgressRefused: no connection
         parts = urlsplit(url)
         serialization = CBOR if dict(parse_qsl(parts.query)).get("ct") == "cbor" else JSON
         originator = str(primitive.get("fr") or "")
@@ -248,11 +264,10 @@ class MqttSender:
                 name = parts.path[1:]
                 if not name:
                     raise DeliveryError(f"{url} names no topic to publish to")
-                client = await self._client(f"{parts.scheme}://{parts.netloc}", originator)
+                client = await self._client("", originator)
                 await client.publish(name, encode_primitive(primitive, serialization))
                 return int(RSC.OK)
-            broker = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-            client = await self._client(broker, originator)
+            client = await self._client(parts.path.rstrip("/"), originator)
             receiver = target.removeprefix(originator + "/") if originator else target
             reply = await client.request(receiver, primitive, serialization=serialization)
         except (MqttClientError, ValueError, TypeError) as error:

@@ -48,7 +48,7 @@ from cse.core.types import Operation, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import CBOR, JSON
 from cse.storage.memory import MemoryStorage
-from tests.helpers import ae_body, create, delete, retrieve, update
+from tests.helpers import LAB, ae_body, create, delete, retrieve, update
 
 ADMIN = "CAdmin"
 AE = "Cmeter"
@@ -282,7 +282,7 @@ async def cse(clock: ManualClock, client: CoapClient) -> AsyncIterator[CommonSer
     """A CSE on in-memory storage whose notifications go out over CoAP."""
     entity = CommonServicesEntity(
         MemoryStorage(),
-        CSESettings(expiry_check_interval=3600, notification_timeout=5),
+        CSESettings(expiry_check_interval=3600, notification_timeout=5, egress=LAB),
         clock=clock,
         senders={"coap": CoapSender(client)},
     )

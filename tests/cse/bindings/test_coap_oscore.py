@@ -36,7 +36,7 @@ from device_agents.agent import coap, oscore
 from device_agents.agent.compat import LinkError
 from device_agents.agent.onem2m import Dap
 from tests.cse.bindings.test_coap import RawPeer
-from tests.helpers import create, retrieve
+from tests.helpers import ON_THIS_MACHINE, create, retrieve
 
 
 def meter_principal(name: str) -> Principal:
@@ -97,7 +97,7 @@ async def cse(
     sender = CoapSender(client, keyring.keys_for_originator)
     entity = RecordingCSE(
         MemoryStorage(),
-        CSESettings(expiry_check_interval=3600, notification_timeout=5),
+        CSESettings(expiry_check_interval=3600, notification_timeout=5, egress=ON_THIS_MACHINE),
         clock=clock,
         senders={"coap": sender},
     )

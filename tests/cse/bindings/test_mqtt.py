@@ -29,6 +29,7 @@ from cse.bindings.mqtt.server import TopicSender
 from cse.bindings.mqtt.topics import parse_request_topic, request_filters, topic_id
 from cse.core.clock import ManualClock
 from cse.core.config import CSESettings
+from cse.core.egress import EgressPolicy
 from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
@@ -45,6 +46,7 @@ from tests.brokers import (
     raw_client,
     settings_for,
 )
+from tests.helpers import LAB as LAB_EGRESS
 
 CSE_ID = "/id-in"
 AE = "Cmeter"
@@ -402,7 +404,9 @@ async def test_over_tls(tmp_path: Path, cse: CommonServicesEntity) -> None:
 
 @pytest.fixture
 async def sender(cse: CommonServicesEntity, broker: Broker) -> AsyncIterator[MqttSender]:
-    async with MqttSender(settings_for(broker), timeout=5) as running:
+    settings = settings_for(broker)
+    cse.egress = EgressPolicy(LAB_EGRESS, broker_url=settings.url)  # as running_cse shares it
+    async with MqttSender(settings, timeout=5, egress=cse.egress) as running:
         cse.notifier.senders["mqtt"] = running
         yield running
 
@@ -469,8 +473,8 @@ async def test_notification_to_an_ae_point_of_access(
 
 
 async def test_sender_reports_an_unreachable_broker() -> None:
-    async with MqttSender(timeout=2) as sender:
-        url = f"mqtt://127.0.0.1:{free_port()}"
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    async with MqttSender(MqttSettings(url), timeout=2) as sender:
         with pytest.raises(DeliveryError):
             await sender.send(url, primitive(5, "Cx", CSE_ID, pc={"m2m:sgn": {}}))
 

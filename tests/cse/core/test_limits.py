@@ -15,7 +15,7 @@ from cse.core.handler import CommonServicesEntity
 from cse.core.limits import Limit, TokenBuckets, name_problem
 from cse.core.types import ResponseStatusCode as RSC
 from cse.storage.base import Storage
-from tests.helpers import NotificationReceiver, ae_body, create, delete, retrieve, update
+from tests.helpers import LAB, NotificationReceiver, ae_body, create, delete, retrieve, update
 
 AE = "Cmeter"
 # Every limit that can be off is off, so that each test sees the one it switches on at work.
@@ -40,7 +40,9 @@ async def limited(
     client = HttpClient(timeout=5)
 
     async def make(**limits: Any) -> CommonServicesEntity:
-        settings = CSESettings(limits=replace(OFF, **limits), expiry_check_interval=3600)
+        settings = CSESettings(
+            limits=replace(OFF, **limits), expiry_check_interval=3600, egress=LAB
+        )
         senders = {"http": HttpSender(client)}
         cse = CommonServicesEntity(storage_factory(), settings, clock=clock, senders=senders)
         await cse.start()
