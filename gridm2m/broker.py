@@ -24,6 +24,7 @@ import signal
 import socket
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,8 +84,18 @@ async def wait_until_accepting(port: int, timeout: float, alive: Any = None) -> 
         return
 
 
+@dataclass(frozen=True)
+class BrokerLogins:
+    """A password file and an ACL (`gridm2m credentials mosquitto`, cse/security/mosquitto.py):
+    with them nobody logs in anonymously and every client is held to its own topics."""
+
+    password_file: Path
+    acl_file: Path
+
+
 class MosquittoBroker:
-    """mosquitto -c <temp config>, on `port` (a free one by default); TLS with `tls` files."""
+    """mosquitto -c <temp config>, on `port` (a free one by default); TLS with `tls` files,
+    logins and topic rules with `logins` (else anonymous access)."""
 
     persistent = True
 
@@ -94,11 +105,13 @@ class MosquittoBroker:
         port: int | None = None,
         binary: str | None = None,
         tls: Any = None,  # an object with ca, certificate and key paths,
+        logins: BrokerLogins | None = None,
     ) -> None:
         self.directory = directory
         self.port = port or free_port()
         self.binary = binary or mosquitto_binary() or "mosquitto"
         self.tls = tls
+        self.logins = logins
         self.process: asyncio.subprocess.Process | None = None
         directory.mkdir(parents=True, exist_ok=True)
         self.log = directory / "mosquitto.log"
@@ -126,6 +139,12 @@ class MosquittoBroker:
         if self.tls is not None:
             tls = self.tls
             lines[1:1] = [f"cafile {tls.ca}", f"certfile {tls.certificate}", f"keyfile {tls.key}"]
+        if self.logins is not None:
+            lines[lines.index("allow_anonymous true")] = "allow_anonymous false"
+            lines += [
+                f"password_file {self.logins.password_file}",
+                f"acl_file {self.logins.acl_file}",
+            ]
         config = self.directory / "mosquitto.conf"
         config.write_text("\n".join(lines) + "\n")
         return config
@@ -151,6 +170,11 @@ class MosquittoBroker:
     async def stop(self) -> None:
         """SIGTERM: Mosquitto saves sessions and queued messages, then exits."""
         await self._end(signal.SIGTERM)
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads its password file and ACL again (a new or revoked meter)."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGHUP)
 
     async def kill(self) -> None:
         await self._end(signal.SIGKILL)

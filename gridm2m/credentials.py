@@ -209,19 +209,14 @@ def _write_broker_files(store: CredentialStore, args: argparse.Namespace) -> int
         print("gridm2m credentials mosquitto: --store needs --cse-id", file=sys.stderr)
         return 2
     cse_id = "/" + cse_id.lstrip("/")
-    own = store.by_originator(cse_id)
-    if own is None:
-        own = store.add_cse(cse_id, mqtt=True).credential
-        print(f"made the credential {own.name} for {cse_id}'s own broker login")
-    elif own.mqtt_password is None:
-        store.new_mqtt_password(own.name)
-        print(f"gave {own.name} an MQTT password for its own broker login")
-    users = mosquitto.broker_users(store.all(), time.time())
+    own, made = mosquitto.own_login(store, cse_id)
+    if made:
+        print(f"made the credential {own.name} its MQTT password for {cse_id}'s own broker login")
+    extra = []
     if args.health_env:
         health = _health_password(Path(args.health_env))
-        users.append(mosquitto.BrokerUser(mosquitto.HEALTH_USER, health, None))
-    mosquitto.write_private(Path(args.passwords), mosquitto.password_file(users))
-    mosquitto.write_private(Path(args.acl), mosquitto.acl_file(cse_id, users))
+        extra.append(mosquitto.BrokerUser(mosquitto.HEALTH_USER, health, None))
+    users = mosquitto.write_broker_files(store, cse_id, Path(args.passwords), Path(args.acl), extra)
     meters = sum(1 for user in users if user.credential and user.credential.kind is Kind.DEVICE)
     print(
         f"wrote {args.passwords} and {args.acl}: {len(users)} users ({meters} meters); "

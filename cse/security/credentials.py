@@ -218,7 +218,12 @@ class CredentialStore:
     ) -> Issued:
         """A meter: OSCORE keys with a fresh short kid, and an MQTT password."""
         _check_name(name)
-        credential = Credential(
+        credential = self._new_device(name, expires, mqtt=mqtt, oscore=oscore)
+        return Issued(self._insert(credential, with_kid=oscore))
+
+    @staticmethod
+    def _new_device(name: str, expires: float | None, *, mqtt: bool, oscore: bool) -> Credential:
+        return Credential(
             name=name,
             kind=Kind.DEVICE,
             originator=device_originator(name),
@@ -228,7 +233,32 @@ class CredentialStore:
             oscore_salt=secrets.token_bytes(OSCORE_SALT_BYTES) if oscore else None,
             mqtt_password=secrets.token_urlsafe(18) if mqtt else None,
         )
-        return Issued(self._insert(credential, with_kid=oscore))
+
+    def add_devices(self, names: list[str]) -> list[Credential]:
+        """Many meters at once, in one transaction (a fleet or a lab); names the store knows
+        already are skipped. Returns the credentials made."""
+        made: list[Credential] = []
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            known = {row[0] for row in conn.execute("SELECT name FROM credential")}
+            for name in names:
+                if name in known:
+                    continue
+                _check_name(name)
+                credential = replace(
+                    self._new_device(name, None, mqtt=True, oscore=True),
+                    oscore_kid=self._free_kid(conn),
+                )
+                self._insert_row(conn, credential)
+                known.add(name)
+                made.append(credential)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._reload_if_changed(ours=True)
+        return made
 
     def add_cse(
         self,
@@ -336,29 +366,33 @@ class CredentialStore:
                 raise CredentialError(f"originator {credential.originator} is taken already")
             if with_kid:
                 credential = replace(credential, oscore_kid=self._free_kid(conn))
-            conn.execute(
-                "INSERT INTO credential VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    credential.name,
-                    credential.kind.value,
-                    credential.originator,
-                    credential.created,
-                    credential.expires,
-                    credential.revoked,
-                    credential.oscore_kid,
-                    credential.oscore_secret,
-                    credential.oscore_salt,
-                    credential.mqtt_password,
-                    credential.token_sha256,
-                    credential.cert_sha256,
-                ),
-            )
+            self._insert_row(conn, credential)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         self._reload_if_changed(ours=True)
         return credential
+
+    @staticmethod
+    def _insert_row(conn: sqlite3.Connection, credential: Credential) -> None:
+        conn.execute(
+            "INSERT INTO credential VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                credential.name,
+                credential.kind.value,
+                credential.originator,
+                credential.created,
+                credential.expires,
+                credential.revoked,
+                credential.oscore_kid,
+                credential.oscore_secret,
+                credential.oscore_salt,
+                credential.mqtt_password,
+                credential.token_sha256,
+                credential.cert_sha256,
+            ),
+        )
 
     @staticmethod
     def _free_kid(conn: sqlite3.Connection) -> bytes:

@@ -24,11 +24,12 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cse.security.credentials import Credential, CredentialError, Kind
+from cse.security.credentials import Credential, CredentialError, CredentialStore, Kind
 
 PBKDF2_ITERATIONS = 101
 SALT_BYTES = 12
@@ -165,3 +166,32 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         work.unlink(missing_ok=True)
         raise
+
+
+def own_login(store: CredentialStore, cse_id: str) -> tuple[Credential, bool]:
+    """The CSE's own credential with an MQTT password (made or given one now: True)."""
+    own = store.by_originator(cse_id)
+    if own is None:
+        return store.add_cse(cse_id, mqtt=True).credential, True
+    if own.mqtt_password is None:
+        store.new_mqtt_password(own.name)
+        renewed = store.by_name(own.name)
+        assert renewed is not None
+        return renewed, True
+    return own, False
+
+
+def write_broker_files(
+    store: CredentialStore,
+    cse_id: str,
+    passwords: Path,
+    acl: Path,
+    extra: Iterable[BrokerUser] = (),
+) -> list[BrokerUser]:
+    """The broker's password file and ACL for the CSE `cse_id` from its store (its own login
+    made first if needed); returns the users written."""
+    own_login(store, cse_id)
+    users = broker_users(store.all(), time.time()) + list(extra)
+    write_private(passwords, password_file(users))
+    write_private(acl, acl_file(cse_id, users))
+    return users
