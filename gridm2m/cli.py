@@ -285,7 +285,12 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     parser.add_argument("--dashboard-port", type=_port_number, default=8090)
     parser.add_argument("--data-dir", help="keep databases and logs here (default: a temp dir)")
-    parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
+    parser.add_argument(
+        "--broker",
+        choices=["auto", "mosquitto", "none"],
+        default="auto",
+        help="MQTT meters through a secured Mosquitto (auto: if installed); none: CoAP only",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_demo)
 

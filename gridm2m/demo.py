@@ -1,7 +1,8 @@
 """`gridm2m demo`: the whole system on one machine, on embedded defaults.
 
 It starts, as separate processes so each has a core to itself where there are several:
-an MQTT broker (Mosquitto if installed, else amqtt in this process), the head-end
+an MQTT broker (Mosquitto if installed, secured as a DAP's: TLS, a password per meter and the
+ACL, all from the gateway's credential store; without it every meter speaks CoAP), the head-end
 (`gridm2m headend`), a gateway (`gridm2m gateway`) registered with it, and a fleet of meters
 (`gridm2m fleet`) on an accelerated clock, half over CoAP and half over MQTT. It prints a
 progress line every few seconds and the dashboard URL. Ctrl-C (or `--duration`) stops the
@@ -27,7 +28,7 @@ from typing import Any
 
 import aiohttp
 
-from gridm2m.broker import embedded_broker
+from gridm2m.broker import mosquitto_binary
 from gridm2m.processes import Child, Stack, get_json, toml_text
 from gridm2m.processes import stop as stop_child
 
@@ -43,7 +44,7 @@ class DemoOptions:
     rate_scale: float = 60.0
     dashboard_port: int = 8090
     data_dir: Path | None = None
-    broker: str = "auto"  # auto, mosquitto or amqtt
+    broker: str = "auto"  # auto (Mosquitto if installed), mosquitto, or none (CoAP only)
 
 
 @dataclass
@@ -68,19 +69,38 @@ async def run_demo(options: DemoOptions) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with embedded_broker(directory / "broker", options.broker) as broker:
-        print(f"  broker    {broker.url} ({type(broker).__name__})", flush=True)
-        return await _run_parts(options, directory, broker.port, stop)
+    return await _run_parts(options, directory, stop)
 
 
-async def _run_parts(
-    options: DemoOptions, directory: Path, broker_port: int, stop: asyncio.Event
-) -> int:
-    stack = Stack(
-        directory,
-        broker_url=f"mqtt://127.0.0.1:{broker_port}",
-        dashboard_port=options.dashboard_port,
-    )
+def _use_mqtt(choice: str) -> bool:
+    """MQTT meters need a broker that logs each one in: Mosquitto (TLS, a password per meter,
+    the ACL). Without one every meter speaks CoAP."""
+    if choice == "none":
+        return False
+    if mosquitto_binary() is None:
+        if choice == "mosquitto":
+            raise RuntimeError("--broker mosquitto: no mosquitto program is installed")
+        print(
+            "  (Mosquitto is not installed: every meter speaks CoAP; "
+            "apt install mosquitto for the MQTT half)",
+            flush=True,
+        )
+        return False
+    return True
+
+
+async def _run_parts(options: DemoOptions, directory: Path, stop: asyncio.Event) -> int:
+    try:
+        mqtt = _use_mqtt(options.broker)
+    except RuntimeError as error:
+        print(f"gridm2m demo: {error}", file=sys.stderr)
+        return 2
+    meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
+    stack = Stack(directory, secure_broker=mqtt, dashboard_port=options.dashboard_port)
+    stack.meters = meters  # each gets its OSCORE keys and MQTT password in the gateway's store
+    dap: dict[str, Any] = {"coap_port": stack.coap_port}
+    if mqtt:
+        dap.update(mqtt_port=stack.broker_port, mqtt_ca=str(stack.ca_file))
     fleet_toml = directory / "fleet.toml"
     fleet_toml.write_text(
         toml_text(
@@ -93,26 +113,22 @@ async def _run_parts(
                 "ramp": max(2.0, options.meters / 100),
                 "cse_id": "/id-dap1",
                 "cse_name": "dap1",
-                "dap": {"coap_port": stack.coap_port, "mqtt_port": broker_port},
+                "credentials": stack.gateway_store,
+                "transports": {"coap": 0.5, "mqtt": 0.5} if mqtt else {"coap": 1.0},
+                "dap": dap,
             },
         )
     )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
             await stack.start(session)
-            print(f"  head-end  {stack.headend.banner}", flush=True)
-            print(f"  gateway   {stack.gateway.banner}", flush=True)
-            print(
-                f"\n  dashboard: {stack.dashboard}/ (password {stack.operator_password})\n",
-                flush=True,
-            )
+            _print_listeners(stack)
             api = stack.api_headers
             summary_file = directory / "fleet-summary.json"
             fleet = await stack.spawn(
                 "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)]
             )
             started = time.monotonic()
-            meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
             await _show_progress(
                 session, (stack.dashboard, api), stack.health_url, fleet, stop, started, meters
             )
@@ -125,6 +141,32 @@ async def _run_parts(
         await stack.stop()
     _print_summary(outcome, time.monotonic() - started)
     return 1 if outcome.lost else 0
+
+
+def _print_listeners(stack: Stack) -> None:
+    """Where each part listens and what it takes from whom (docs/security.md)."""
+    lines = [
+        f"  head-end  {stack.headend.banner}",
+        "            (mutual TLS: the gateway's certificate, pinned in the head-end's store)",
+        f"  gateway   {stack.gateway.banner}",
+        "            HTTPS: the head-end's certificate only; CoAP: meters with their OSCORE keys",
+        f"  ops       {stack.health_url} and /metrics (loopback, no credentials: read-only)",
+    ]
+    if stack.broker is not None:
+        lines.append(
+            f"  broker    mqtts://127.0.0.1:{stack.broker_port} (TLS, a password per meter, "
+            "each held to its own topics)"
+        )
+    lines += [
+        f"  CA        {stack.ca_file} (the lab's; every certificate above is from it)",
+        f"  stores    {stack.gateway_store} (meters), {stack.headend_store} (head-end)",
+        "",
+        f"  dashboard: {stack.dashboard}/  (user admin, password {stack.operator_password})",
+        f"  commands:  GRIDM2M_HEADEND_TOKEN={stack.admin_token} gridm2m command "
+        f"--headend {stack.dashboard} mtr-000001 read",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 # The head-end's web API: its URL and the headers that prove an admin (a bearer token).

@@ -30,8 +30,9 @@ import aiohttp
 
 from cse.config_files import merge_tables
 from cse.security.credentials import CredentialStore
+from cse.security.mosquitto import write_broker_files
 from cse.security.pki import LabCA, client_context
-from gridm2m.broker import free_port, free_udp_port
+from gridm2m.broker import BrokerLogins, MosquittoBroker, free_port, free_udp_port
 from gridm2m.pki import client_files, make_lab
 
 START_TIMEOUT_S = 60.0
@@ -191,12 +192,28 @@ def pinned_client(pki: Path, store_path: str, name: str) -> ssl.SSLContext:
     return client_context(ca.cert_path, files.cert, files.key)
 
 
+@dataclass(frozen=True)
+class BrokerTls:
+    """The broker's certificate files (what MosquittoBroker's `tls` takes)."""
+
+    ca: Path
+    certificate: Path
+    key: Path
+
+
 @dataclass
 class Stack:
-    """A head-end and a gateway on loopback, configured into `directory`."""
+    """A head-end and a gateway on loopback, configured into `directory`.
+
+    MQTT: with `broker_url` the gateway serves through a lab broker that authenticates nobody
+    (its meters are taken at their word: trust "claimed"); with `secure_broker` the stack runs
+    its own Mosquitto as a DAP does (docker/mosquitto): TLS, a password per meter and the ACL,
+    both made from the gateway's credential store, and the gateway believes a request's topic
+    only as far as that store says (trust "credential")."""
 
     directory: Path
     broker_url: str | None = None
+    secure_broker: bool = False
     dashboard_port: int = 0
     headend_extra: dict[str, Any] = field(default_factory=dict)
     gateway_extra: dict[str, Any] = field(default_factory=dict)
@@ -213,6 +230,9 @@ class Stack:
         self.admin_token = ""
         self.headend_store = ""
         self.operator_password = secrets.token_urlsafe(12)
+        self.broker: MosquittoBroker | None = None
+        self.broker_port = free_port() if self.secure_broker else 0
+        self.meters: list[str] = []  # provisioned in the gateway's store before the start
 
     def _pick_ports(self) -> None:
         self.headend_port = free_port()
@@ -257,10 +277,14 @@ class Stack:
             "mirror": {"status_interval": 2.0},
             "ops": {"port": self.ops_port},
         }
-        if self.broker_url:
-            # The demo's broker lets anyone in and holds nobody to their topics, so an MQTT
-            # topic proves nothing: meters are taken at their word, never a privileged
-            # identity. A DAP's own broker is docker/mosquitto (TLS, passwords, ACL).
+        if self.secure_broker:
+            gateway["cse"]["mqtt"] = {
+                "url": f"mqtts://127.0.0.1:{self.broker_port}",
+                "ca_file": str(self.pki_dir / "ca.pem"),
+            }
+        elif self.broker_url:
+            # A lab broker lets anyone in and holds nobody to their topics, so an MQTT topic
+            # proves nothing: meters are taken at their word, never a privileged identity.
             gateway["cse"]["mqtt"] = {"url": self.broker_url, "trust": "claimed"}
         headend_toml = directory / "headend.toml"
         headend_toml.write_text(toml_text("headend", merge_tables(headend, self.headend_extra)))
@@ -273,6 +297,30 @@ class Stack:
         self.admin_token, self.headend_store = provision_lab(
             self.pki_dir, headend_toml, gateway_toml
         )
+        with CredentialStore(self.gateway_store) as store:
+            store.add_devices(self.meters)
+
+    @property
+    def gateway_store(self) -> str:
+        """The gateway's credential store: its meters' OSCORE keys and MQTT passwords."""
+        return str(self.directory / "id-dap1-credentials.db")
+
+    @property
+    def ca_file(self) -> Path:
+        return self.pki_dir / "ca.pem"
+
+    async def _start_broker(self) -> None:
+        """Mosquitto with TLS, the meters' passwords and the ACL from the gateway's store."""
+        directory = self.directory / "broker"
+        server = LabCA(self.pki_dir).issue_server(
+            directory, "mosquitto", ["127.0.0.1", "localhost"]
+        )
+        logins = BrokerLogins(directory / "passwd", directory / "acl")
+        with CredentialStore(self.gateway_store) as store:
+            write_broker_files(store, "/id-dap1", logins.password_file, logins.acl_file)
+        tls = BrokerTls(self.ca_file, server.cert, server.key)
+        self.broker = MosquittoBroker(directory, self.broker_port, tls=tls, logins=logins)
+        await self.broker.start()
 
     def app_tls(self, name: str) -> ssl.SSLContext:
         """A client certificate for an application `C<name>` on the head-end's IN-CSE (as a
@@ -294,6 +342,8 @@ class Stack:
 
     async def _start_parts(self) -> None:
         headend_toml, gateway_toml = self.write_configs()
+        if self.secure_broker:
+            await self._start_broker()
         marker = "listening on"
         self.headend = await spawn(
             "headend", ["headend", "--config", str(headend_toml)], self.directory, marker
@@ -322,3 +372,6 @@ class Stack:
         for child in reversed(self.children):
             await stop(child)
         self.children.clear()
+        if self.broker is not None:
+            await self.broker.stop()
+            self.broker = None
