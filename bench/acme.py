@@ -197,7 +197,8 @@ fileMonitoringInterval=0
 
 
 def cse_answers(base_url: str, timeout: float = 2.0) -> bool:
-    """True when ``GET <base_url>/cse-in`` as ``CAdmin`` answers 200."""
+    """True when ``GET <base_url>/cse-in`` as ``CAdmin`` gets a oneM2M answer: 200 from ACME;
+    GridM2M in lab mode answers 4103, since it believes an admin only with a credential."""
     req = urllib.request.Request(
         f"{base_url}/{CSE_NAME}",
         headers={
@@ -210,6 +211,8 @@ def cse_answers(base_url: str, timeout: float = 2.0) -> bool:
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return bool(resp.status == 200)
+    except urllib.error.HTTPError as refusal:
+        return refusal.headers.get("X-M2M-RSC") is not None
     except (urllib.error.URLError, OSError):
         return False
 

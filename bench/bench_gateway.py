@@ -3,6 +3,8 @@
     python -m bench.bench_gateway [--meters 1000,5000] [--bulk 3000] [--quick]
     python -m bench.bench_gateway --only rss,startup --rss-meters 1000,5000,10000
     python -m bench.bench_gateway --meters 5000 --profile DIR      # py-spy, see below
+    python -m bench.bench_gateway --only storm --meters 200 --bulk 600 --multi-interval
+    python -m bench.bench_gateway --only storm --meters 200 --bulk 600 --series  # its cost
 
 Everything runs as real processes on loopback, each pair in a private work directory:
 `gridm2m headend` and `gridm2m gateway` (`python -m gridm2m <part> --config <dir>/<part>.toml`,
@@ -276,7 +278,12 @@ async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 class System:
     """A head-end and a gateway, each its own process with a generated config."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        gateway_extra: dict[str, Any] | None = None,
+        series: bool = False,
+    ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.headend_port = free_port()
@@ -320,6 +327,9 @@ class System:
                         **upstream_tls(gateway_client),
                     },
                     "ops": {"port": self.ops_port},
+                    **(gateway_extra or {}),  # more [gateway] tables (bench_registers)
+                    # Interval reads also as timeSeries instances (--series).
+                    **({"series": {"enabled": True}} if series else {}),
                 },
             )
         )
@@ -481,6 +491,32 @@ def interval_body(seq: int, size: int) -> bytes:
     return _cin(message)
 
 
+def multi_interval_body(seq: int, size: int, meters: int) -> bytes:
+    """An interval read in the mr-multi-interval shape (device_agents/agent/flows.py): three
+    channels of 15-minute values, as many as fit `size` bytes (at most 96). Read `seq` of a
+    meter follows its previous one (reads go to the meters in turn), so no interval repeats
+    and none is missing; the first ends now."""
+    channels, length = 3, 900
+    count = min(96, (size - 110 - 63 * channels) // (5 * channels))
+    first_end = int(time.time()) // length * length - (count - 1) * length
+    t0 = first_end - length + (seq // meters) * count * length
+    values = [[10000 + (seq * 7919 + i * 104729 + c) % 90000 for i in range(count)]
+              for c in range(channels)]  # fmt: skip
+    message = {"flow": BULK_FLOW, "type": "resp-data", "seq": seq, "ts": time.time(),
+               "t0": t0, "ip": length, "n": count,
+               "ch": [{"rt": f"0.0.2.4.{c}.1.12.0.0.0.0.0.0.0.0.0.72.0", "v": values[c]}
+                      for c in range(channels)]}  # fmt: skip
+    return _cin(message)
+
+
+def bulk_body(args: argparse.Namespace, meters: int) -> Callable[[int, int], bytes]:
+    """What a bulk read looks like: `interval_body`, or with --multi-interval (and --series)
+    an mr-multi-interval read that the gateway's interval series can split."""
+    if args.multi_interval or args.series:
+        return lambda seq, size: multi_interval_body(seq, size, meters)
+    return interval_body
+
+
 async def register_coap(load: CoapLoad, meters: Sequence[str], concurrency: int) -> int:
     """AE + containers of each meter over CoAP, `concurrency` meters at a time; failures."""
     pending = iter(meters)
@@ -599,11 +635,16 @@ def sample_at(samples: Sequence[Sample], t: float) -> Sample | None:
 
 
 class Progress:
-    """Reads the gateway's and the MDMS's counts every POLL_S, relative to the phase start."""
+    """Reads the gateway's and the MDMS's counts every POLL_S, relative to the phase start.
 
-    def __init__(self, system: System, acked: dict[str, int]) -> None:
+    Every read of the gateway's /metrics probes its listeners (a CoAP ping queued behind the
+    load): with `read_upstream=False` only the MDMS is read (no "accepted by the IN-CSE"
+    figure)."""
+
+    def __init__(self, system: System, acked: dict[str, int], read_upstream: bool = True) -> None:
         self.system = system
         self.acked = acked
+        self.read_upstream = read_upstream
         self.samples: list[Sample] = []
         self._base_up: dict[str, int] = {}
         self._base_mdms: dict[str, int] = {}
@@ -612,7 +653,8 @@ class Progress:
         self.started = 0.0
 
     async def start(self) -> None:
-        self._base_up = await self.system.delivered_upstream()
+        if self.read_upstream:
+            self._base_up = await self.system.delivered_upstream()
         self._base_mdms = await self.system.at_mdms()
         self.started = time.perf_counter()
         self._task = asyncio.create_task(self._run())
@@ -622,7 +664,7 @@ class Progress:
         for turn in itertools.count():
             # The gateway's /metrics costs it more than /api/counts costs the head-end
             # (it counts meters and renders every series): read it half as often.
-            if turn % 2 == 0:
+            if self.read_upstream and turn % 2 == 0:
                 up = await self.system.delivered_upstream()
             mdms = await self.system.at_mdms()
             system = self.system
@@ -697,6 +739,8 @@ class Bulk:
     acked_s: float = float("nan")  # all acknowledged by the gateway, since the phase began
     mdms_s: float | None = None  # all at the MDMS, since the phase began
     at_mdms: int = 0  # how many reached the MDMS
+    body: Callable[[int, int], bytes] = interval_body  # (seq, size) -> the CREATE's body
+    gateway_cpu_s: float = float("nan")  # gateway CPU from the phase start until idle again
 
 
 @dataclass
@@ -736,7 +780,7 @@ async def run_bulk(
         for number in numbers:
             seq = first_seq + number
             meter = meters[seq % len(meters)]
-            body = interval_body(seq, sizes.randint(1600, 2400))
+            body = bulk.body(seq, sizes.randint(1600, 2400))
             template = QuietCreate([CSE_NAME, meter, "reading"], f"C{meter}", body)
             if await load.post(peer, template, f"iv-{seq}") == CREATED:
                 acked["bulk"] += 1
@@ -757,14 +801,17 @@ async def run_storm(
     storm: Storm,
     spread: float,
     acked: dict[str, int],
+    tag: str = "alarm",
 ) -> None:
-    """Every meter posts one alarm from its own socket, evenly spread over `spread` s."""
+    """Every meter posts one alarm from its own socket, evenly spread over `spread` s. The
+    request IDs are `<tag>-<meter>`: a storm repeated on one gateway needs a tag of its own
+    (the CSE answers a repeated request ID of an originator from its record, creating nothing)."""
 
     async def alarm(number: int, meter: str, peer: CoapPeer) -> None:
         sent = time.perf_counter()
         message = {"flow": ALARM_FLOW, "type": "alarm", "seq": number, "ts": time.time()}
         template = QuietCreate([CSE_NAME, meter, "event"], f"C{meter}", _cin(message))
-        if await load.post(peer, template, f"alarm-{meter}") == CREATED:
+        if await load.post(peer, template, f"{tag}-{meter}") == CREATED:
             storm.ack_s.append(time.perf_counter() - sent)
             acked["alarm"] += 1
         else:
@@ -805,12 +852,19 @@ class StormRun:
 
 
 async def bulk_phase(
-    system: System, load: CoapLoad, meters: Sequence[str], count: int, clients: int, seq: int
+    system: System,
+    load: CoapLoad,
+    meters: Sequence[str],
+    count: int,
+    clients: int,
+    seq: int,
+    body: Callable[[int, int], bytes] = interval_body,
 ) -> Bulk:
     acked = Counter({"alarm": 0, "bulk": 0})
     progress = Progress(system, acked)
+    cpu_before = cpu_seconds(system.gateway.pid)
     await progress.start()
-    bulk = Bulk(count)
+    bulk = Bulk(count, body=body)
     try:
         await run_bulk(load, meters, bulk, seq, clients, acked)
         bulk.acked_s = bulk.finished - progress.started
@@ -819,7 +873,22 @@ async def bulk_phase(
     finally:
         await progress.stop()
     bulk.at_mdms = progress.samples[-1].mdms["bulk"] if progress.samples else 0
+    # Work the gateway does after the MDMS has everything (the interval series) counts too.
+    bulk.gateway_cpu_s = await idle_cpu(system.gateway.pid) - cpu_before
     return bulk
+
+
+async def idle_cpu(pid: int, timeout: float = 300.0) -> float:
+    """The process's CPU seconds once it uses under 10 % of a core over half a second."""
+    deadline = time.perf_counter() + timeout
+    used = cpu_seconds(pid)
+    while time.perf_counter() < deadline:
+        await asyncio.sleep(0.5)  # a sampling interval, not a wait for an event
+        now = cpu_seconds(pid)
+        if now - used < 0.05:
+            return now
+        used = now
+    return used
 
 
 @contextlib.contextmanager
@@ -867,7 +936,7 @@ async def storm_phase(
 ) -> tuple[Bulk, Storm, Progress, dict[str, float], list[tuple[str, float]], dict[str, Path]]:
     acked = Counter({"alarm": 0, "bulk": 0})
     progress = Progress(system, acked)
-    bulk = Bulk(args.bulk)
+    bulk = Bulk(args.bulk, body=bulk_body(args, len(meters)))
     storm = Storm(len(meters))
     peers = await load.peers(len(meters))
     pids = {"gateway": system.gateway.pid, "headend": system.headend.pid}
@@ -908,7 +977,11 @@ async def storm_phase(
 
 async def alarm_latencies(system: System, storm: Storm) -> None:
     found = await system.api.json(f"/api/messages?family=event&limit={min(storm.count, 10_000)}")
-    alarms = [m for m in found.get("messages", []) if m.get("flow") == ALARM_FLOW]
+    alarms = [
+        m
+        for m in found.get("messages", [])
+        if m.get("flow") == ALARM_FLOW and float(m["meter_ts"]) >= storm.started_epoch
+    ]  # this storm's only: a gateway may have seen others before
     storm.found = len(alarms)
     received = [float(m["received_at"]) for m in alarms]
     storm.to_mdms = [float(m["received_at"]) - float(m["meter_ts"]) for m in alarms]
@@ -922,7 +995,7 @@ async def alarm_latencies(system: System, storm: Storm) -> None:
 async def storm_run(
     workdir: Path, count: int, args: argparse.Namespace, profile_dir: Path | None
 ) -> StormRun:
-    system = System(workdir / f"storm-{count}")
+    system = System(workdir / f"storm-{count}", series=args.series)
     meters = meter_names(count)
     await system.start()
     try:
@@ -933,7 +1006,9 @@ async def storm_run(
             registration_s = time.perf_counter() - started
             rss_registered = rss_mb(system.gateway.pid)
             _log(f"{count} meters: bulk of {args.bulk} alone")
-            alone = await bulk_phase(system, load, meters, args.bulk, args.bulk_clients, 0)
+            alone = await bulk_phase(
+                system, load, meters, args.bulk, args.bulk_clients, 0, bulk_body(args, count)
+            )
             storm_after = max(0.5, 0.25 * alone.acked_s)
             _log(f"{count} meters: bulk again, {count} alarms {storm_after:.1f} s into it")
             with_storm, storm, progress, cpu, others, profiles = await storm_phase(
@@ -1122,6 +1197,10 @@ def storm_table(runs: Sequence[StormRun], args: argparse.Namespace) -> str:
             ),
         ),
         row(f"bulk {b:,} alone: acknowledged / at the MDMS, s", lambda r: bulk(r.alone)),
+        row(
+            "  gateway CPU per read until idle again, ms",
+            lambda r: f"{1000 * r.alone.gateway_cpu_s / r.alone.count:.1f}",
+        ),
         row(
             f"bulk {b:,} with the storm: acknowledged / at the MDMS, s",
             lambda r: bulk(r.with_storm),
@@ -1369,6 +1448,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--profile", type=Path, help="py-spy the storm of the largest N here")
     parser.add_argument("--workdir", type=Path, help="keep processes' files and logs here")
+    parser.add_argument(
+        "--multi-interval",
+        action="store_true",
+        help="bulk reads in the mr-multi-interval shape (3 channels, up to 96 intervals)",
+    )
+    parser.add_argument(
+        "--series",
+        action="store_true",
+        help="the gateway also writes each interval as a timeSeries instance "
+        "([gateway.series]; implies --multi-interval)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.meters, args.bulk, args.rss_meters, args.restarts = "50", 100, "20,50", 1
@@ -1381,6 +1471,12 @@ def main() -> None:
         parser.error("--bulk, --bulk-clients, --restarts and --spread must be positive")
     if args.only - {"storm", "rss", "startup"}:
         parser.error("--only takes storm, rss and startup")
+    run_on_fastest_loop(main_async, args)
+
+
+def run_on_fastest_loop(main_async: Callable[[Any], Any], args: argparse.Namespace) -> None:
+    """Run `main_async(args)` under uvloop when installed (the load client's own overhead is
+    smaller), recording which loop in `args.loop`."""
     try:
         import uvloop
     except ImportError:

@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gridm2m.broker import HOST
-from tests.deploy.dap_broker import GATEWAY, GATEWAY_CSE, DapBroker, dap_broker
+from tests.deploy.dap_broker import DapBroker, dap_broker
+from tests.deploy.test_dap_broker_meters import gateway_cse
 from tests.device_agents import mp
 from tests.processes import CSEProcess
 
@@ -44,42 +44,12 @@ def onem2m() -> Any:
     return importlib.import_module("device_agents.agent.onem2m")
 
 
-def meter_config(broker: DapBroker, meter_id: str, tls: bool) -> dict[str, Any]:
-    user = "C" + meter_id
-    config: dict[str, Any] = {
-        "meter_id": meter_id,
-        "transport": "mqtt",
-        "dap_host": HOST,
-        "dap_port": broker.tls_port if tls else broker.plain_port,
-        "cse_id": GATEWAY_CSE,
-        "cse_name": "dap1",
-        "mqtt_username": user,
-        "mqtt_password": broker.password(user),
-        "mqtt_tls": tls,
-        "timeout_ms": 10000,
-    }
-    if tls:
-        config["mqtt_ca"] = str(broker.ca)
-    return config
-
-
-async def start_cse(broker: DapBroker) -> CSEProcess:
-    config = broker.directory / "gateway-cse.toml"
-    config.write_text(f'[cse.mqtt]\nca_file = "{broker.ca}"\n')
-    cse = CSEProcess(
-        *("--config", str(config), "--role", "mn", "--cse-id", GATEWAY_CSE, "--cse-name", "dap1"),
-        *("--db", str(broker.directory / f"{GATEWAY}.db"), "--mqtt-url", broker.url),
-    )
-    await cse.start()
-    return cse
-
-
 async def one_meter(
     broker: DapBroker, meter_id: str, tls: bool, window: tuple[float, float], latencies: list[float]
 ) -> tuple[float, int]:
     """Connect and register, then CREATE from the window's start to its end; (connect
     seconds, creates answered in the window)."""
-    dap = onem2m().Dap(meter_config(broker, meter_id, tls))
+    dap = onem2m().Dap(broker.meter_config(meter_id, tls=tls))
     began = time.perf_counter()
     await dap.connect()
     connected = time.perf_counter() - began
@@ -170,7 +140,7 @@ async def heap_run(
     from tests.deploy.test_dap_broker_meters import command
 
     meter = f"mtr-heap-{'tls' if tls else 'plain'}"
-    config = meter_config(broker, meter, tls)
+    config = broker.meter_config(meter, tls=tls)
     if tls:
         config["mqtt_ca"] = str(ca_der)
     config.update(seed=3, prepay=False, clock_speed=1, start_ts=T0 + 8 * 3600)
@@ -216,7 +186,7 @@ async def run(meters: int, duration: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-mqtts-") as directory:
         ids = tuple(f"mtr-{index:06d}" for index in range(1, meters + 1))
         async with dap_broker(Path(directory), ids) as broker:
-            cse = await start_cse(broker)
+            cse = await gateway_cse(broker)  # with an admin token for the commands
             try:
                 rates = [await request_rate(broker, meters, duration, tls) for tls in (False, True)]
                 heap = await agent_heap(broker, cse) if mp.micropython_binary() else []

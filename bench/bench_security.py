@@ -37,6 +37,7 @@ from bench.bench_coap_mqtt import OTHER_CPU_WARNING, CpuWindow
 from bench.oscore_cse import bench_keys, event_loop_runner, meter_name
 from device_agents.agent.compat import LinkError
 from device_agents.agent.onem2m import Dap
+from device_agents.fleet.emulator import SequenceInMemory
 
 _LISTENING = re.compile(r"listening on coap://127\.0\.0\.1:(\d+)")
 TARGET = 0.8  # OSCORE creates/s as a share of plain
@@ -60,21 +61,8 @@ class Measurement:
         return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1000
 
 
-class Sequence:
-    """A meter's OSCORE sequence number store, in memory (as the fleet keeps it)."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def load(self) -> int:
-        return self.value
-
-    def save(self, value: int) -> None:
-        self.value = value
-
-
 def meter_config(
-    port: int, index: int, seed: str, sequence: Sequence | None = None
+    port: int, index: int, seed: str, sequence: SequenceInMemory | None = None
 ) -> dict[str, Any]:
     """A meter's config; OSCORE when given its sequence store (kept across rounds: a
     meter that starts its numbers again is refused as a replay, rightly)."""
@@ -118,7 +106,7 @@ def running_cse(workdir: Path, meters: int, seed: str) -> Iterator[tuple[int, in
 
 
 async def connect(
-    port: int, clients: int, seed: str, sequences: list[Sequence] | None
+    port: int, clients: int, seed: str, sequences: list[SequenceInMemory] | None
 ) -> list[Dap]:
     """Connected Daps for meters 0 .. clients - 1: plain, or OSCORE with these stores."""
     daps = []
@@ -163,7 +151,7 @@ async def load(daps: list[Dap], size: int, warmup: float, duration: float, pid: 
 
 async def run(args: argparse.Namespace, port: int, pid: int) -> list[tuple[int, str, Any]]:
     most = max(args.clients)
-    sequences = [Sequence() for _ in range(most)]
+    sequences = [SequenceInMemory() for _ in range(most)]
     setup = await connect(port, most, args.seed, sequences)
     for dap in setup:  # register and create the containers (over OSCORE: it is all one CSE)
         await dap.register()

@@ -9,8 +9,10 @@ flight, as a real device would (RFC 7252 NSTART = 1). A request body above the b
 out block by block (RFC 7959 Block1, each block a CON of its own, waiting for 2.31 Continue).
 A reply that comes as an empty ACK followed by a separate CON response is handled (the CON is
 acknowledged). A CON that gets no answer is sent again after ACK_TIMEOUT, doubling, up to
-MAX_RETRANSMIT times. A reply larger than a block arrives as its first Block2 block; the
-client takes the code and stops there (it does not fetch the rest of a CREATE's echo).
+MAX_RETRANSMIT times; a separate response that has not come RESPONSE_TIMEOUT after its empty
+ACK (the server restarted, or it was lost) fails the exchange, as a meter gives up on it.
+A reply larger than a block arrives as its first Block2 block; the client takes the code and
+stops there (it does not fetch the rest of a CREATE's echo).
 
 A server remembers (peer, message ID) for EXCHANGE_LIFETIME (247 s) to drop duplicates, and a
 message ID is 16 bits: above ~265 requests/s from one port, IDs would repeat within that time
@@ -50,6 +52,7 @@ JSON_FORMAT = 50
 
 ACK_TIMEOUT = 2.0
 MAX_RETRANSMIT = 4
+RESPONSE_TIMEOUT = 30.0  # after an empty ACK, as the meter agent's CoapClient waits
 MID_BUDGET = 60_000  # message IDs one socket may use before the peer moves to a new one
 
 
@@ -221,6 +224,7 @@ class _PeerProtocol(asyncio.DatagramProtocol):
         self.mid = -1
         self.waiter: asyncio.Future[Reply] | None = None
         self.sent_at = 0.0
+        self.acked_at = 0.0  # when an empty ACK came: the answer follows separately
         self.timeout = ACK_TIMEOUT
         self.tries = 0
         self.datagram = b""
@@ -247,6 +251,7 @@ class _PeerProtocol(asyncio.DatagramProtocol):
                 return
             if reply.code == 0:  # empty ACK: the answer comes separately
                 self.datagram = b""  # acknowledged: no more retransmissions
+                self.acked_at = time.monotonic()
                 return
         if reply.token != self.token:
             self.strays += 1
@@ -271,9 +276,14 @@ class _PeerProtocol(asyncio.DatagramProtocol):
         return self.waiter
 
     def check_retransmit(self, now: float) -> None:
-        """Called now and then: resend an unanswered CON, or give up after MAX_RETRANSMIT."""
+        """Called now and then: resend an unanswered CON, or give up after MAX_RETRANSMIT;
+        give up on a separate response RESPONSE_TIMEOUT after its empty ACK."""
         waiter = self.waiter
-        if waiter is None or waiter.done() or not self.datagram:
+        if waiter is None or waiter.done():
+            return
+        if not self.datagram:
+            if now - self.acked_at > RESPONSE_TIMEOUT:
+                waiter.set_exception(TimeoutError("the separate response did not come"))
             return
         if now - self.sent_at < self.timeout:
             return
@@ -285,7 +295,10 @@ class _PeerProtocol(asyncio.DatagramProtocol):
         self.retransmissions += 1
         self.sent_at = now
         self.timeout *= 2
-        self.transport.sendto(self.datagram)
+        try:
+            self.transport.sendto(self.datagram)
+        except OSError as error:  # this exchange fails, not the sweep over every peer
+            waiter.set_exception(error)
 
 
 class CoapPeer:

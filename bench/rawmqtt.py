@@ -56,13 +56,23 @@ def packet(first: int, body: bytes) -> bytes:
 
 
 def connect_packet(
-    client_id: str, *, clean_session: bool = True, keepalive: int = 60, username: str | None = None
+    client_id: str,
+    *,
+    clean_session: bool = True,
+    keepalive: int = 60,
+    username: str | None = None,
+    password: str | None = None,
 ) -> bytes:
+    if password is not None and username is None:
+        raise ValueError("MQTT 3.1.1 sends a password only with a user name")
     flags = (0x02 if clean_session else 0) | (0x80 if username is not None else 0)
+    flags |= 0x40 if password is not None else 0
     body = encode_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
     body += encode_string(client_id)
     if username is not None:
         body += encode_string(username)
+    if password is not None:
+        body += encode_string(password)
     return packet(CONNECT << 4, body)
 
 

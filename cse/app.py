@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,12 @@ from cse.bindings.coap.server import CoapServer
 from cse.bindings.http import HttpClient, HttpSender, HttpServer
 from cse.bindings.mqtt.client import MqttSender
 from cse.bindings.mqtt.server import MqttBinding
-from cse.bindings.mqtt.settings import MqttSettings
+from cse.bindings.mqtt.settings import (
+    MqttSettings,
+    WorkerSettings,
+    default_share_group,
+    default_worker_name,
+)
 from cse.bindings.mqtt.topics import topic_id
 from cse.config_files import CseId, CseName, load_section
 from cse.core.config import CSELimits, CSESettings
@@ -110,6 +116,9 @@ class HttpConfig(BaseModel):
     trust: Trust = Trust.CREDENTIAL
     tls: TlsConfig | None = None  # None: plain HTTP
     client: HttpClientConfig = HttpClientConfig()
+    # Let other processes of this user listen on the same port (SO_REUSEPORT), the kernel
+    # spreading connections between them; on in every process of a scaled-out CSE.
+    reuse_port: bool = False
 
     def probe_context(self) -> ssl.SSLContext | None:
         """How the CSE probes its own HTTPS listener: with its client certificate when the
@@ -156,6 +165,27 @@ class MqttConfig(BaseModel):
     # ACL made from the credential store), so a request's topic originator is believed when it
     # names a credential of the store; "claimed"/"insecure" as for HTTP.
     trust: Trust = Trust.CREDENTIAL
+    # A scaled-out CSE ([cse] scale_out): each process is a worker of the MQTT 5 shared
+    # subscription (docs/scale-out.md). Its name (default: host and process ID), the share
+    # group (default: derived from the CSE's broker password, so no other login can join),
+    # how long the broker keeps a worker's session, and how long after a worker's death the
+    # others take its session over (a worker restarted sooner resumes it itself).
+    worker_name: str | None = None
+    share_group: str | None = Field(None, repr=False)
+    session_expiry: int = Field(24 * 3600, ge=1)
+    will_delay: int = Field(5, ge=0)
+
+    def worker(self, cse_id: str, password: str | None) -> WorkerSettings:
+        """This process as a worker of the CSE `cse_id` (logged in with `password`)."""
+        try:
+            return WorkerSettings(
+                name=self.worker_name or default_worker_name(),
+                group=self.share_group or default_share_group(cse_id, password),
+                session_expiry=self.session_expiry,
+                will_delay=self.will_delay,
+            )
+        except ValueError as error:
+            raise ConfigError(f"[cse.mqtt]: {error}") from error
 
     def settings(self) -> MqttSettings | None:
         if self.url is None:
@@ -193,6 +223,8 @@ class LimitsConfig(BaseModel):
     max_instances_cap: int = Field(_LIMITS.max_instances_cap or 0, ge=0)
     max_byte_size_cap: int = Field(_LIMITS.max_byte_size_cap or 0, ge=0)
     max_subscriptions_per_resource: int = Field(_LIMITS.max_subscriptions_per_resource or 0, ge=0)
+    max_policies_under_cse_base: int = Field(_LIMITS.max_policies_under_cse_base or 0, ge=0)
+    max_group_reads_per_check: int = Field(_LIMITS.max_group_reads_per_check, ge=1, le=1000)
     registrations_per_minute: int = Field(_LIMITS.registrations_per_minute or 0, ge=0)
     registration_burst: int = Field(_LIMITS.registration_burst, ge=1)
     registrations_per_minute_per_source: int = Field(
@@ -201,6 +233,15 @@ class LimitsConfig(BaseModel):
     requests_per_second: float = Field(_LIMITS.requests_per_second or 0.0, ge=0)
     request_burst: int = Field(_LIMITS.request_burst, ge=1)
     discovery_result_cap: int = Field(_LIMITS.discovery_result_cap, ge=1, le=100_000)
+    max_channel_requests: int = Field(_LIMITS.max_channel_requests or 0, ge=0)
+    max_channel_requests_total: int = Field(_LIMITS.max_channel_requests_total or 0, ge=0)
+    max_polls_per_channel: int = Field(_LIMITS.max_polls_per_channel or 0, ge=0)
+    max_polls_total: int = Field(_LIMITS.max_polls_total or 0, ge=0)
+    max_pending_requests_per_originator: int = Field(
+        _LIMITS.max_pending_requests_per_originator or 0, ge=0
+    )
+    max_pending_requests: int = Field(_LIMITS.max_pending_requests or 0, ge=0)
+    max_request_resources: int = Field(_LIMITS.max_request_resources or 0, ge=0)
 
     @model_validator(mode="after")
     def _defaults_within_caps(self) -> LimitsConfig:
@@ -245,6 +286,39 @@ class EgressConfig(BaseModel):
         return EgressSettings(allow=tuple(self.allow), loopback_peers=self.loopback_peers)
 
 
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_postgres_url(db: str | None) -> bool:
+    url = _URL.match(db or "")
+    return url is not None and url.group(1).lower() in _POSTGRES_SCHEMES
+
+
+def database_label(db: str) -> str:
+    """`db` as logs may show it: a URL without its password."""
+    if not is_postgres_url(db):
+        return db
+    parts = urllib.parse.urlsplit(db)
+    if parts.password is None:
+        return db
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class PostgresConfig(BaseModel):
+    """[cse.postgres]: how the CSE uses a PostgreSQL `db` (several workers may share it; see
+    docs/scale-out.md)."""
+
+    # `schema` in files; by its name too, as a copy of the settings (model_dump) is read back.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # The tables' schema (made if missing): one per CSE when several share a database.
+    schema_name: str | None = Field(None, alias="schema", pattern=r"^[a-z_][a-z0-9_]{0,47}$")
+    # Seconds after its last renewal that a stopped worker's outbox entries go to another.
+    lease: float = Field(15.0, ge=1.0, le=3600.0)
+    connect_timeout: float = Field(10.0, gt=0, le=300.0)
+
+
 class CSEConfig(BaseModel):
     """The [cse] section of a config file; every field can also come from a flag or env var."""
 
@@ -257,7 +331,10 @@ class CSEConfig(BaseModel):
     # its head-end so the head-end's applications can command meters.
     trusted_originators: list[str] = []
     sp_id: str | None = None
-    db: str | None = None  # SQLite path, ":memory:" for a throwaway one
+    # A SQLite path (":memory:" for a throwaway one), or a postgresql:// URL, which several
+    # CSE processes can share ([cse.postgres], docs/scale-out.md; the password belongs in
+    # ~/.pgpass or PGPASSWORD, not here: docs/security.md).
+    db: str | None = None
     # The credential store (cse/security/credentials.py): who may use this CSE's listeners.
     # Default: beside the database, `<cse-id>-credentials.db`; none with a ":memory:" database.
     credentials: str | None = None
@@ -275,16 +352,30 @@ class CSEConfig(BaseModel):
     mqtt: MqttConfig = MqttConfig()
     limits: LimitsConfig = LimitsConfig()
     egress: EgressConfig = EgressConfig()
+    postgres: PostgresConfig = PostgresConfig()
+    # Several processes serve this CSE (`gridm2m cse --worker`, `gridm2m headend --worker`;
+    # docs/scale-out.md): HTTP listeners share their port, MQTT requests are split between
+    # the processes through a shared subscription. Needs a database they all share.
+    scale_out: bool = False
+
+    @model_validator(mode="after")
+    def _scale_out_needs(self) -> CSEConfig:
+        if not self.scale_out:
+            return self
+        problem = scale_out_problem(self.db, self.coap.port)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
     @field_validator("db")
     @classmethod
-    def _a_file_not_a_url(cls, value: str | None) -> str | None:
+    def _a_file_or_postgres(cls, value: str | None) -> str | None:
         url = _URL.match(value or "")
-        if url:
+        if url and not is_postgres_url(value):
             # Only the scheme is repeated: the rest of a database URL may hold a password.
             raise ValueError(
-                f"db is a {url.group(1)}:// URL, but the CSE stores its data in a SQLite file: "
-                "give a file path (or ':memory:'); a server database is not supported yet"
+                f"db is a {url.group(1)}:// URL: the CSE stores its data in a SQLite file "
+                "(a path, or ':memory:') or on PostgreSQL (a postgresql:// URL)"
             )
         return value
 
@@ -312,11 +403,39 @@ class CSEConfig(BaseModel):
         database = self.database_path()
         if database == ":memory:":
             return None
+        if is_postgres_url(database):  # a file on this host; every worker here shares it
+            return str(default_data_dir() / f"{self.cse_id.lstrip('/')}-credentials.db")
         return str(Path(database).with_name(f"{self.cse_id.lstrip('/')}-credentials.db"))
 
 
 class ConfigError(Exception):
     """A config file or flag that cannot be used; the message says which and why."""
+
+
+# Databases several processes can share.
+SHARED_DATABASES = ("postgresql://", "postgres://")
+
+
+def scale_out_problem(db: str | None, coap_port: int | None) -> str | None:
+    """Why a CSE with this database and CoAP port cannot run as several processes, or None."""
+    if not (db or "").startswith(SHARED_DATABASES):
+        if db == ":memory:":
+            what = "':memory:', which each process would keep to itself"
+        else:
+            what = (
+                "a SQLite file, which one process holds (its storage locks the file and keeps "
+                "a cache of its own): several workers on one SQLite file cannot work"
+            )
+        return (
+            f"scale_out (--worker) needs a database all the workers share, and db is {what}; "
+            'give db = "postgresql://..." (docs/scale-out.md)'
+        )
+    if coap_port is not None:
+        return (
+            "scale_out (--worker) serves HTTP and MQTT only: CoAP's exchanges and OSCORE's "
+            "sequence numbers live in one process; leave [cse.coap] port unset"
+        )
+    return None
 
 
 def load_cse_config(
@@ -340,6 +459,17 @@ def open_storage(config: CSEConfig) -> Storage:
     path = config.database_path()
     if path == ":memory:":
         return MemoryStorage()
+    if is_postgres_url(path):
+        # Imported here: a CSE on SQLite never loads psycopg (or libpq).
+        from cse.storage.postgres import PostgresStorage
+
+        return PostgresStorage(
+            path,
+            schema=config.postgres.schema_name,
+            cache_size=config.cache_size,
+            lease=config.postgres.lease,
+            connect_timeout=config.postgres.connect_timeout,
+        )
     return SQLiteStorage(path, cache_size=config.cache_size, synchronous=config.synchronous)
 
 
@@ -420,6 +550,9 @@ async def running_cse(
         uses_oscore = config.coap.port is not None and config.coap.oscore
         if uses_mqtt_logins and credentials is not None and mqtt_settings is not None:
             mqtt_settings = own_mqtt_login(mqtt_settings, credentials, config.cse_id)
+        if config.scale_out and mqtt_settings is not None:
+            worker = config.mqtt.worker(config.cse_id, mqtt_settings.password)
+            mqtt_settings = dataclasses.replace(mqtt_settings, worker=worker)
         # One set of OSCORE contexts for the CoAP server and the client that notifies meters:
         # both send from the same sequence numbers.
         keyring = CredentialKeyring(credentials) if uses_oscore and credentials else None
@@ -454,9 +587,11 @@ async def running_cse(
             forwarder=forwarder,
             egress=egress,
         )
-        for port in (config.http.port, config.coap.port):
-            if port:  # known before anything listens; port 0 is added once bound
-                egress.add_own_port(port)
+        # Known before anything listens; a port 0 is added once bound.
+        if config.http.port:
+            egress.add_own_port(config.http.port)
+        if config.coap.port:
+            egress.add_own_port(config.coap.port, "udp")
         await stack.enter_async_context(cse)
         if prepare is not None:
             await prepare(cse)
@@ -470,6 +605,7 @@ async def running_cse(
                 credentials=credentials,
                 tls=server_tls,
                 probe_tls=config.http.probe_context(),
+                reuse_port=config.http.reuse_port or config.scale_out,
             )
         )
         assert http.port is not None
@@ -489,22 +625,42 @@ async def running_cse(
                 )
             )
             assert coap.port is not None
-            egress.add_own_port(coap.port)
+            egress.add_own_port(coap.port, "udp")
         mqtt = None
         if mqtt_settings is not None:
             mqtt = await stack.enter_async_context(
                 MqttBinding(cse, mqtt_settings, trust=config.mqtt.trust, credentials=credentials)
             )
+        _warn_of_weak_trust(config)
         running = RunningCSE(cse, http, coap, mqtt, credentials)
         cse.settings = config.settings(points_of_access=tuple(config.poa or running.urls))
         yield running
+
+
+def _warn_of_weak_trust(config: CSEConfig) -> None:
+    """Say at start which listeners believe requests that prove nothing: a lab setting that
+    must not reach a meter network unnoticed."""
+    listeners = {"http": config.http.trust}
+    if config.coap.port is not None:
+        listeners["coap"] = config.coap.trust
+    if config.mqtt.url is not None:
+        listeners["mqtt"] = config.mqtt.trust
+    for name, trust in listeners.items():
+        if trust is not Trust.CREDENTIAL:
+            logger.warning(
+                "%s listener: trust %r, requests without a credential are believed (%s); "
+                "for a lab only",
+                name,
+                trust.value,
+                "as meters" if trust is Trust.CLAIMED else "as anyone they name",
+            )
 
 
 async def serve_until_stopped(config: CSEConfig, stop: asyncio.Event) -> None:
     async with running_cse(config) as running:
         print(
             f"gridm2m cse {config.cse_id} ({config.cse_name}) listening on "
-            f"{' '.join(running.urls)} (db {config.database_path()})",
+            f"{' '.join(running.urls)} (db {database_label(config.database_path())})",
             flush=True,
         )
         await stop.wait()

@@ -8,9 +8,11 @@ A bundle is a folder laid out exactly as the board's filesystem root will be:
     DIR/answers.txt    the rows of the flows that answer commands, read from flash
     DIR/ca.der         an MQTT meter's trust anchor: the CA of the broker's certificate
 
-An MQTT meter speaks TLS to the broker (port 8883) and logs in with its own password from the
-DAP's credential store (`meter_login`); both go into config.json, which is then readable by
-its owner only: a bundle with secrets belongs to one meter and goes to one board.
+A meter's secret comes from the DAP's credential store (`meter_secret`, made there when the
+meter has none): a CoAP meter's OSCORE keys (it keeps its sequence number in `oscore.seq`
+beside main.py, a file no flash overwrites), an MQTT meter's password (it also speaks TLS to
+the broker, port 8883). The secret goes into config.json, which is then readable by its owner
+only: a bundle with secrets belongs to one meter and goes to one board.
 
 The modules sit beside main.py, not in `lib/`: MicroPython puts the script's own folder first
 on `sys.path` (the unix port uses the folder of `main.py`; a board's default path is
@@ -32,7 +34,6 @@ import os
 import re
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 import zlib
@@ -57,6 +58,7 @@ DEFAULT_DAP_PORT = {"coap": 5683, "mqtt": 8883}
 PLAIN_MQTT_PORT = 1883
 DEFAULT_LISTEN_PORT = 5684
 CA_FILE = "ca.der"
+OSCORE_STATE_FILE = "oscore.seq"  # the meter's next OSCORE sequence number, kept on the board
 
 _AE_ID_CHARACTER = re.compile(r"[A-Za-z0-9._-]")
 _RESOURCE_NAME = re.compile(r"^[A-Za-z0-9._~-]{1,64}$")
@@ -113,11 +115,11 @@ def meter_config(
     buffer_file: str | None = None,
     dr_opt_out_rate: float = 0.1,
     seed: int | None = None,
-    mqtt_login: tuple[str, str] | None = None,
     mqtt_tls: bool = False,
     mqtt_server_name: str | None = None,
 ) -> dict[str, Any]:
-    """One meter's config.json content (docs/agents.md), checked; raises BuildError."""
+    """One meter's config.json content (docs/agents.md), checked; raises BuildError. Its
+    link's secret (`meter_secret`) is added by the caller."""
     if not _RESOURCE_NAME.match(meter_id):
         raise BuildError(
             f"meter id {meter_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ ~ - "
@@ -174,8 +176,6 @@ def meter_config(
             config["mqtt_ca"] = CA_FILE  # beside main.py: the board's working folder
         if mqtt_server_name is not None:
             config["mqtt_server_name"] = mqtt_server_name
-        if mqtt_login is not None:
-            config["mqtt_username"], config["mqtt_password"] = mqtt_login
     return config
 
 
@@ -199,26 +199,20 @@ def ca_certificate_der(path: Path) -> bytes:
     return certificate.public_bytes(serialization.Encoding.DER)
 
 
-def meter_login(store_path: Path, meter_id: str) -> tuple[tuple[str, str], bool]:
-    """The meter's broker login (its AE-ID, its password) from the DAP's credential store,
-    and whether its credential was made now (it is, when the store has none)."""
-    from cse.security.credentials import CredentialError, CredentialStore
+def meter_secret(store_path: Path, meter_id: str, transport: str) -> tuple[dict[str, Any], bool]:
+    """The meter's config.json entries for its link from the DAP's credential store (its OSCORE
+    keys and where it keeps its sequence number, or its broker login), and whether its
+    credential was made now (it is, when the store has none)."""
+    from device_agents.provisioning import ProvisioningError, meter_secrets
 
     try:
-        with CredentialStore(store_path) as store:
-            credential = store.by_name(meter_id)
-            made = False
-            if credential is None:
-                if any(c.name == meter_id for c in store.all()):
-                    raise BuildError(f"the credential of {meter_id} is revoked or expired")
-                credential = store.add_device(meter_id).credential
-                made = True
-            password = credential.mqtt_password or store.new_mqtt_password(meter_id)
-    except CredentialError as error:
+        secrets, made = meter_secrets(store_path, {meter_id: transport}, provision=True)
+    except ProvisioningError as error:
         raise BuildError(str(error)) from error
-    except sqlite3.Error as error:
-        raise BuildError(f"cannot use the credential store {store_path}: {error}") from error
-    return (credential.originator, password), made
+    secret = secrets[meter_id]
+    if transport == "coap":
+        secret["oscore_state"] = OSCORE_STATE_FILE
+    return secret, bool(made)
 
 
 def _one_of(what: str, value: str, allowed: Sequence[str]) -> None:
@@ -296,8 +290,8 @@ def build_bundle(
 
 
 def _write_config(path: Path, config: dict[str, Any]) -> None:
-    """config.json; private to its owner when it holds the meter's password."""
-    secret = "mqtt_password" in config
+    """config.json; private to its owner when it holds the meter's password or keys."""
+    secret = "mqtt_password" in config or "oscore" in config
     path.unlink(missing_ok=True)  # a new file gets the mode below, whatever the old one had
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600 if secret else 0o644)
     with os.fdopen(fd, "w") as out:

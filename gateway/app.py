@@ -28,8 +28,10 @@ from cse.core.types import ResourceType
 from cse.storage.base import StorageError
 from gateway import health
 from gateway.config import GatewayConfig
-from gateway.metrics import PRIORITY_NAMES, GatewayMetrics
+from gateway.interval_series import IntervalSeries
+from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
+from gateway.registers import MeterRegisters
 from gateway.registration import STATUS_CONTAINER, Registrar
 from gateway.uplink import Uplink, align_with_database
 from gateway.upstream import UpstreamLink, UpstreamUnavailable
@@ -47,6 +49,8 @@ class RunningGateway:
     uplink: Uplink
     metrics: GatewayMetrics
     ops_url: str | None
+    registers: MeterRegisters | None = None
+    series: IntervalSeries | None = None  # interval reads as time series, when enabled
 
     async def meters_registered(self) -> int:
         core = self.cse.cse
@@ -68,21 +72,19 @@ class RunningGateway:
         metrics.upstream_registered.set(1 if self.registrar.registered.is_set() else 0)
         metrics.upstream_link_up.set(1 if self.uplink.link_up else 0)
         metrics.observe_outbox(self.outbox)
+        if self.registers is not None:
+            registers = self.registers
+            metrics.observe_registers(registers.written, registers.failures, registers.pending)
 
     async def status(self) -> dict[str, Any]:
         """The gateway's state as reported upstream and on /health."""
-        outbox = self.outbox
         return {
             "cse_id": self.cse.cse.settings.cse_id,
             "registered": self.registrar.registered.is_set(),
             "link_up": self.uplink.link_up,
             "meters": await self.meters_registered(),
             "online": self.uplink.meters_online(),
-            "outbox": {PRIORITY_NAMES[p]: n for p, n in outbox.depth.items()},
-            "outbox_bytes": outbox.bytes_used,
-            "budget_bytes": outbox.budget_bytes,
-            "shed": {PRIORITY_NAMES[p]: n for p, n in outbox.shed.items()},
-            "rejected": outbox.rejected,
+            **health.outbox_status(self.outbox),
             "at": time.time(),
         }
 
@@ -190,8 +192,19 @@ async def running_gateway(config: GatewayConfig) -> AsyncIterator[RunningGateway
         stack.push_async_callback(registrar.stop)
         await uplink.start()
         stack.push_async_callback(uplink.stop)
+        registers = None
+        if config.registers.enabled:
+            registers = MeterRegisters(core, exclude_containers=config.mirror.exclude_containers)
+            await registers.start()
+            stack.push_async_callback(registers.stop)
 
-        gateway = RunningGateway(config, running, link, registrar, outbox, uplink, metrics, None)
+        gateway = RunningGateway(
+            config, running, link, registrar, outbox, uplink, metrics, None, registers
+        )
+        if config.series.enabled:
+            gateway.series = IntervalSeries(core, config.series)
+            await gateway.series.start()
+            stack.push_async_callback(gateway.series.stop)
         if config.ops.port is not None:
             runner, port = await start_site(_ops_app(gateway), config.ops.host, config.ops.port)
             stack.push_async_callback(runner.cleanup)

@@ -10,7 +10,14 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cse.app import ConfigError, CSEConfig, HttpConfig, LimitsConfig, default_data_dir
+from cse.app import (
+    ConfigError,
+    CSEConfig,
+    HttpConfig,
+    LimitsConfig,
+    default_data_dir,
+    is_postgres_url,
+)
 from cse.bindings.mqtt.settings import MqttSettings
 from cse.config_files import CseId, CseName, load_section, merge_tables
 from cse.security.pki import client_context
@@ -141,6 +148,29 @@ class MirrorConfig(BaseModel):
     online_window: float = Field(900.0, gt=0)  # a meter heard from within this is online
 
 
+class RegistersConfig(BaseModel):
+    """Each meter's latest register values as a TS-0023 flexContainer (gateway/registers.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True  # docs/gateway.md, "Meter registers", says why on by default
+
+
+class SeriesConfig(BaseModel):
+    """Interval reads also kept as time series on the gateway, to find missing intervals
+    (gateway/interval_series.py). Off by default: it costs a write per interval."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = False
+    name: CseName = "intervals"  # the <timeSeries> under each meter's AE
+    containers: list[str] = ["reading"]  # the families whose instances hold interval reads
+    max_instances: int = Field(192, ge=1)  # mni: intervals kept per meter (2 days of 15 min)
+    max_missing: int = Field(96, ge=1)  # mdn: missing intervals listed per meter
+    # mdt: how long after an interval's expected time its value may still arrive before the
+    # interval counts as missing. Above the longest gap between a meter's reads (a gas meter
+    # reports every 4 or 6 hours).
+    detect_after: float = Field(7 * 3600.0, gt=0)
+
+
 class GatewayConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cse: CSEConfig = Field(default_factory=_gateway_cse)
@@ -148,6 +178,8 @@ class GatewayConfig(BaseModel):
     outbox: OutboxConfig = OutboxConfig()
     ops: OpsConfig = OpsConfig()
     mirror: MirrorConfig = MirrorConfig()
+    registers: RegistersConfig = RegistersConfig()
+    series: SeriesConfig = SeriesConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -175,7 +207,7 @@ class GatewayConfig(BaseModel):
             return self.outbox.db
         if self.cse.db == ":memory:":
             return ":memory:"
-        if self.cse.db:
+        if self.cse.db and not is_postgres_url(self.cse.db):
             return str(Path(self.cse.db).with_suffix("")) + "-outbox.db"
         return str(default_data_dir() / f"{self.cse.cse_id.lstrip('/')}-outbox.db")
 

@@ -23,7 +23,8 @@ from typing import Any
 from cse.app import RunningCSE
 from cse.storage.base import StorageHealth
 from cse.supervision import Supervisor
-from gateway.metrics import GatewayMetrics
+from gateway.metrics import PRIORITY_NAMES, GatewayMetrics
+from gateway.outbox import Outbox
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -47,6 +48,19 @@ class HealthReport:
             "storage": self.storage,
             "tasks_down": self.tasks_down,
         }
+
+
+def outbox_status(outbox: Outbox) -> dict[str, Any]:
+    """The outbox's part of the gateway's status (on /health and reported upstream): items
+    queued and items shed since the outbox was made, each per priority by name (alarm, ack,
+    ondemand, bulk), the bytes used of the budget, and the items the head-end refused."""
+    return {
+        "outbox": {PRIORITY_NAMES[p]: n for p, n in outbox.depth.items()},
+        "outbox_bytes": outbox.bytes_used,
+        "budget_bytes": outbox.budget_bytes,
+        "shed": {PRIORITY_NAMES[p]: n for p, n in outbox.shed.items()},
+        "rejected": outbox.rejected,
+    }
 
 
 async def probe_bindings(running: RunningCSE) -> dict[str, dict[str, Any]]:

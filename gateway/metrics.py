@@ -76,6 +76,7 @@ class GatewayMetrics:
         "uplink sender",
         "registration check",
         "status report",
+        "meter registers",
     )
 
     def __init__(self) -> None:
@@ -155,6 +156,21 @@ class GatewayMetrics:
             ["task"],
             registry=r,
         )
+        self.registers = Gauge(
+            "gridm2m_registers_written_total",
+            "Meter register flexContainers created or updated (docs/gateway.md, Registers)",
+            registry=r,
+        )
+        self.registers_failed = Gauge(
+            "gridm2m_registers_failures_total",
+            "Register writes the gateway's CSE refused or that failed",
+            registry=r,
+        )
+        self.registers_pending = Gauge(
+            "gridm2m_registers_pending",
+            "Meters whose newest readings are not yet in their registers",
+            registry=r,
+        )
         for task in self.TASKS:
             self.task_up.labels(task).set(1)
             self.task_failures.labels(task).set(0)
@@ -180,6 +196,11 @@ class GatewayMetrics:
     def watch_egress(self, refused: Mapping[str, int]) -> None:
         """Export what the CSE's egress policy refused, by reason (docs/security.md)."""
         self.registry.register(_EgressCollector(refused))
+
+    def observe_registers(self, written: int, failed: int, pending: int) -> None:
+        self.registers.set(written)
+        self.registers_failed.set(failed)
+        self.registers_pending.set(pending)
 
     def delivered(self, priority: int, latency: float, attempts: int) -> None:
         name = PRIORITY_NAMES.get(priority, "bulk")

@@ -292,7 +292,8 @@ class Uplink:
             except RegistrationError:
                 self.registrar.suspect_lost()
             self._retry(item)
-        elif status in (RSC.ORIGINATOR_NOT_REGISTERED, RSC.ORIGINATOR_HAS_NO_PRIVILEGE):
+        elif status in (RSC.ORIGINATOR_HAS_NO_PRIVILEGE, RSC.ORIGINATOR_NOT_REGISTERED):
+            # A head-end that forgot us answers 4103 (GridM2M, ACME); some CSEs answer 4106.
             self.registrar.suspect_lost()
             self._retry(item)
         elif int(status) >= 5000 or status in _TRANSIENT:

@@ -49,6 +49,7 @@ def _add_cse_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         help="whom an MQTT request's topic proves (default credential: the broker's login)",
     )
     parser.add_argument("--db", help="SQLite file (':memory:' keeps nothing)")
+    _add_worker_arguments(parser)
     parser.add_argument(
         "--trust",
         choices=[trust.value for trust in Trust],
@@ -85,12 +86,33 @@ def _run_cse(args: argparse.Namespace) -> int:
                 "coap.trust": args.coap_trust or args.trust,
                 "mqtt.trust": args.mqtt_trust or args.trust,
                 "egress.loopback_peers": args.loopback_peers,
+                **_worker_overrides(args),
             },
         )
     except ConfigError as error:
         print(f"gridm2m cse: {error}", file=sys.stderr)
         return 2
     return _serve("cse", serve_until_stopped, config)
+
+
+def _add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--worker",
+        action="store_const",
+        const=True,
+        help="be one of several processes serving this CSE on one shared database (sets "
+        "[cse] scale_out; docs/scale-out.md)",
+    )
+    parser.add_argument(
+        "--worker-name", help="this worker's name at the broker (default: host and process ID)"
+    )
+
+
+def _worker_overrides(args: argparse.Namespace, section: str = "") -> dict[str, Any]:
+    return {
+        f"{section}scale_out": args.worker,
+        f"{section}mqtt.worker_name": args.worker_name,
+    }
 
 
 def _serve(
@@ -178,6 +200,9 @@ def _add_headend_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser = subparsers.add_parser(
         "headend",
         help="run the head-end stub (IN-CSE, MDMS and command apps, dashboard)",
+        description="One `gridm2m headend` runs everything; to spread the IN-CSE's work, start "
+        "more processes with --worker (the IN-CSE only) on the same config, whose [cse] "
+        "scale_out = true and db names the PostgreSQL they share (docs/scale-out.md).",
     )
     parser.add_argument("--config", help="TOML file with a [headend] section")
     parser.add_argument("--http-port", type=int, help="the IN-CSE's HTTP port (0: any)")
@@ -191,12 +216,13 @@ def _add_headend_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     parser.add_argument("--db", help="SQLite file of the IN-CSE")
     parser.add_argument("--mdms-db", help="SQLite file of the MDMS store")
     parser.add_argument("--postgres-url", help="store MDMS data in PostgreSQL instead")
+    _add_worker_arguments(parser)
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_headend)
 
 
 def _run_headend(args: argparse.Namespace) -> int:
-    from headend.app import serve_headend_until_stopped
+    from headend.app import serve_headend_until_stopped, serve_headend_worker_until_stopped
     from headend.config import HeadendConfigError, load_headend_config
 
     try:
@@ -210,11 +236,14 @@ def _run_headend(args: argparse.Namespace) -> int:
                 "cse.db": args.db,
                 "mdms.db": args.mdms_db,
                 "mdms.postgres_url": args.postgres_url,
+                **_worker_overrides(args, "cse."),
             },
         )
     except HeadendConfigError as error:
         print(f"gridm2m headend: {error}", file=sys.stderr)
         return 2
+    if args.worker:  # the IN-CSE only: the MDMS, the apps and the dashboard run once
+        return _serve("headend", serve_headend_worker_until_stopped, config)
     return _serve("headend", serve_headend_until_stopped, config)
 
 
@@ -284,7 +313,15 @@ def _add_demo_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--clock-speed", type=_positive_float, default=1440.0, help="meter seconds per second"
     )
     parser.add_argument("--dashboard-port", type=_port_number, default=8090)
-    parser.add_argument("--data-dir", help="keep databases and logs here (default: a temp dir)")
+    parser.add_argument(
+        "--data-dir",
+        help="keep databases and logs here (default: a temporary folder, removed at the end)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary folder (databases, keys, logs) at the end",
+    )
     parser.add_argument(
         "--broker",
         choices=["auto", "mosquitto", "none"],
@@ -307,6 +344,7 @@ def _run_demo(args: argparse.Namespace) -> int:
             dashboard_port=args.dashboard_port,
             data_dir=Path(args.data_dir) if args.data_dir else None,
             broker=args.broker,
+            keep=args.keep,
         )
     )
 
@@ -465,8 +503,8 @@ def _add_agent_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     build.add_argument(
         "--credentials",
         metavar="STORE",
-        help="MQTT: the DAP's credential store; the meter's credential is made there if it has "
-        "none, and its broker password goes into this bundle only",
+        help="the DAP's credential store; the meter's credential is made there if it has none, "
+        "and its OSCORE keys (CoAP) or broker password (MQTT) go into this bundle only",
     )
     build.add_argument(
         "--ca", metavar="FILE", help="MQTT: the CA certificate (PEM or DER) of the broker's"
@@ -479,6 +517,12 @@ def _add_agent_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--plain-mqtt",
         action="store_true",
         help="MQTT without TLS on 1883, for a lab broker (its password would travel in clear)",
+    )
+    build.add_argument(
+        "--plain-coap",
+        action="store_true",
+        help="CoAP without OSCORE, for a lab gateway that takes claimed AE-IDs (coap trust "
+        "claimed): anyone on the network could speak as this meter",
     )
     build.add_argument("--kind", choices=["electric", "gas"], default="electric")
     build.add_argument(
@@ -524,13 +568,18 @@ def _run_agent_build(args: argparse.Namespace) -> int:
                 "an MQTT meter speaks TLS with its own password: give --ca (the broker's CA) "
                 "and --credentials (the DAP's credential store), or --plain-mqtt for a lab"
             )
+        oscore = args.transport == "coap" and not args.plain_coap
+        if oscore and not args.credentials:
+            raise build.BuildError(
+                "a CoAP meter speaks OSCORE with its own keys: give --credentials (the DAP's "
+                "credential store), or --plain-coap for a lab gateway (coap trust claimed)"
+            )
+        if args.transport == "coap" and args.plain_coap and args.credentials:
+            raise build.BuildError("a --plain-coap meter has no keys: drop --credentials")
         plain = args.transport == "mqtt" and not tls
         default_port = build.PLAIN_MQTT_PORT if plain else build.DEFAULT_DAP_PORT[args.transport]
         host, port = build.parse_host_port(args.dap, default_port)
         ca_der = build.ca_certificate_der(Path(args.ca)) if tls else None
-        login, made = None, False
-        if args.transport == "mqtt" and args.credentials:
-            login, made = build.meter_login(Path(args.credentials), args.meter_id)
         config = build.meter_config(
             args.meter_id,
             args.transport,
@@ -547,10 +596,13 @@ def _run_agent_build(args: argparse.Namespace) -> int:
             wifi_password=args.wifi_password,
             buffer_max=args.buffer_max,
             seed=args.seed,
-            mqtt_login=login,
             mqtt_tls=tls,
             mqtt_server_name=args.mqtt_server_name,
         )
+        made = False
+        if args.credentials:  # after the checks above: a bad build makes no credential
+            secret, made = build.meter_secret(Path(args.credentials), args.meter_id, args.transport)
+            config.update(secret)
     except build.BuildError as error:
         print(f"gridm2m agent build: {error}", file=sys.stderr)
         return 2

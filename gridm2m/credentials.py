@@ -76,6 +76,11 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     for action, text in (
         ("revoke", "cut a credential off at once (a running CSE sees it at the next request)"),
         ("token", "make a new bearer token for a credential (the old one stops working)"),
+        (
+            "rekey",
+            "give a meter new OSCORE keys and a new broker password (the old ones stop working;"
+            " build its bundle again, and the broker's files: credentials mosquitto)",
+        ),
         ("remove", "delete a credential (revoke keeps it listed; prefer revoke)"),
     ):
         one = actions.add_parser(action, help=text)
@@ -195,6 +200,10 @@ def _act(store: CredentialStore, args: argparse.Namespace) -> int:
         print(_describe(store.revoke(args.name)))
     elif action == "token":
         print(f"token (shown once): {store.new_token(args.name)}")
+    elif action == "rekey":
+        rekeyed = store.new_oscore_keys(args.name)  # first: refuses what is not a meter
+        store.new_mqtt_password(args.name)
+        print(_describe(rekeyed))
     elif action == "remove":
         store.remove(args.name)
         print(f"removed {args.name}")

@@ -4,11 +4,15 @@ It starts, as separate processes so each has a core to itself where there are se
 an MQTT broker (Mosquitto if installed, secured as a DAP's: TLS, a password per meter and the
 ACL, all from the gateway's credential store; without it every meter speaks CoAP), the head-end
 (`gridm2m headend`), a gateway (`gridm2m gateway`) registered with it, and a fleet of meters
-(`gridm2m fleet`) on an accelerated clock, half over CoAP and half over MQTT. It prints a
-progress line every few seconds and the dashboard URL. Ctrl-C (or `--duration`) stops the
-fleet, lets the gateway deliver what it still holds, then prints a summary: meters
-registered, messages the gateway acknowledged per flow family, what reached the MDMS, what is
-still queued, what was shed, and what was lost — and exits 1 if anything acknowledged was lost.
+(`gridm2m fleet`) on an accelerated clock, half over CoAP (OSCORE, each meter with its own
+keys from the gateway's credential store) and half over MQTT. It prints a
+progress line every few seconds and the dashboard URL (a wanted port that is busy is said
+so, with the one taken). Ctrl-C (or `--duration`) stops the fleet, lets the gateway deliver
+what it still holds, then prints a summary (`Outcome`): meters registered and heard from,
+messages the gateway acknowledged per flow family, what reached the MDMS, what is still
+queued, what was shed, and what was lost — and exits 1 if anything acknowledged was lost.
+Databases, keys and logs go to a temporary folder, removed at the end unless `--keep` is
+given or the run failed (its logs are then there to read), or to `--data-dir`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import sys
 import tempfile
@@ -45,31 +50,84 @@ class DemoOptions:
     dashboard_port: int = 8090
     data_dir: Path | None = None
     broker: str = "auto"  # auto (Mosquitto if installed), mosquitto, or none (CoAP only)
+    keep: bool = False  # keep the temporary folder (databases, keys, logs) at the end
 
 
 @dataclass
 class Outcome:
-    registered: int = 0
-    acknowledged: dict[str, int] = field(default_factory=dict)
-    delivered: dict[str, int] = field(default_factory=dict)
+    """The summary's counts, taken once the gateway's queue is empty.
+
+    Every message a meter sent is, at the end, in one place: at the MDMS, still queued at
+    the gateway, shed by it (disk budget), or lost. So `acknowledged + unconfirmed ==
+    delivered + queued + shed + lost`, where `unconfirmed` are messages the gateway took but
+    whose answer their meter had not yet had when the fleet stopped (the meter counts only
+    what it heard acknowledged).
+    """
+
+    registered: int = 0  # meters registered at the gateway (the fleet's count)
+    heard: int = 0  # meters the MDMS has a message from
+    acknowledged: dict[str, int] = field(default_factory=dict)  # per family, as meters counted
+    delivered: dict[str, int] = field(default_factory=dict)  # per family, at the MDMS
     queued: int = 0
     shed: int = 0
 
     @property
     def lost(self) -> int:
-        acked = sum(self.acknowledged.values())
-        return max(0, acked - sum(self.delivered.values()) - self.queued - self.shed)
+        """Acknowledged messages found nowhere: what the families lack at the MDMS, less what
+        is queued or was shed. One family's surplus never makes up another's shortfall."""
+        short = sum(max(0, n - self.delivered.get(f, 0)) for f, n in self.acknowledged.items())
+        return max(0, short - self.queued - self.shed)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Messages the gateway holds or passed on beyond those the meters counted as
+        acknowledged: what balances the two sides."""
+        held = sum(self.delivered.values()) + self.queued + self.shed + self.lost
+        return held - sum(self.acknowledged.values())
+
+
+@dataclass
+class RunFolder:
+    """Where a run keeps its databases, keys and logs: `--data-dir` (always kept), or a new
+    temporary folder, removed at the end unless kept (`--keep`, or a failed run)."""
+
+    path: Path
+    temporary: bool
+    keep: bool
+
+    @classmethod
+    def make(cls, data_dir: Path | None, keep: bool, parent: Path | None = None) -> RunFolder:
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            print(f"gridm2m demo: data and logs in {data_dir}", flush=True)
+            return cls(data_dir, temporary=False, keep=True)
+        path = Path(tempfile.mkdtemp(prefix="gridm2m-demo-", dir=parent))
+        then = "kept (--keep)" if keep else "removed at the end; --keep keeps them"
+        print(f"gridm2m demo: data and logs in {path} ({then})", flush=True)
+        return cls(path, temporary=True, keep=keep)
+
+    def close(self, failed: bool) -> None:
+        if not self.temporary:
+            return
+        if self.keep or failed:
+            why = "--keep" if self.keep else "the run failed: its logs are there"
+            print(f"gridm2m demo: {self.path} kept ({why})", flush=True)
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 async def run_demo(options: DemoOptions) -> int:
-    directory = options.data_dir or Path(tempfile.mkdtemp(prefix="gridm2m-demo-"))
-    directory.mkdir(parents=True, exist_ok=True)
-    print(f"gridm2m demo: data and logs in {directory}", flush=True)
+    folder = RunFolder.make(options.data_dir, options.keep)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    return await _run_parts(options, directory, stop)
+    code = 1
+    try:
+        code = await _run_parts(options, folder.path, stop)
+        return code
+    finally:
+        folder.close(failed=code != 0)
 
 
 def _use_mqtt(choice: str) -> bool:
@@ -97,7 +155,10 @@ async def _run_parts(options: DemoOptions, directory: Path, stop: asyncio.Event)
         return 2
     meters = [f"mtr-{number:06d}" for number in range(1, options.meters + 1)]
     stack = Stack(directory, secure_broker=mqtt, dashboard_port=options.dashboard_port)
-    stack.meters = meters  # each gets its OSCORE keys and MQTT password in the gateway's store
+    say_moved_ports(stack)
+    # Each gets its OSCORE keys and MQTT password in the gateway's store, the only place the
+    # fleet (`credentials`) and the gateway and broker take them from.
+    stack.meters = meters
     dap: dict[str, Any] = {"coap_port": stack.coap_port}
     if mqtt:
         dap.update(mqtt_port=stack.broker_port, mqtt_ca=str(stack.ca_file))
@@ -121,7 +182,10 @@ async def _run_parts(options: DemoOptions, directory: Path, stop: asyncio.Event)
     )
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            wanted = stack.dashboard_port
             await stack.start(session)
+            if stack.dashboard_port != wanted:  # taken meanwhile: the stack chose again
+                say_moved_ports(stack)
             _print_listeners(stack)
             api = stack.api_headers
             summary_file = directory / "fleet-summary.json"
@@ -143,13 +207,19 @@ async def _run_parts(options: DemoOptions, directory: Path, stop: asyncio.Event)
     return 1 if outcome.lost else 0
 
 
+def say_moved_ports(stack: Stack) -> None:
+    """A port asked for (--dashboard-port) that was busy: say so, and which one was taken."""
+    if stack.dashboard_note:
+        print(f"gridm2m demo: {stack.dashboard_note}", flush=True)
+
+
 def _print_listeners(stack: Stack) -> None:
     """Where each part listens and what it takes from whom (docs/security.md)."""
     lines = [
         f"  head-end  {stack.headend.banner}",
         "            (mutual TLS: the gateway's certificate, pinned in the head-end's store)",
         f"  gateway   {stack.gateway.banner}",
-        "            HTTPS: the head-end's certificate only; CoAP: meters with their OSCORE keys",
+        "            HTTPS: the head-end's certificate only; " + _coap_takes(stack),
         f"  ops       {stack.health_url} and /metrics (loopback, no credentials: read-only)",
     ]
     if stack.broker is not None:
@@ -169,8 +239,21 @@ def _print_listeners(stack: Stack) -> None:
     print("\n".join(lines), flush=True)
 
 
+def _coap_takes(stack: Stack) -> str:
+    if stack.coap_trust == "credential":
+        return "CoAP: OSCORE only, each meter with its own keys"
+    return "CoAP: plain, meters taken at their word (a lab)"
+
+
 # The head-end's web API: its URL and the headers that prove an admin (a bearer token).
 WebApi = tuple[str, dict[str, str]]
+
+
+async def _meters_heard(session: aiohttp.ClientSession, dashboard: WebApi) -> int:
+    url, headers = dashboard
+    overview = await get_json(session, f"{url}/api/overview", headers)
+    meters = overview.get("meters") if isinstance(overview, dict) else None
+    return int((meters or {}).get("total", 0))
 
 
 async def _counts(session: aiohttp.ClientSession, dashboard: WebApi) -> dict[str, int]:
@@ -201,7 +284,7 @@ async def _show_progress(
             delivered = sum((await _counts(session, dashboard)).values())
             queued = sum((health.get("outbox") or {}).values())
             print(
-                f"  {time.monotonic() - started:6.0f} s  meters {health.get('meters', 0):>5}"
+                f"  {time.monotonic() - started:6.0f} s  registered {health.get('meters', 0):>5}"
                 f"  online {health.get('online', 0):>5}  at MDMS {delivered:>7}"
                 f"  queued at gateway {queued:>5}",
                 flush=True,
@@ -262,12 +345,17 @@ async def _settle(
         if not outcome.queued and not outcome.lost:
             break
         await asyncio.sleep(0.5)  # waiting for the gateway's outbox to drain
+    outcome.heard = await _meters_heard(session, dashboard)
     return outcome
 
 
 def _print_summary(outcome: Outcome, seconds: float) -> None:
     families = sorted(set(outcome.acknowledged) | set(outcome.delivered))
-    print(f"\nsummary after {seconds:.0f} s: {outcome.registered} meters registered")
+    print(
+        f"\nsummary after {seconds:.0f} s: {outcome.registered} meters registered at the "
+        f"gateway, {outcome.heard} heard from at the MDMS (a meter is heard from once its "
+        "first message arrived)"
+    )
     print(f"  {'family':<10} {'acknowledged':>13} {'at MDMS':>9}")
     for family in families:
         print(
@@ -281,6 +369,20 @@ def _print_summary(outcome: Outcome, seconds: float) -> None:
     print(f"  still queued at the gateway: {outcome.queued}")
     print(f"  shed by the gateway (disk budget): {outcome.shed}")
     print(f"  lost: {outcome.lost}")
+    if outcome.unconfirmed:
+        print(
+            f"  taken by the gateway, but the fleet stopped before their meter had the "
+            f"answer: {outcome.unconfirmed}"
+        )
+    print(
+        f"  acknowledged {sum(outcome.acknowledged.values())} + unconfirmed "
+        f"{outcome.unconfirmed} = at MDMS {sum(outcome.delivered.values())} + queued "
+        f"{outcome.queued} + shed {outcome.shed} + lost {outcome.lost}"
+    )
+    print(
+        "  (each count is read in turn while messages move: for an instant one may show in "
+        "two places or none; these were read once the gateway's queue was empty)"
+    )
 
 
 def main(options: DemoOptions) -> int:

@@ -59,6 +59,14 @@ def port_or_free(port: int) -> int:
     return port
 
 
+def moved_port_note(what: str, wanted: int, taken: int) -> str | None:
+    """What to tell the user when `what` could not have the port asked for (None if it did,
+    or if any port would do)."""
+    if wanted in (0, taken):
+        return None
+    return f"port {wanted} is busy (another program listens there): the {what} is on {taken}"
+
+
 def toml_text(section: str, values: dict[str, Any]) -> str:
     """A small TOML writer for generated configs: nested tables of scalars and lists."""
     lines: list[str] = []
@@ -205,6 +213,11 @@ class BrokerTls:
 class Stack:
     """A head-end and a gateway on loopback, configured into `directory`.
 
+    CoAP: the gateway takes OSCORE only, with the keys of its store (`coap_trust`
+    "credential"): the meters in `meters`, provisioned there before the start, are the only
+    ones that may register (their keys: `gateway_store`). A test may ask for a lab gateway
+    instead (`coap_trust="claimed"`: plain CoAP meters taken at their word).
+
     MQTT: with `broker_url` the gateway serves through a lab broker that authenticates nobody
     (its meters are taken at their word: trust "claimed"); with `secure_broker` the stack runs
     its own Mosquitto as a DAP does (docker/mosquitto): TLS, a password per meter and the ACL,
@@ -215,6 +228,7 @@ class Stack:
     broker_url: str | None = None
     secure_broker: bool = False
     dashboard_port: int = 0
+    coap_trust: str = "credential"
     headend_extra: dict[str, Any] = field(default_factory=dict)
     gateway_extra: dict[str, Any] = field(default_factory=dict)
     children: list[Child] = field(default_factory=list)
@@ -240,6 +254,9 @@ class Stack:
         self.ops_port = free_port()
         self.coap_port = free_udp_port()
         self.dashboard_port = port_or_free(self._wanted_dashboard_port)
+        self.dashboard_note = moved_port_note(
+            "dashboard", self._wanted_dashboard_port, self.dashboard_port
+        )
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         self.health_url = f"http://127.0.0.1:{self.ops_port}/health"
         self.gateway_url = f"https://127.0.0.1:{self.gateway_port}"
@@ -270,7 +287,7 @@ class Stack:
             "cse": {
                 "db": str(self.gateway_db),
                 "http": {"port": self.gateway_port, "tls": gateway_tls, "client": gateway_client},
-                "coap": {"port": self.coap_port, "trust": "claimed"},
+                "coap": {"port": self.coap_port, "trust": self.coap_trust},
                 "egress": {"loopback_peers": True},
             },
             "upstream": {"url": self.headend_url, **upstream_tls(gateway_client)},

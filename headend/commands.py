@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 
 import orjson
 
+from cse.core.clock import timestamp_or
 from cse.core.handler import CommonServicesEntity
 from cse.core.primitives import FilterCriteria, Response
 from cse.core.types import Operation, ResourceType
@@ -32,7 +34,7 @@ from headend.config import APPS_AE
 from headend.local_ae import LocalAe
 from headend.store import CommandRecord, MdmsStore
 
-COMMAND_NAMES = frozenset({"read", "switch", "dr", "han-join", "han-unjoin", "fw", "price"})
+COMMAND_NAMES = frozenset({"read", "bulk", "switch", "dr", "han-join", "han-unjoin", "fw", "price"})
 COMMAND_CONTAINER = "command"
 
 
@@ -72,7 +74,7 @@ class CommandService:
         self.clock = clock
         self.ae_id = APPS_AE
         self._send = LocalAe(cse, APPS_AE).request
-        self._id_stem = _base36(int.from_bytes(os.urandom(2)) % 1296).rjust(2, "0")
+        self._id_stem = base36(int.from_bytes(os.urandom(2)) % 1296).rjust(2, "0")
         self._counter = itertools.count(1)
 
     async def new_id(self) -> str:
@@ -80,7 +82,7 @@ class CommandService:
         size acks at 25 bytes. A random stem per process, then a counter, both base 36; an id
         the store already knows (from before a restart) is skipped."""
         while True:
-            command_id = f"c{self._id_stem}{_base36(next(self._counter))}"
+            command_id = f"c{self._id_stem}{base36(next(self._counter))}"
             if await self.store.command(command_id) is None:
                 return command_id
 
@@ -128,6 +130,13 @@ class CommandService:
                     return csi
         raise CommandError(f"meter {meter} is not registered with any DAP of this head-end")
 
+    async def by_dap(self, meters: Sequence[str]) -> dict[str, list[str]]:
+        """The meters grouped by the DAP each is registered with."""
+        grouped: dict[str, list[str]] = {}
+        for meter in meters:
+            grouped.setdefault(await self.dap_of(meter), []).append(meter)
+        return grouped
+
     def _body(self, body: dict[str, Any], command_id: str) -> dict[str, Any]:
         name = body.get("cmd")
         if name not in COMMAND_NAMES:
@@ -135,9 +144,17 @@ class CommandService:
         return {**body, "id": command_id}
 
     async def issue(
-        self, meter: str, body: dict[str, Any], *, dap: str | None = None, issued_by: str = "cli"
+        self,
+        meter: str,
+        body: dict[str, Any],
+        *,
+        dap: str | None = None,
+        issued_by: str = "cli",
+        command_id: str | None = None,
     ) -> Issued:
-        command_id = await self.new_id()
+        """One command to one meter; `command_id` one from `new_id` that the caller needed
+        to know before (the firmware application names it in the <firmware>'s status)."""
+        command_id = command_id or await self.new_id()
         command = self._body(body, command_id)
         csi = dap or await self.dap_of(meter)
         base = await self.dap_base(csi)
@@ -152,6 +169,9 @@ class CommandService:
             resource_type=ResourceType.CONTENT_INSTANCE,
             content=_instance_of(command),
         )
+        created = _created_at(reply.status, reply.content)
+        if created is not None:
+            await self.store.record_command_reached_dap([(command_id, created)])
         return Issued(command_id, (meter,), csi, int(reply.status), _detail(reply))
 
     async def issue_to_group(
@@ -161,11 +181,13 @@ class CommandService:
         *,
         dap: str,
         issued_by: str = "cli",
+        command_id: str | None = None,
     ) -> Issued:
-        """One command to many meters of one DAP, fanned out there by a group."""
+        """One command to many meters of one DAP, fanned out there by a group; it is recorded
+        for each meter as "<command_id>@<meter>"."""
         if not meters:
             raise CommandError("a group command needs at least one meter")
-        command_id = await self.new_id()
+        command_id = command_id or await self.new_id()
         command = self._body(body, command_id)
         base = await self.dap_base(dap)
         name = f"g-{command_id}"
@@ -180,6 +202,7 @@ class CommandService:
         )
         if reply.status != RSC.CREATED:
             return Issued(command_id, tuple(meters), dap, int(reply.status), _detail(reply))
+        members = await self._members_kept(base, meters, reply)
         now = self.clock()
         for meter in meters:
             await self.store.record_command(
@@ -201,7 +224,23 @@ class CommandService:
         )
         # The fan-out answers 2000 with one response per member (m2m:agr).
         status = RSC.CREATED if reply.status in (RSC.OK, RSC.CREATED) else reply.status
+        await self.store.record_command_reached_dap(_members_reached(command_id, members, reply))
         return Issued(command_id, tuple(meters), dap, int(status), _detail(reply))
+
+    async def _members_kept(self, base: str, meters: Sequence[str], reply: Response) -> list[str]:
+        """The meters the DAP kept as members of a new group, in order. A DAP leaves out a
+        member it does not hold (a meter not registered there yet); only then is each meter's
+        command container looked up, to know which ones the fan-out's answers are for."""
+        made = reply.content.get("m2m:grp") if isinstance(reply.content, dict) else None
+        kept = made.get("mid") if isinstance(made, dict) else None
+        if not isinstance(kept, list) or len(kept) == len(meters):
+            return list(meters)
+        present = []
+        for meter in meters:
+            found = await self._send(Operation.RETRIEVE, f"{base}/{meter}/{COMMAND_CONTAINER}")
+            if found.status == RSC.OK:
+                present.append(meter)
+        return present
 
 
 def _instance_of(command: dict[str, Any]) -> dict[str, Any]:
@@ -209,7 +248,35 @@ def _instance_of(command: dict[str, Any]) -> dict[str, Any]:
     return {"m2m:cin": {"cnf": "application/json:0", "con": orjson.dumps(command).decode()}}
 
 
-def _base36(number: int) -> str:
+def _created_at(status: int, content: Any) -> float | None:
+    """The creation time of the instance a CREATE made (its answer carries the resource)."""
+    instance = content.get("m2m:cin") if isinstance(content, dict) else None
+    if status != RSC.CREATED or not isinstance(instance, dict):
+        return None
+    created = timestamp_or(instance.get("ct"), math.nan)
+    return None if math.isnan(created) else created
+
+
+def _members_reached(
+    command_id: str, meters: Sequence[str], reply: Response
+) -> list[tuple[str, float]]:
+    """(per-meter command id, creation time) from a fan-out's aggregated answer. The answers
+    come in the order of the group's members, which is the order of `meters` (the DAP names
+    each member by its container's resource ID, which the head-end does not know)."""
+    content = reply.content if isinstance(reply.content, dict) else {}
+    answers = (content.get("m2m:agr") or {}).get("m2m:rsp") or []
+    if not isinstance(answers, list) or len(answers) != len(meters):
+        return []
+    reached = []
+    for meter, answer in zip(meters, answers, strict=True):
+        if isinstance(answer, dict):
+            created = _created_at(answer.get("rsc", 0), answer.get("pc"))
+            if created is not None:
+                reached.append((f"{command_id}@{meter}", created))
+    return reached
+
+
+def base36(number: int) -> str:
     digits = "0123456789abcdefghijklmnopqrstuvwxyz"
     text = ""
     while True:

@@ -8,9 +8,16 @@ It learns about data the way any oneM2M application would, by subscriptions:
 
 At start (and for each newly watched parent) it also lists what already exists, so nothing
 that arrived while it was not subscribed is missed; the store ignores messages it already
-has (the key is the DAP plus the mirrored instance's name, which the gateway derives from the
-original). Subscriptions ask for pendingNotification, so the IN-CSE keeps retrying a
-notification the MDMS did not take.
+has. Subscriptions ask for pendingNotification, so the IN-CSE keeps retrying a notification
+the MDMS did not take.
+
+A message's key is the instance's identity: its path below the IN-CSE's CSEBase,
+"<DAP>/<container>/<instance name>" (oneM2M makes a name unique among its siblings; the
+gateway names the mirror "<meter>_<its own resourceID>", so a copy it sends again is the same
+name). A redelivered notification, the catch-up listing, or several head-end processes each
+notified of the same instance all give the same key, and the store keeps it once. The IN-CSE's
+resourceID of the mirror is not used: the gateway resending an instance the IN-CSE has since
+removed (its container's limits) would make a new one.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -38,6 +45,9 @@ from headend.store import MdmsStore, MeterMessage
 logger = logging.getLogger(__name__)
 
 STATUS_CONTAINER = "status"
+OWN = "/own"  # the kind of a watched container of the MDMS's own (no CSE-ID has a "/")
+# Takes the contentInstances a notification brought from one of the MDMS's own containers.
+InstanceReceiver = Callable[[list[dict[str, Any]]], Awaitable[None]]
 _SUBSCRIPTION = "mdms-sub"
 BATCH = 100
 BATCH_WAIT = "PT0.1S"  # a batch notification waits at most this long for more instances
@@ -63,7 +73,12 @@ class Mdms:
         self._ae = LocalAe(cse, MDMS_AE)
         self._send = self._ae.request
         # subscription ri -> what it watches: ("base", "") | ("dap", csi) | (csi, family)
+        # | (OWN, path): a container of its own, whose instances go to _own_receivers[path]
         self._watching: dict[str, tuple[str, str]] = {}
+        self._own_receivers: dict[str, InstanceReceiver] = {}
+        # Called with each batch of meter messages once stored (a batch may repeat messages
+        # stored before): how an application follows the answers to its commands.
+        self.message_listeners: list[Callable[[Sequence[MeterMessage]], Awaitable[None]]] = []
         self._lock = asyncio.Lock()
 
     @property
@@ -135,6 +150,19 @@ class Mdms:
         self._watching[str(ri)] = what
         return fresh
 
+    async def watch_own_container(self, path: str, receiver: InstanceReceiver) -> None:
+        """Hand the instances created in `path`, a container of the MDMS's own (CIS's bulk
+        read requests), to `receiver`: those already there, then each new one."""
+        self._own_receivers[path] = receiver
+        await self._watch(path, (OWN, path), [ResourceType.CONTENT_INSTANCE])
+        reply = await self._send(
+            Operation.RETRIEVE, path, result_content=ResultContent.ATTRIBUTES_AND_CHILD_RESOURCES
+        )
+        content = reply.content.get("m2m:cnt", {}) if isinstance(reply.content, dict) else {}
+        instances = content.get("m2m:cin", [])
+        if isinstance(instances, list) and instances:
+            await receiver([i for i in instances if isinstance(i, dict)])
+
     async def _watch_dap(self, csr_path: str) -> None:
         csi = csr_path.rsplit("/", 1)[-1]
         await self._watch(csr_path, ("dap", csi), [ResourceType.CONTAINER])
@@ -196,7 +224,10 @@ class Mdms:
             elif "m2m:cin" in representation:
                 grouped.setdefault(what, []).append(representation["m2m:cin"])
         for (csi, family), instances in grouped.items():
-            await self._record(csi, family, instances)
+            if csi != OWN:
+                await self._record(csi, family, instances)
+            elif (receiver := self._own_receivers.get(family)) is not None:
+                await receiver(instances)
         return RSC.OK
 
     async def _record(self, csi: str, family: str, instances: list[dict[str, Any]]) -> None:
@@ -213,6 +244,8 @@ class Mdms:
         messages = [await self._correlate(m) for m in messages]
         if messages:
             await self.store.record_messages(messages)
+            for listener in self.message_listeners:
+                await listener(messages)
 
     async def _correlate(self, message: MeterMessage) -> MeterMessage:
         """A DR ack or opt-out names the event (`ev`), not the command: find the meter's
@@ -238,8 +271,9 @@ class Mdms:
             for key, _, value in (str(label).partition(":") for label in instance.get("lbl", []))
         }
         meter = labels.get("meter")
-        if not meter or not content:
-            logger.info("ignoring an instance without meter or content in %s/%s", csi, family)
+        name = instance.get("rn")
+        if not meter or not content or not isinstance(name, str) or not name:
+            logger.info("ignoring an instance without name, meter or content in %s/%s", csi, family)
             return None
         created = timestamp_or(labels.get("created") or instance.get("ct"), now)
         flow = str(content.get("flow", ""))
@@ -247,7 +281,7 @@ class Mdms:
         data = {key: value for key, value in content.items() if key not in NOT_PAYLOAD}
         seq, ts = content.get("seq"), content.get("ts")
         return MeterMessage(
-            key=f"{csi}/{instance.get('rn', '')}",
+            key=f"{csi}/{family}/{name}",
             dap=csi,
             meter=meter,
             family=family,

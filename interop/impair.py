@@ -739,10 +739,13 @@ class _Pipe:
         self.ended = True
         transport = self.destination.transport
         if not self.destination.lost and transport is not None and not transport.is_closing():
-            if self.ending == "eof" and transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
+            try:
+                if self.ending == "eof" and transport.can_write_eof():
+                    transport.write_eof()
+                else:
+                    transport.close()
+            except OSError:  # the peer went first (ENOTCONN): the pipe is over all the same
+                transport.abort()
         self.source.connection.pipe_ended()
 
 

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SCHEMA = "gridm2m-interop-report/1"
+SCHEMA = "gridm2m-interop-report/2"
 
 # Latency samples kept per row (the runner samples down to this many).
 MAX_SAMPLES = 2000
@@ -147,7 +147,11 @@ class Sizes(_Strict):
     spec_min: _Count | None
     spec_max: _Count | None
     spec_symbolic: str | None
+    accepted_min: _Count | None  # the sizes the rule accepts (interop/sizes.py)
+    accepted_max: _Count | None
+    rule: str
     out_of_range: _Count
+    offending: list[_Count]  # distinct sizes outside, the smallest and largest
 
 
 class RowResult(_Strict):
@@ -179,7 +183,7 @@ class RowResult(_Strict):
 class Report(_Strict):
     """A whole run: when, with what settings, against what system, and the rows' results."""
 
-    schema_: Literal["gridm2m-interop-report/1"] = Field(alias="schema")
+    schema_: Literal["gridm2m-interop-report/2"] = Field(alias="schema")
     complete: bool  # false when interrupted or a part failed
     incomplete_reason: str | None
     started: str  # ISO 8601, UTC
@@ -248,7 +252,7 @@ def _check_row(index: int, row: RowResult) -> None:
             raise fail(f"latency_s.{name}", f"{value} is below {previous[0]} ({previous[1]})")
         previous = (name, value)
     sizes = row.size_bytes
-    for low, high in (("min", "max"), ("spec_min", "spec_max")):
+    for low, high in (("min", "max"), ("spec_min", "spec_max"), ("accepted_min", "accepted_max")):
         low_value, high_value = getattr(sizes, low), getattr(sizes, high)
         if low_value is not None and high_value is not None and low_value > high_value:
             raise fail(f"size_bytes.{high}", f"{high_value} is below {low} ({low_value})")
@@ -358,15 +362,21 @@ def fmt_sizes_seen(row: RowResult) -> str:
     sizes = row.size_bytes
     text = _range(sizes.min, sizes.max)
     if sizes.out_of_range:
-        text += f" ({sizes.out_of_range} out of range)"
+        shown = ", ".join(str(size) for size in sizes.offending)
+        text += f" ({sizes.out_of_range} out of range: {shown})"
     return text
 
 
 def fmt_sizes_spec(row: RowResult) -> str:
+    """The table's size, and the sizes its rule accepts where they differ (a nominal size)."""
     sizes = row.size_bytes
     if sizes.spec_symbolic is not None:
         return sizes.spec_symbolic
-    return _range(sizes.spec_min, sizes.spec_max)
+    text = _range(sizes.spec_min, sizes.spec_max)
+    accepted = (sizes.accepted_min, sizes.accepted_max)
+    if None not in accepted and accepted != (sizes.spec_min, sizes.spec_max):
+        text += f" ({_range(*accepted)})"
+    return text
 
 
 def fmt_latencies(row: RowResult) -> str:

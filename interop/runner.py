@@ -6,15 +6,18 @@ the meters and the gateway — UDP for CoAP meters, TCP for MQTT meters in front
 and lets the fleet run on an accelerated clock for the duration, so every row's daily clock
 period passes several times. Meanwhile the head-end's applications issue the commands that
 the command-triggered rows answer (reads, switch operations, DR events, HAN joins, firmware
-updates, prices), and a PHEV application sends the head-end's PHEV rows to the DAP.
+updates, prices), CIS/Billing asks the MDMS for bulk reads on the fleet's clock (`CisPlan`),
+and a PHEV application sends the head-end's PHEV rows to the DAP.
 
 Afterwards each row is measured from what the parts recorded:
 
   sent          messages the meters generated for the row's agent flows (the fleet's count),
-                or commands / PHEV messages the head-end sent
+                or commands / PHEV messages / CIS requests the head-end sent
   delivered     how many arrived where the row ends: the DAP (meter → DAP rows, and the HAN
                 rows, whose IPD / customer EMS read at the DAP), the MDMS (rows ending at the
-                head-end, MDMS, CIS or NMS), the DAP's command containers (head-end → DAP)
+                head-end, MDMS, CIS or NMS), the DAP for head-end → DAP commands (when it
+                created the instance, as its answer to the head-end said); all read through
+                the head-end's API
   latency       arrival time minus generation time, on real clocks. A meter stamps a message
                 with its (accelerated) meter time; the fleet's clock maps it back to wall time.
   within budget delivered with latency ≤ the row's latency requirement
@@ -35,17 +38,17 @@ import math
 import random
 import re
 import signal
-import sqlite3
 import ssl
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from cse.core.clock import timestamp_or
 from cse.serialization import content_object
@@ -55,7 +58,8 @@ from gridm2m.processes import Stack, get_json, spawn, toml_text
 from gridm2m.processes import stop as stop_child
 from interop.catalogue import Catalogue, FlowRow, load_catalogue
 from interop.impair import Impairment, TcpRelay, UdpRelay
-from interop.report import SCHEMA, write_report
+from interop.report import SCHEMA, Latency, RowResult, Sizes, Status, write_report
+from interop.sizes import SizeVerdict, judge_sizes, payload_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +103,6 @@ class Target:
     gateway: str = ""
     api_headers: dict[str, str] = field(default_factory=dict)  # an admin token for the API
     headend_tls: ssl.SSLContext | None = None  # the PHEV application's client certificate
-    # The parts' databases, read directly when the runner started them itself.
-    mdms_db: Path | None = None
-    gateway_db: Path | None = None
-    headend_db: Path | None = None
 
 
 @dataclass
@@ -153,6 +153,9 @@ PLAYBOOK: list[tuple[float, str, dict[str, Any]]] = [
     (1, "commands", {"cmd": "read", "src": "ipd", "n": 999}),
     (1, "commands", {"cmd": "read", "src": "ems", "n": 999}),
     (3, "commands", {"cmd": "switch", "op": "status"}),
+    # The meter fails 1 switch operation in 1000 (pp-switch-fail), too few for a short run to
+    # see: an operation it does not know gets the same answer.
+    (1, "commands", {"cmd": "switch", "op": "toggle"}),
     (2, "commands", {"cmd": "switch", "op": "disconnect"}),
     (2, "commands", {"cmd": "switch", "op": "connect"}),
     (1, "dr", {"src": "lms", "prog": "utl"}),
@@ -180,26 +183,84 @@ PLAYBOOK: list[tuple[float, str, dict[str, Any]]] = [
         "commands",
         {"cmd": "fw", "target": "metrology", "image": "program", "ver": "p9", "via": "tool"},
     ),
-    (1, "price", {"price": 125000, "tier": 1}),
-    (1, "billing", {"intervals": 96}),
-]
+    (1, "price", {"price": 125, "tier": 1}),  # milli-currency per kWh
+]  # Bulk (billing) reads are CIS/Billing's own, on its schedule: see CisPlan.
 
-# The PHEV rows the head-end sends to the DAP (and the failure reports it keeps for a DMS).
+# The PHEV rows the head-end sends to the DAP (and the failure reports it keeps for a DMS),
+# with data members of the rows' sizes (100 B a negotiation, 50 B a communication error, both
+# with the message's id): the vehicle, the charger, what it may draw and until when.
+_VIN = "1G1RC6E42BU100123"
+_NEGOTIATION = {"kw": 66, "vin": _VIN, "evse": "000D6F0001A2B3C4", "soc": 35, "kwh": 40,
+                "dep": 1767250800}  # fmt: skip
+_COMM_ERROR = {"vin": _VIN, "err": "nack"}
 PHEV_MESSAGES: dict[str, tuple[str, dict[str, Any]]] = {
-    "phev-negotiate-to-dap": ("dap", {"flow": "phev-negotiate", "type": "negot-thrd", "kw": 66}),
-    "phev-negotiate-fail-to-dap": ("dap", {"flow": "phev-negotiate-fail", "type": "comm-err"}),
-    "phev-vin-fail-to-dap": ("dap", {"flow": "phev-vin-fail", "type": "comm-err", "vin": "x"}),
-    "phev-price-fail-to-dms-esi-utility": ("dms", {"flow": "phev-price-fail", "type": "comm-err"}),
-    "phev-price-fail-to-dms-esi-meter": ("dms", {"flow": "phev-price-fail", "type": "comm-err"}),
+    "phev-negotiate-to-dap": (
+        "dap",
+        {"flow": "phev-negotiate", "type": "negot-thrd", **_NEGOTIATION},
+    ),
+    "phev-negotiate-fail-to-dap": (
+        "dap",
+        {"flow": "phev-negotiate-fail", "type": "comm-err", **_COMM_ERROR},
+    ),
+    "phev-vin-fail-to-dap": (
+        "dap",
+        {"flow": "phev-vin-fail", "type": "comm-err", "vin": _VIN[:-1] + "X", "err": "vin"},
+    ),
+    "phev-price-fail-to-dms-esi-utility": (
+        "dms",
+        {"flow": "phev-price-fail", "type": "comm-err", **_COMM_ERROR},
+    ),
+    "phev-price-fail-to-dms-esi-meter": (
+        "dms",
+        {"flow": "phev-price-fail", "type": "comm-err", **_COMM_ERROR},
+    ),
     "phev-price-fail-to-dms-esi-meter-repeat": (
         "dms",
-        {"flow": "phev-price-fail", "type": "comm-err"},
+        {"flow": "phev-price-fail", "type": "comm-err", **_COMM_ERROR},
     ),
 }
 
 
+# CIS/Billing during a run: requests a (utility) day and meters a request, over the fleet's
+# electric meters. A run's day is a minute at the default clock speed: about
+# 20 requests in the window of a 60 s run, each reading 20 meters.
+CIS_BATCHES_PER_DAY = 24
+CIS_BATCH_SIZE = 20
+
+
+@dataclass
+class CisPlan:
+    """CIS/Billing's schedule for a run, set through the head-end's API: its utility clock is
+    the fleet's (START_TS when the fleet started, at the fleet's speed), and it sends nothing
+    after `until`, so that the meters still run to answer its last request."""
+
+    speed: float
+    t0_wall: float
+    until: float
+    start_ts: float = START_TS
+    batches_per_day: int = CIS_BATCHES_PER_DAY
+    batch_size: int = CIS_BATCH_SIZE
+
+    @classmethod
+    def for_run(cls, settings: RunSettings, fleet_started: float) -> CisPlan:
+        margin = max(5.0, settings.duration_s / 10)
+        until = fleet_started + settings.duration_s - margin
+        return cls(settings.clock_speed, fleet_started, until)
+
+    def body(self, meters: Sequence[str]) -> dict[str, Any]:
+        clock = {"speed": self.speed, "start_ts": self.start_ts, "t0_wall": self.t0_wall}
+        return {
+            "batches_per_day": self.batches_per_day,
+            "batch_size": self.batch_size,
+            "meters": list(meters),
+            "clock": clock,
+            "until": self.until,
+        }
+
+
 class HeadendDriver:
-    """The head-end side of a run: commands to meters, and the PHEV application."""
+    """The head-end side of a run: commands to meters, CIS/Billing's schedule, and the PHEV
+    application."""
 
     def __init__(
         self,
@@ -208,6 +269,7 @@ class HeadendDriver:
         electric: set[str],
         rate: float,
         seed: int,
+        cis: CisPlan | None = None,
     ) -> None:
         self.session = session
         self.target = target
@@ -223,11 +285,14 @@ class HeadendDriver:
         self.rate = rate
         self.issued = 0
         self.refused = 0
-        self.phev_sent: dict[str, list[tuple[str, float]]] = defaultdict(list)
+        self.phev_sent: dict[str, int] = defaultdict(int)  # CREATEs attempted, per row
+        self.phev_arrived: dict[str, list[Observed]] = defaultdict(list)
         self.events = 0
         self._in = target.headend_cse
         self._dap = f"/~{target.dap_cse_id}/{target.dap_cse_name}"
         self._requests = 0
+        self.cis = cis
+        self._cis_started = False
 
     async def _refresh_meters(self) -> None:
         """Command only electric meters (gas C/I meters take no commands) that the MDMS has
@@ -239,6 +304,23 @@ class HeadendDriver:
         )
         known = {m["meter"] for m in (found or {}).get("meters", []) if isinstance(m, dict)}
         self.meters = sorted(known & self.electric)
+        if self.cis is not None and self._cis_due() and not self._cis_started:
+            # Once the fleet is up, CIS gets its customers: every electric meter of the
+            # fleet, in fixed billing cycles, so that each meter is read as often as the
+            # others (a meter not registered yet is listed missing in its cycle's answer,
+            # and its read counts as not delivered).
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                roster = sorted(self.electric)
+                if await self._post("apps/cis/schedule", self.cis.body(roster)) == 200:
+                    self._cis_started = True
+
+    def _cis_due(self) -> bool:
+        """Billing starts when every electric meter of the fleet has reported (a utility
+        bills installed meters, not ones still joining the network), or, if some never do,
+        a quarter of the way through CIS's time."""
+        assert self.cis is not None
+        late = self.cis.t0_wall + (self.cis.until - self.cis.t0_wall) / 4
+        return bool(self.meters) and (set(self.meters) >= self.electric or time.time() >= late)
 
     async def run(self, stop: asyncio.Event) -> None:
         interval = 1.0 / self.rate
@@ -293,7 +375,8 @@ class HeadendDriver:
 
     # ---- PHEV: plain oneM2M requests to the head-end's IN-CSE as the AE Cphev --------------
 
-    async def _onem2m(self, path: str, ty: int, body: dict[str, Any]) -> int:
+    async def _onem2m(self, path: str, ty: int, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """The response status code and content of one CREATE."""
         self._requests += 1
         headers = {
             "X-M2M-Origin": "Cphev",
@@ -305,8 +388,8 @@ class HeadendDriver:
         async with self.session.post(
             f"{self._in}{path}", json=body, headers=headers, ssl=self.target.headend_tls or True
         ) as reply:
-            await reply.read()
-            return int(reply.headers.get("X-M2M-RSC", "0"))
+            content = await reply.json(content_type=None) if await reply.read() else None
+            return int(reply.headers.get("X-M2M-RSC", "0")), content or {}
 
     async def prepare_phev(self) -> None:
         if not self._in:
@@ -318,13 +401,34 @@ class HeadendDriver:
         await self._onem2m("/cse-in/phev", 3, {"m2m:cnt": {"rn": "dms"}})
 
     async def _phev(self) -> None:
+        """One message of each PHEV row. Each is measured from the CSE's answer to its
+        CREATE, which carries the stored instance and its creation time: evidence collected
+        during the run, so a container's retention (32 instances by default on the DAP)
+        cannot lose what arrived before the run ends."""
         for number, (row_id, (where, content)) in enumerate(PHEV_MESSAGES.items()):
-            message = {**content, "id": f"p{number}-{len(self.phev_sent[row_id])}"}
-            body = {"m2m:cin": {"cnf": "application/json:0", "con": json.dumps(message)}}
+            message = {**content, "id": f"p{number}-{self.phev_sent[row_id]}"}
+            con = json.dumps(message, separators=(",", ":"))  # compact, as the meters send
+            body = {"m2m:cin": {"cnf": "application/json:0", "con": con}}
             path = f"{self._dap}/phev" if where == "dap" else "/cse-in/phev/dms"
             sent_at = time.time()
-            if await self._onem2m(path, 4, body) == 2001:
-                self.phev_sent[row_id].append((message["id"], sent_at))
+            self.phev_sent[row_id] += 1
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                status, answer = await self._onem2m(path, 4, body)
+                arrived = phev_arrival(status, answer, sent_at)
+                if arrived is not None:
+                    self.phev_arrived[row_id].append(arrived)
+
+
+def phev_arrival(status: int, answer: dict[str, Any], sent_at: float) -> Observed | None:
+    """A PHEV message as measured from the CSE's answer to its CREATE: created (2001), with
+    the instance's creation time and its payload as stored; None if it did not arrive."""
+    instance = answer.get("m2m:cin")
+    if status != 2001 or not isinstance(instance, dict):
+        return None
+    created = timestamp_or(instance.get("ct"), math.nan)
+    if math.isnan(created):
+        return None
+    return Observed(max(0.0, created - sent_at), payload_bytes(content_object(instance.get("con"))))
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -380,6 +484,22 @@ async def run(settings: RunSettings) -> dict[str, Any]:
     return report
 
 
+def lab_gateway(meters: int) -> dict[str, Any]:
+    """The `[gateway]` tables a run adds to the lab gateway's: installed for the run's fleet.
+
+    The whole fleet registers within the first seconds of a run, all new AEs. A shipped DAP
+    takes 500 new AEs at once and 600 a minute after that (docs/gateway.md); a DAP installed
+    for this many meters takes them all at once (as bench_soak's does). Without it the meters
+    past the burst are refused (5207) for up to a minute while they already take readings,
+    and those readings reach the DAP that much later: the rows would measure the admission
+    of a new fleet, not the flows. Every other limit stays at the shipped default.
+    """
+    return {
+        "outbox": {"retry_min": 0.2, "retry_max": 5.0},
+        "cse": {"limits": {"registration_burst": meters + 100}},  # and room for a few more
+    }
+
+
 async def _stand_up(
     settings: RunSettings,
     work: Path,
@@ -387,10 +507,13 @@ async def _stand_up(
     stop: asyncio.Event,
     interrupted: list[str],
 ) -> tuple[Evidence, dict[str, Any]]:
+    # A lab: its broker takes every meter at its word, and so does its CoAP listener (the
+    # flows are judged here, not the security, which tests/ and bench_security cover).
     stack = Stack(
         work,
         broker_url=f"mqtt://127.0.0.1:{broker_port}",
-        gateway_extra={"outbox": {"retry_min": 0.2, "retry_max": 5.0}},
+        coap_trust="claimed",
+        gateway_extra=lab_gateway(settings.meters),
     )
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -411,9 +534,6 @@ async def _stand_up(
             gateway=stack.gateway_url,
             api_headers=stack.api_headers,
             headend_tls=stack.app_tls("phev"),
-            mdms_db=stack.mdms_db,
-            gateway_db=stack.gateway_db,
-            headend_db=stack.headend_db,
         )
         try:
             return await _drive(settings, target, session, work, stop, interrupted)
@@ -504,6 +624,7 @@ async def _drive(
         )
         summary_file = work / "fleet-summary.json"
         summary_file.unlink(missing_ok=True)
+        fleet_started = time.time()
         fleet = await spawn(
             "fleet", ["fleet", "--config", str(fleet_toml), "--json", str(summary_file)], work, ""
         )
@@ -511,7 +632,12 @@ async def _drive(
             fleet_config = load_fleet_config(fleet_toml)
             electric = {p.meter_id for p in plan_meters(fleet_config) if p.kind == "electric"}
             driver = HeadendDriver(
-                session, target, electric, settings.commands_per_s, settings.seed
+                session,
+                target,
+                electric,
+                settings.commands_per_s,
+                settings.seed,
+                CisPlan.for_run(settings, fleet_started),
             )
             await driver.prepare_phev()
             fleet_done = asyncio.ensure_future(fleet.process.wait())
@@ -528,6 +654,7 @@ async def _drive(
         await _drain(session, target)
         evidence = await collect(session, target, summary_file, driver)
         logger.info("relays:\n%s\n%s", udp.stats.summary(), tcp.stats.summary())
+        await _log_limit_refusals(session, target)
     system = {"headend": target.dashboard, "gateway": target.gateway, "attached": target.attached}
     return evidence, system
 
@@ -550,11 +677,33 @@ async def _drain(session: aiohttp.ClientSession, target: Target) -> None:
         await asyncio.sleep(0.25)  # polling other processes until their queues are empty
 
 
+def limit_refusals(metrics: str) -> dict[str, int]:
+    """The requests a gateway refused over its limits, per limit (those not 0), from the text
+    of its /metrics."""
+    refused: dict[str, int] = {}
+    for family in text_string_to_metric_families(metrics):
+        if family.name == "gridm2m_cse_limit_refusals":
+            for sample in family.samples:
+                if sample.name.endswith("_total") and sample.value:
+                    refused[sample.labels["limit"]] = int(sample.value)
+    return refused
+
+
+async def _log_limit_refusals(session: aiohttp.ClientSession, target: Target) -> None:
+    """Say which of the gateway's limits refused meters during the run: a meter refused
+    (5207) retries later, so a limit shows in the rows only as latency."""
+    url = target.health_url.removesuffix("/health") + "/metrics"
+    try:
+        async with session.get(url) as reply:
+            text = await reply.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return
+    refused = limit_refusals(text)
+    if refused:
+        logger.warning("the gateway refused requests over its limits: %s", refused)
+
+
 # ---- collecting what the parts recorded ----------------------------------------------------
-
-
-def _read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
 
 
 async def collect(
@@ -572,31 +721,21 @@ async def collect(
     clock = summary.get("clock") or {}
     speed = float(clock.get("speed") or summary.get("clock_speed") or 1440.0)
     start_ts = float(clock.get("start_ts") or START_TS)
-    commands: list[tuple[Any, ...]] = []
-    if target.mdms_db is not None:
-        with _read_only(target.mdms_db) as mdms:
-            rows = mdms.execute(
-                "SELECT flow, meter_ts, created_at, received_at, size FROM messages"
-            ).fetchall()
-            commands = mdms.execute(
-                "SELECT id, name, issued_at, issued_by FROM commands"
-            ).fetchall()
-    else:
-        rows = await _messages_from_api(session, target)
+    rows = await _messages_from_api(session, target)
     t0 = clock.get("t0_wall")
     if t0 is None and rows:
         # Calibrate the fleet clock from the data: the fastest message had ~no latency.
         t0 = min(c - (ts - start_ts) / speed for _, ts, c, _, _ in rows if ts is not None)
-    for flow, meter_ts, created_at, received_at, size in rows:
+    for flow, meter_ts, created_at, received_at, content in rows:
         if meter_ts is None or t0 is None:
             continue
+        size = payload_bytes(json.loads(content) if isinstance(content, str) else content)
         generated = float(t0) + (meter_ts - start_ts) / speed
         evidence.at_dap[flow].append(Observed(max(0.0, created_at - generated), size))
         evidence.at_mdms[flow].append(Observed(max(0.0, received_at - generated), size))
-    if target.gateway_db is not None:
-        # Only with the gateway's database: when each command reached the DAP.
-        _collect_commands(target.gateway_db, commands, evidence)
-        _collect_phev(target, driver, evidence)
+    collect_commands(await _commands_from_api(session, target), evidence)
+    collect_phev(driver.phev_sent, driver.phev_arrived, evidence)
+    collect_cis(await _cis_requests_from_api(session, target), evidence)
     return evidence
 
 
@@ -607,63 +746,93 @@ async def _messages_from_api(
     rows: list[tuple[Any, ...]] = []
     after = 0
     while True:
-        url = f"{target.dashboard}/api/messages?limit=1000&after_id={after}"
+        url = f"{target.dashboard}/api/messages?order=oldest&limit=1000&after_id={after}"
         page = (await get_json(session, url, target.api_headers) or {}).get("messages", [])
-        if not page:
-            return rows
-        page.sort(key=lambda m: m["id"])
         for m in page:
-            rows.append((m["flow"], m["meter_ts"], m["created_at"], m["received_at"], m["size"]))
+            rows.append((m["flow"], m["meter_ts"], m["created_at"], m["received_at"], m["content"]))
+        if len(page) < 1000:
+            return rows
         after = page[-1]["id"]
 
 
-def _stored_instances(database: Path, pattern: str) -> Iterable[tuple[dict[str, Any], float]]:
-    """(content, creation time) of the contentInstances whose path matches, from a CSE's
-    database file."""
-    with _read_only(database) as cse:
-        for (body,) in cse.execute(
-            "SELECT body FROM resources WHERE ty = 4 AND path LIKE ?", (pattern,)
-        ):
-            attributes = json.loads(body)
-            created = timestamp_or(attributes.get("ct"), math.nan)
-            if not math.isnan(created):
-                yield content_object(attributes.get("con")), created
+async def _commands_from_api(
+    session: aiohttp.ClientSession, target: Target
+) -> list[dict[str, Any]]:
+    """Every command the head-end issued, through its API (in the order issued)."""
+    commands: list[dict[str, Any]] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        url = f"{target.dashboard}/api/commands"
+        params = {"after": cursor, "limit": "1000"}
+        async with session.get(url, params=params, headers=target.api_headers) as reply:
+            if reply.status != 200:
+                raise RunError(f"the head-end's {url} answers {reply.status}")
+            page = await reply.json()
+        commands.extend(page.get("commands") or [])
+        cursor = page.get("next")
+    return commands
 
 
-def _collect_commands(
-    gateway_db: Path, commands: list[tuple[Any, ...]], evidence: Evidence
-) -> None:
-    """Head-end → DAP rows: commands (billing reads, prices) into the meters' containers."""
-    issued = {}
-    for command_id, name, issued_at, issued_by in commands:
-        base = str(command_id).split("@", 1)[0]
-        kind = "billing" if issued_by == "billing" else name
-        issued[base] = (kind, float(issued_at))
+def collect_commands(commands: Iterable[Mapping[str, Any]], evidence: Evidence) -> None:
+    """Head-end → DAP rows (billing reads, prices): each command as the head-end recorded
+    it, arrived when the DAP created its instance (the time its answer carried)."""
+    for command in commands:
+        kind = "billing" if command.get("issued_by") == "billing" else str(command.get("name"))
         evidence.sent[f"command:{kind}"] += 1
-    for content, created in _stored_instances(gateway_db, "%/command/%"):
-        found = issued.get(str(content.get("id")))
-        if found is not None:
-            kind, issued_at = found
-            evidence.at_dap[f"command:{kind}"].append(Observed(max(0.0, created - issued_at)))
+        reached = command.get("reached_dap_at")
+        if reached is None:
+            continue
+        latency = max(0.0, float(reached) - float(command["issued_at"]))
+        evidence.at_dap[f"command:{kind}"].append(
+            Observed(latency, payload_bytes(command.get("body") or {}))
+        )
 
 
-def _collect_phev(target: Target, driver: HeadendDriver, evidence: Evidence) -> None:
-    sent_at = {
-        message_id: (row_id, at)
-        for row_id, messages in driver.phev_sent.items()
-        for message_id, at in messages
-    }
-    for row_id, messages in driver.phev_sent.items():
-        evidence.sent[f"phev:{row_id}"] += len(messages)
-    assert target.gateway_db is not None and target.headend_db is not None
-    for content, created in _stored_instances(target.gateway_db, f"{target.dap_cse_name}/phev/%"):
-        found = sent_at.get(str(content.get("id")))
-        if found:
-            evidence.at_dap[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
-    for content, created in _stored_instances(target.headend_db, "cse-in/phev/dms/%"):
-        found = sent_at.get(str(content.get("id")))
-        if found:
-            evidence.at_mdms[f"phev:{found[0]}"].append(Observed(max(0.0, created - found[1])))
+def collect_phev(
+    sent: dict[str, int], arrived: dict[str, list[Observed]], evidence: Evidence
+) -> None:
+    """PHEV rows: what the driver sent and what the CSEs confirmed during the run."""
+    for row_id, count in sent.items():
+        evidence.sent[f"phev:{row_id}"] += count
+        where = evidence.at_dap if PHEV_MESSAGES[row_id][0] == "dap" else evidence.at_mdms
+        where[f"phev:{row_id}"].extend(arrived.get(row_id, []))
+
+
+async def _cis_requests_from_api(
+    session: aiohttp.ClientSession, target: Target
+) -> list[dict[str, Any]]:
+    """CIS/Billing's requests, each with how the MDMS handled it, from the head-end's API."""
+    found: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        url = f"{target.dashboard}/api/apps/cis/requests?limit=1000&after={after}"
+        page = (await get_json(session, url, target.api_headers) or {}).get("requests") or []
+        found.extend(r for r in page if isinstance(r, dict))
+        if len(page) < 1000:
+            return found
+        after = int(page[-1]["seq"])
+
+
+def collect_cis(requests: Iterable[dict[str, Any]], evidence: Evidence) -> None:
+    """The CIS/Billing rows (1Aa). The request: sent by CIS, delivered when the MDMS took it,
+    latency from CIS's send to then. The data: one per request, delivered when CIS had every
+    segment of the answer, latency from the request's arrival at the MDMS to then (the MDMS's
+    "process & send": the meters' reads are collected in between, docs/interop-run.md); a
+    request still within the MDMS's deadline when the run ended is neither (pending)."""
+    for request in requests:
+        evidence.sent["cis:request"] += 1
+        sent_at, taken_at = request.get("sent_at"), request.get("mdms_received_at")
+        if taken_at is not None and sent_at is not None:
+            observed = Observed(max(0.0, taken_at - sent_at), request.get("size"))
+            evidence.at_mdms["cis:request"].append(observed)
+        answered_at = request.get("data_received_at")
+        if answered_at is None and request.get("mdms_status") == "open":
+            evidence.pending["cis:data"] += 1
+            continue
+        evidence.sent["cis:data"] += 1
+        if answered_at is not None and taken_at is not None:
+            observed = Observed(max(0.0, answered_at - taken_at), request.get("data_size"))
+            evidence.at_mdms["cis:data"].append(observed)
 
 
 # ---- judging rows ------------------------------------------------------------------------------
@@ -698,106 +867,103 @@ def _source_of(row: FlowRow, catalogue: Catalogue) -> tuple[list[str], str] | No
             return ["command:price"], "dap"
         if row.id == "bulk-read-data-headend-to-mdms":
             return ["mr-multi-interval"], "mdms"
+        if row.id == "bulk-read-cmd-cis-to-mdms":
+            return ["cis:request"], "mdms"
+        if row.id == "bulk-read-data-mdms-to-cis":
+            return ["cis:data"], "mdms"
         return None
     return None
 
 
-def judge(row: FlowRow, evidence: Evidence, catalogue: Catalogue) -> dict[str, Any]:
+def judge(row: FlowRow, evidence: Evidence, catalogue: Catalogue) -> RowResult:
+    """The row's result: counts, latency, sizes and the verdict, as the report states it."""
     thresholds = row.reliability_thresholds
     required = max((t.fraction for t in thresholds), default=0.0)
-    above = any(t.above for t in thresholds if t.fraction == required)
-    entry: dict[str, Any] = {
-        "id": row.id,
-        "table": row.table,
-        "source": row.source,
-        "target": row.target,
-        "use_case": row.use_case,
-        "requirement": row.requirement,
-        "payload_type": row.payload_type,
-        "family": None,
-        "modelled_by": row.modelled_by,
-        "status": "not-modelled",
-        "reason": row.model_note,
-        "sent": 0,
-        "delivered": 0,
-        "within_budget": 0,
-        "reliability_required": required,
-        "reliability_above": above,
-        "reliability_measured": None,
-        "latency_budget_s": float(row.latency_seconds),
-        "latency_s": {"p50": None, "p95": None, "p99": None, "max": None},
-        "size_bytes": {
-            "min": None,
-            "max": None,
-            "spec_min": row.size_min_bytes,
-            "spec_max": row.size_max_bytes,
-            "spec_symbolic": row.size_symbolic,
-            "out_of_range": 0,
-        },
-        "latency_samples_s": [],
-    }
     source = _source_of(row, catalogue)
-    if row.modelled_by == "not-modelled" or source is None:
-        return entry
-    keys, where = source
-    entry["family"] = _family(keys)
-    observed = [
-        o for key in keys for o in (evidence.at_dap if where == "dap" else evidence.at_mdms)[key]
-    ]
-    sent = sum(evidence.sent[key] for key in keys)
-    sent = max(sent, len(observed))  # a fleet count can lag what arrived after it summarised
+    modelled = row.modelled_by != "not-modelled" and source is not None
+    keys, where = source if modelled and source is not None else ([], "dap")
+    arrived = evidence.at_dap if where == "dap" else evidence.at_mdms
+    observed = [o for key in keys for o in arrived[key]]
+    # A fleet count can lag what arrived after it summarised: never fewer sent than arrived.
+    sent = max(sum(evidence.sent[key] for key in keys), len(observed))
     latencies = [o.latency_s for o in observed]
     within = sum(1 for value in latencies if value <= row.latency_seconds)
-    sizes = [o.size for o in observed if o.size is not None]
-    low, high = row.size_min_bytes, row.size_max_bytes
-    out_of_range = sum(
-        1
-        for s in sizes
-        if (low is not None and s < low * 0.8) or (high is not None and s > high * 1.2)
-    )
-    entry.update(
+    sizes = judge_sizes(row, (o.size for o in observed if o.size is not None))
+    rule = sizes.rule
+    status, reason = _verdict(row, modelled, sent, within, sizes)
+    return RowResult(
+        id=row.id,
+        table=row.table,
+        source=row.source,
+        target=row.target,
+        use_case=row.use_case,
+        requirement=row.requirement,
+        payload_type=row.payload_type,
+        family=_family(keys),
+        modelled_by=row.modelled_by,
+        status=status,
+        reason=reason,
         sent=sent,
         delivered=len(observed),
         within_budget=within,
-        latency_s={
-            "p50": _percentile(latencies, 0.50),
-            "p95": _percentile(latencies, 0.95),
-            "p99": _percentile(latencies, 0.99),
-            "max": _percentile(latencies, 1.0),
-        },
+        reliability_required=required,
+        reliability_above=any(t.above for t in thresholds if t.fraction == required),
+        reliability_measured=round(within / sent, 5) if modelled and sent else None,
+        latency_budget_s=float(row.latency_seconds),
+        latency_s=Latency(
+            p50=_percentile(latencies, 0.50),
+            p95=_percentile(latencies, 0.95),
+            p99=_percentile(latencies, 0.99),
+            max=_percentile(latencies, 1.0),
+        ),
+        size_bytes=Sizes(
+            min=sizes.seen_min,
+            max=sizes.seen_max,
+            spec_min=row.size_min_bytes,
+            spec_max=row.size_max_bytes,
+            spec_symbolic=row.size_symbolic,
+            accepted_min=rule.low if rule else None,
+            accepted_max=rule.high if rule else None,
+            rule=rule.rule if rule else "not judged (no number in the table)",
+            out_of_range=sizes.out_of_range,
+            offending=list(sizes.offending),
+        ),
         latency_samples_s=[
             round(v, 4)
             for v in random.Random(0).sample(latencies, min(len(latencies), SAMPLES_PER_ROW))
         ],
     )
-    entry["size_bytes"].update(
-        min=min(sizes) if sizes else None,
-        max=max(sizes) if sizes else None,
-        out_of_range=out_of_range,
-    )
+
+
+def _verdict(
+    row: FlowRow, modelled: bool, sent: int, within: int, sizes: SizeVerdict
+) -> tuple[Status, str | None]:
+    """The row's status and, unless it passed, why."""
+    if not modelled:
+        return "not-modelled", row.model_note
     if sent == 0:
-        entry.update(status="no-traffic", reason="the run produced no message for this row")
-        return entry
+        return "no-traffic", "the run produced no message for this row"
     measured = within / sent
-    entry["reliability_measured"] = round(measured, 5)
     failures = []
-    for threshold in thresholds:
+    for threshold in row.reliability_thresholds:
         ok = measured > threshold.fraction if threshold.above else measured >= threshold.fraction
         if not ok:
             failures.append(
                 f"{measured:.2%} within {row.latency_seconds:g} s, needs "
                 f"{'> ' if threshold.above else ''}{threshold.fraction:.1%}"
             )
-    if out_of_range:
-        failures.append(f"{out_of_range} payloads outside the size range")
-    entry.update(status="fail" if failures else "pass", reason="; ".join(failures) or None)
-    return entry
+    if sizes.failed and sizes.rule is not None:
+        failures.append(
+            f"{sizes.out_of_range} payloads outside {sizes.rule.low}\N{EN DASH}"
+            f"{sizes.rule.high} B ({sizes.rule.rule}): {', '.join(map(str, sizes.offending))} B"
+        )
+    return ("fail", "; ".join(failures)) if failures else ("pass", None)
 
 
 _FAMILIES = {
     "mr-multi-interval": "reading", "gas": "reading", "mr-ondemand": "ondemand",
     "ev-": "event", "pp-": "prepay", "dr-": "drdlc", "han-": "han", "fw-": "firmware",
-    "command:": "command", "phev:": "phev",
+    "command:": "command", "phev:": "phev", "cis:": "billing",
 }  # fmt: skip
 
 
@@ -820,7 +986,7 @@ def build_report(
 ) -> dict[str, Any]:
     judged = [judge(row, evidence, catalogue) for row in rows]
     count = {
-        s: sum(1 for r in judged if r["status"] == s)
+        s: sum(1 for r in judged if r.status == s)
         for s in ("pass", "fail", "not-modelled", "no-traffic")
     }
     finished = time.time()
@@ -853,7 +1019,7 @@ def build_report(
             "not_modelled": count["not-modelled"],
             "no_traffic": count["no-traffic"],
         },
-        "rows": judged,
+        "rows": [r.model_dump() for r in judged],
     }
 
 

@@ -16,6 +16,8 @@ from cse.storage.memory import MemoryStorage
 from cse.storage.sqlite import SQLiteStorage
 from tests.helpers import LAB
 
+pytest_plugins = ["tests.postgres"]
+
 # The fuzz tests draw new examples on every run, which is how they find bugs. CI
 # (HYPOTHESIS_PROFILE=ci, set by .ci/run) draws the same examples every time, so that a
 # submission is judged on its own change, not on what a random draw found elsewhere.
@@ -39,8 +41,15 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage_factory(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Makes storages that all see the same database (each test its own)."""
+    if request.param == "postgres":
+        from cse.storage.postgres import PostgresStorage
+
+        where = request.getfixturevalue("postgres_schema")
+        return lambda: PostgresStorage(where.url, schema=where.schema)
+
     def make():  # type: ignore[no-untyped-def]
         if request.param == "memory":
             return MemoryStorage()

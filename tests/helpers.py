@@ -12,6 +12,7 @@ from aiohttp import web
 from cse.core.egress import EgressSettings
 from cse.core.primitives import FilterCriteria, Request
 from cse.core.types import Operation, ResultContent
+from cse.serialization import CBOR, JSON, decode
 
 _ids = itertools.count(1)
 
@@ -71,11 +72,17 @@ def ae_body(name: str, **extra: Any) -> dict[str, Any]:
 
 
 class NotificationReceiver:
-    """A real HTTP endpoint on loopback that records every NOTIFY it gets."""
+    """A real HTTP endpoint on loopback that records every NOTIFY it gets (JSON or CBOR).
 
-    def __init__(self, status: int = 2000, port: int = 0) -> None:
+    It answers with `status` (which a test may change between notifications); with `hold`
+    it answers only once that event is set."""
+
+    def __init__(
+        self, status: int = 2000, port: int = 0, hold: asyncio.Event | None = None
+    ) -> None:
         self.status = status
         self.port = port
+        self.hold = hold
         self.received: list[dict[str, Any]] = []
         self._arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -97,10 +104,14 @@ class NotificationReceiver:
         await self._runner.cleanup()
 
     async def _on_notify(self, http_request: web.Request) -> web.Response:
-        body = await http_request.json()
+        raw = await http_request.read()
+        serialization = CBOR if "cbor" in http_request.content_type else JSON
+        body = decode(raw, serialization) if raw else None
         async with self._arrived:
             self.received.append({"headers": dict(http_request.headers), "body": body})
             self._arrived.notify_all()
+        if self.hold is not None:
+            await self.hold.wait()
         return web.Response(status=200, headers={"X-M2M-RSC": str(self.status)})
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 _LISTENING = re.compile(r"listening on (https?://\S+)")
+ROOT = Path(__file__).resolve().parents[1]
+GUARD = 60.0  # seconds before something that does not happen fails a test (not a wait)
 
 
 class CSEProcess:
@@ -58,3 +62,64 @@ class CSEProcess:
 
 def db_path(directory: Path) -> str:
     return str(directory / "cse.db")
+
+
+class MqttWorkerProcess:
+    """`python -m tests.run_cse_mqtt --worker NAME` (a CSE on a SQLite file of its own, one of
+    several workers behind a broker), ready once it says so."""
+
+    def __init__(
+        self,
+        db: Path,
+        url: str,
+        name: str,
+        group: str,
+        username: str,
+        *,
+        password: str | None = None,
+        cse_id: str = "/id-in",
+        will_delay: int = 1,
+    ) -> None:
+        self.args = [
+            *("--db", str(db), "--mqtt-url", url, "--mqtt-username", username),
+            *("--cse-id", cse_id, "--worker", name, "--share-group", group),
+            *("--will-delay", str(will_delay)),
+        ]
+        if password is not None:
+            self.args += ["--mqtt-password", password]
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.run_cse_mqtt",
+            *self.args,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert self.process.stdout is not None and self.process.stderr is not None
+        async with asyncio.timeout(GUARD):
+            line = await self.process.stdout.readline()
+        if not line.startswith(b"ready"):
+            await self.process.wait()
+            errors = (await self.process.stderr.read()).decode()
+            raise RuntimeError(f"the worker did not start: {errors}")
+
+    def freeze(self) -> None:
+        """SIGSTOP: it still holds its connection, and answers nothing."""
+        assert self.process is not None
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.terminate()
+        return await self.process.wait()

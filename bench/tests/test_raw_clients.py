@@ -12,6 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +261,12 @@ class _Awkward(asyncio.DatagramProtocol):
             self.transport.sendto(separate, addr)
 
 
-async def test_peer_retransmits_and_takes_a_separate_response(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(rawcoap, "ACK_TIMEOUT", 0.05)
+@asynccontextmanager
+async def _swept_peer(server: asyncio.DatagramProtocol) -> AsyncIterator[CoapPeer]:
+    """A CoapPeer talking to `server` on loopback, its retransmissions swept as CoapLoad does."""
     loop = asyncio.get_running_loop()
-    transport, server = await loop.create_datagram_endpoint(_Awkward, local_addr=("127.0.0.1", 0))
-    port = transport.get_extra_info("sockname")[1]
-    peer = CoapPeer("127.0.0.1", port)
+    transport, _ = await loop.create_datagram_endpoint(lambda: server, local_addr=("127.0.0.1", 0))
+    peer = CoapPeer("127.0.0.1", transport.get_extra_info("sockname")[1])
 
     async def sweep() -> None:
         while True:
@@ -276,18 +275,51 @@ async def test_peer_retransmits_and_takes_a_separate_response(
 
     sweeper = asyncio.create_task(sweep())
     try:
-        template = CreateTemplate(PATH, "Cb0", body_of(10))
-        assert await asyncio.wait_for(peer.exchange(template, "late"), 5) == CREATED
-        await asyncio.sleep(0.05)  # the empty ACK of the separate response
+        yield peer
     finally:
         sweeper.cancel()
         await peer.close()
         transport.close()
+
+
+async def test_peer_retransmits_and_takes_a_separate_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rawcoap, "ACK_TIMEOUT", 0.05)
+    server = _Awkward()
+    async with _swept_peer(server) as peer:
+        template = CreateTemplate(PATH, "Cb0", body_of(10))
+        assert await asyncio.wait_for(peer.exchange(template, "late"), 5) == CREATED
+        await asyncio.sleep(0.05)  # the empty ACK of the separate response
     assert peer.retransmissions == 1
     assert server.seen[0] == server.seen[1]  # the same CON, same message ID
     ack = parse_header(server.seen[-1])
     assert ack is not None
     assert (ack.mtype, ack.code, ack.mid) == (rawcoap.ACK, 0, 4242)
+
+
+class _Forgetful(asyncio.DatagramProtocol):
+    """Answers every CON with an empty ACK and never sends the response (a server that
+    restarted after promising it)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: Any = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        header = parse_header(data)
+        assert header is not None
+        self.transport.sendto(rawcoap.empty_ack(header.mid), addr)
+
+
+async def test_peer_gives_up_on_a_separate_response_that_never_comes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rawcoap, "RESPONSE_TIMEOUT", 0.1)
+    async with _swept_peer(_Forgetful()) as peer:
+        template = CreateTemplate(PATH, "Cb0", body_of(10))
+        with pytest.raises(TimeoutError, match="separate response"):
+            await asyncio.wait_for(peer.exchange(template, "never"), 5)
+    assert peer.retransmissions == 0
 
 
 # ---- MQTT bytes ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 from cse.core.clock import parse_timestamp
 from cse.core.errors import BadRequest
 from cse.core.primitives import FilterCriteria, Request
-from cse.core.registry import SPECS
+from cse.core.registry import SPECS, SPECS_BY_KEY
 from cse.core.types import ResultContent
 
 # Filter-criteria short names and the FilterCriteria field each fills (shared with MQTT).
@@ -40,7 +40,15 @@ INTEGER_FILTERS = {
 # Request parameters (not filter criteria) that may appear in a query.
 REQUEST_QUERY = {"rcn", "rt", "rp", "drt", "atrl", "da", "rids", "tids", "ltids", "tqi", "asi",
                  "auri", "sqi"}  # fmt: skip
-ALL_ATTRIBUTES = {name for spec in SPECS.values() for name in spec.attributes}
+# Attributes a query may name: those oneM2M defines (of m2m: resources, mgmtObj
+# specializations included), not a flexContainer model's data points (TS-0023 cod:/cid:
+# keys), which ACME refuses too.
+ALL_ATTRIBUTES = {
+    name
+    for spec in (*SPECS.values(), *SPECS_BY_KEY.values())
+    if spec.key.startswith("m2m:")
+    for name in spec.attributes
+}
 
 
 def integer(name: str, text: str) -> int:
@@ -154,6 +162,14 @@ def parameters_from_query(query: dict[str, list[str]]) -> QueryParameters:
         response_type=_response_type(query),
         filter_criteria=filter_from_query(query),
     )
+
+
+def response_targets(text: str | None) -> tuple[str, ...]:
+    """rt's notification URIs as HTTP (X-M2M-RTU) and CoAP (oneM2M-RTURI) carry them: one
+    string, the URIs joined with '&'."""
+    if text is None:
+        return ()
+    return tuple(part.strip() for part in text.split("&") if part.strip())
 
 
 def request_query(request: Request) -> list[tuple[str, str]]:

@@ -2,14 +2,15 @@
 
 Forms accepted (TS-0001 §9.3.1): CSE-relative structured (`cse-in/ae/cnt`, `-/ae/cnt`) and
 unstructured (`cnt0a1b`), SP-relative (`/id-in/...`) and absolute (`//sp/id-in/...`).
-A trailing `la`/`ol`, or `fopt[/...]` after a group, addresses a virtual resource.
+A trailing `la`/`ol` (container), `pcu` (pollingChannel), or `fopt[/...]` after a group,
+addresses a virtual resource.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cse.core.errors import BadRequest
+from cse.core.errors import BadRequest, NotFound
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,7 +19,7 @@ class Address:
 
     path: str | None = None  # structured CSE-relative, e.g. "cse-in/ae/cnt"
     ri: str | None = None  # unstructured resource ID
-    virtual: str | None = None  # "la", "ol" or "fopt"
+    virtual: str | None = None  # "la", "ol", "pcu" or "fopt"
     fanout_suffix: str = ""  # what follows "fopt/"
     remote_cse: str | None = None  # a CSE-ID that is not ours, e.g. "/id-mn"
     remote_to: str = ""  # the SP-relative target to forward there
@@ -30,7 +31,9 @@ def parse_address(to: str, *, cse_id: str, cse_name: str, sp_id: str | None) -> 
     if to.startswith("//"):
         domain, _, rest = to[2:].partition("/")
         if sp_id is not None and domain != sp_id.lstrip("/"):
-            raise BadRequest(f"target is in another service provider domain: //{domain}")
+            # No route leads to another SP's CSEs: ACME answers 4004, as for a CSE-ID that
+            # is not registered (TS-0004 7.3.2.6), not 4000.
+            raise NotFound(f"target is in another service provider domain: //{domain}")
         to = "/" + rest
     if to.startswith("/"):
         csi, _, rest = to[1:].partition("/")
@@ -51,7 +54,7 @@ def parse_address(to: str, *, cse_id: str, cse_name: str, sp_id: str | None) -> 
         suffix = "/".join(segments[index + 1 :])
         segments = segments[:index]
         virtual = "fopt"
-    elif len(segments) > 1 and segments[-1] in ("la", "ol"):
+    elif len(segments) > 1 and segments[-1] in ("la", "ol", "pcu"):
         virtual = segments.pop()
     if segments[0] == cse_name:
         return Address(path="/".join(segments), virtual=virtual, fanout_suffix=suffix)

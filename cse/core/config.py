@@ -31,6 +31,12 @@ class CSELimits:
     max_instances_cap: int | None = None
     max_byte_size_cap: int | None = None
     max_subscriptions_per_resource: int | None = 16
+    # accessControlPolicies under the CSEBase, which any registered entity may create there
+    # (as on ACME) and which outlive the AE that made them.
+    max_policies_under_cse_base: int | None = 1000
+    # Groups one access decision may read to resolve an acor that names groups (nested
+    # ones included): what a policy can make one check cost, cycles included.
+    max_group_reads_per_check: int = 16
     # New AE registrations (one that finds its AE already there costs nothing), as token
     # buckets: per CSE, refilled at `registrations_per_minute` and holding
     # `registration_burst`; per source address (Request.source), holding one minute's worth.
@@ -45,6 +51,19 @@ class CSELimits:
     request_burst: int = 1000
     # Discovery answers at most this many results; more are signalled with cnst/cnot.
     discovery_result_cap: int = 1000
+    # Polling channels (cse/core/polling.py): requests waiting in one channel for its owner
+    # to take and answer them, and in all channels; polls waiting at once on one channel, and
+    # on all. Anyone who may notify an AE fills its channel; its owner fills the polls.
+    max_channel_requests: int | None = 64
+    max_channel_requests_total: int | None = 10_000
+    max_polls_per_channel: int | None = 4
+    max_polls_total: int | None = 1000
+    # Non-blocking requests (cse/core/nonblocking.py): operations running in the background
+    # for one originator and for all, and <request> resources kept (each lives
+    # `request_lifetime`, or until its rqet).
+    max_pending_requests_per_originator: int | None = 8
+    max_pending_requests: int | None = 256
+    max_request_resources: int | None = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +88,16 @@ class CSESettings:
     # Notification delivery
     notification_timeout: float = 5.0
     notification_retry_max: float = 60.0
+    # How long a RETRIEVE of a pollingChannel's pcu waits for a request when it has no rqet,
+    # and the longest it waits whatever its rqet (seconds); ACME waits 10 s without rqet.
+    polling_timeout: float = 10.0
+    max_polling_timeout: float = 120.0
+    # Lifetime of a <request> resource (non-blocking request) made without rqet, and the
+    # longest one made with it (seconds); ACME keeps one 60 s.
+    request_lifetime: float = 60.0
+    max_request_lifetime: float = 24 * 3600.0
+    # bn/dur given to a batchNotify that names none (seconds; ACME's default too).
+    batch_notify_duration: float = 60.0
     expiry_check_interval: float = 1.0
     # How long a CREATE's originator + request ID is remembered against redelivery (seconds).
     request_log_retention: float = 24 * 3600.0

@@ -18,7 +18,7 @@ from cse.core.addressing import Address
 from cse.core.errors import BadRequest
 from cse.core.limits import LimitCounters
 from cse.core.primitives import FilterCriteria, Request, Response
-from cse.core.registry import SPECS
+from cse.core.registry import SPECS, spec_of
 from cse.core.representation import child_reference
 from cse.core.types import ContentStatus, Operation, ResponseStatusCode
 from cse.core.types import ResourceType as T
@@ -26,7 +26,7 @@ from cse.core.types import ResultContent as RCN
 from cse.storage.base import Resource
 
 if TYPE_CHECKING:
-    from cse.core.handler import CommonServicesEntity
+    from cse.core.context import Context
 
 # Resources read per storage call, and about how much work between two turns of the event loop
 # for other requests: 50 are read, decoded and judged in about 0.5 ms here, and 10 discoveries
@@ -119,6 +119,9 @@ class _Search:
 
     types: frozenset[int] | None
     max_depth: int | None
+    # Leave out the children a parent hides (a container's instances while disr is set);
+    # counting for quotas sees everything.
+    visible_only: bool = True
 
     def worth_entering(self, resource_type: int, depth: int) -> bool:
         if self.max_depth is not None and depth >= self.max_depth:
@@ -126,14 +129,16 @@ class _Search:
         below = _REACHABLE.get(resource_type, frozenset())
         return bool(below) and (self.types is None or bool(below & self.types))
 
-    def child_types(self, parent_type: int) -> frozenset[int] | None:
+    def child_types(self, parent: Resource) -> frozenset[int] | None:
         """The children worth reading: wanted ones, and those that may lead to one."""
+        spec = spec_of(parent)
+        hidden = spec.rules.hidden_children(parent) if self.visible_only else frozenset()
         if self.types is None:
-            return None
+            return spec.children - hidden if hidden else None
         wanted = self.types
         return frozenset(
             child
-            for child in SPECS[parent_type].children
+            for child in spec.children - hidden
             if child in wanted or _REACHABLE.get(child, frozenset()) & wanted
         )
 
@@ -148,7 +153,7 @@ class _Level:
 
 
 async def walk_below(
-    cse: CommonServicesEntity,
+    ctx: Context,
     root: Resource,
     search: _Search,
     counters: LimitCounters | None = None,
@@ -160,7 +165,7 @@ async def walk_below(
     and lets the event loop run other requests after about `chunk` resources of work. Expired
     resources are neither returned nor entered.
     """
-    storage = cse.storage
+    storage = ctx.storage
     stack = [_Level(root, 0)]
     work = 0
     while stack:
@@ -171,7 +176,7 @@ async def walk_below(
                 continue
             page = await storage.children_page(
                 level.parent.ri,
-                types=search.child_types(level.parent.ty),
+                types=search.child_types(level.parent),
                 after=level.cursor,
                 limit=chunk,
             )
@@ -190,7 +195,7 @@ async def walk_below(
                 await asyncio.sleep(0)
             continue
         resource = level.pending.popleft()
-        if cse.is_expired(resource):
+        if ctx.is_expired(resource):
             continue
         if search.types is None or resource.ty in search.types:
             yield resource
@@ -199,12 +204,12 @@ async def walk_below(
 
 
 async def count_below(
-    cse: CommonServicesEntity, root: Resource, *, exclude: int, stop_at: int
+    ctx: Context, root: Resource, *, exclude: frozenset[int], stop_at: int
 ) -> int:
-    """How many resources below `root` are not of type `exclude`, counting up to `stop_at`."""
-    search = _Search(frozenset(t for t in SPECS if t != exclude), None)
+    """How many resources below `root` are not of the types `exclude`, up to `stop_at`."""
+    search = _Search(frozenset(t for t in SPECS if t not in exclude), None, visible_only=False)
     count = 0
-    async for _ in walk_below(cse, root, search):
+    async for _ in walk_below(ctx, root, search):
         count += 1
         if count >= stop_at:
             break
@@ -214,8 +219,8 @@ async def count_below(
 class _DiscoverRights:
     """DISCOVER rights per candidate; a contentInstance has its container's, asked once."""
 
-    def __init__(self, cse: CommonServicesEntity, originator: str) -> None:
-        self._access = cse.access
+    def __init__(self, ctx: Context, originator: str) -> None:
+        self._access = ctx.access
         self._originator = originator
         self._by_container: dict[str, bool] = {}
 
@@ -230,7 +235,7 @@ class _DiscoverRights:
 
 
 async def handle_discovery(
-    cse: CommonServicesEntity, request: Request, originator: str, address: Address
+    ctx: Context, request: Request, originator: str, address: Address
 ) -> Response:
     criteria = request.filter_criteria
     assert criteria is not None
@@ -239,24 +244,24 @@ async def handle_discovery(
     result_content = request.result_content
     if result_content not in (None, RCN.ATTRIBUTES, RCN.CHILD_REFERENCES):
         raise BadRequest("discovery supports result content 1 (ID list) or 6 (references)")
-    root = await cse.lookup(address)
-    await cse.access.check(originator, Operation.DISCOVER, root)
+    root = await ctx.lookup(address)
+    await ctx.access.check(originator, Operation.DISCOVER, root)
     types = frozenset(criteria.resource_types) or None
     if criteria.filter_operation == 2 and criteria.has_conditions:
         types = None  # with OR, a type condition alone must not narrow the search
-    cap = cse.settings.limits.discovery_result_cap
+    cap = ctx.settings.limits.discovery_result_cap
     wanted = cap if criteria.limit is None else min(criteria.limit, cap)
     first = criteria.offset or 1  # ofst counts matching results from 1
     skip = first - 1
-    rights = _DiscoverRights(cse, originator)
+    rights = _DiscoverRights(ctx, originator)
     found: list[Resource] = []
     more = False
-    counters = cse.quotas.counters
-    walks = cse.quotas.discovery_walks
+    counters = ctx.quotas.counters
+    walks = ctx.quotas.discovery_walks
     if walks.locked():
         counters.discovery_queued += 1
     async with walks:
-        async for resource in walk_below(cse, root, _Search(types, criteria.level), counters):
+        async for resource in walk_below(ctx, root, _Search(types, criteria.level), counters):
             if not matches(resource, criteria) or not await rights.allow(resource):
                 continue
             if skip:
@@ -266,7 +271,7 @@ async def handle_discovery(
             else:
                 more = True
                 break
-    await cse.storage.sync()
+    await ctx.storage.sync()
     if result_content == RCN.CHILD_REFERENCES:
         content: dict[str, Any] = {"m2m:rrl": {"rrf": [child_reference(r) for r in found]}}
     elif request.discovery_result_type == 2:
@@ -274,10 +279,10 @@ async def handle_discovery(
     else:
         content = {"m2m:uril": [r.path for r in found]}
     if not more:
-        return cse.response(request, ResponseStatusCode.OK, content)
+        return ctx.response(request, ResponseStatusCode.OK, content)
     # TS-0001 8.1.3: partial content, and the offset to ask from for the rest.
     counters.discovery_truncated += 1
-    return cse.response(
+    return ctx.response(
         request,
         ResponseStatusCode.OK,
         content,

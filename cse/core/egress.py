@@ -226,7 +226,7 @@ class EgressPolicy:
         # Is a CSE-ID provisioned (a CSE credential in the credential store)?
         self.provisioned_cse = provisioned_cse
         self._resolver = resolver or system_resolver
-        self._own_ports: set[int] = set()
+        self._own_ports: set[tuple[str, int]] = set()  # ("tcp" or "udp", port)
         # Schemes served by senders inside this process (the head-end's `local://`): no
         # network, so no address rules, but only this process may name them as a poa.
         self.local_schemes = frozenset(scheme.lower() for scheme in local_schemes)
@@ -234,10 +234,16 @@ class EgressPolicy:
 
     # ---- what the running process tells the policy ------------------------------------------
 
-    def add_own_port(self, port: int) -> None:
+    def add_own_port(self, port: int, transport: str = "tcp") -> None:
         """A port this process listens on (CSE listeners, the gateway's ops endpoint, the
-        head-end's web server): never a target on any address of this machine."""
-        self._own_ports.add(port)
+        head-end's web server): never a target on any address of this machine. `transport`:
+        "tcp" or "udp" (CoAP): a UDP port of ours says nothing about the TCP port of the same
+        number, which a meter's CoAP listener may well have."""
+        self._own_ports.add((transport, port))
+
+    def serve_locally(self, scheme: str) -> None:
+        """Sends to `scheme` stay inside this process (like `local_schemes`)."""
+        self.local_schemes = self.local_schemes | {scheme.lower()}
 
     def allow_exactly(self, url_prefix: str) -> None:
         """Allow one URL prefix, even on loopback or a port of this process (the head-end's
@@ -288,7 +294,7 @@ class EgressPolicy:
         allowance = self._allowance(target, addresses)
         if allowance is Allowance.NONE and not _comes_from(addresses, source):
             return f"it is not the address the request came from ({source or 'a broker'})"
-        if allowance is not Allowance.EXACT and self._is_own(addresses, target.port):
+        if allowance is not Allowance.EXACT and self._is_own(addresses, target):
             return "it is a port of this CSE's own process"
         return None
 
@@ -347,7 +353,7 @@ class EgressPolicy:
     def _address_refusal(self, target: Target, address: IPAddress) -> str | None:
         allowance = self._allowance_of(target, address)
         if (
-            target.port in self._own_ports
+            (_transport(target.scheme), target.port) in self._own_ports
             and allowance is not Allowance.EXACT
             and is_this_machine(address)
         ):
@@ -386,8 +392,8 @@ class EgressPolicy:
             return self._allowance_of(target, None)
         return min(self._allowance_of(target, ip) for ip in ips)
 
-    def _is_own(self, addresses: list[str], port: int) -> bool:
-        if port not in self._own_ports:
+    def _is_own(self, addresses: list[str], target: Target) -> bool:
+        if (_transport(target.scheme), target.port) not in self._own_ports:
             return False
         return any(ip is not None and is_this_machine(ip) for ip in map(normalized, addresses))
 
@@ -436,3 +442,8 @@ def _comes_from(addresses: list[str], source: str | None) -> bool:
     """Is the request's source one of the addresses a poa host resolves to?"""
     peer = normalized(source) if source else None
     return peer is not None and any(normalized(a) == peer for a in addresses)
+
+
+def _transport(scheme: str) -> str:
+    """The IP transport a URL scheme connects over."""
+    return "udp" if scheme.lower() in ("coap", "coaps") else "tcp"

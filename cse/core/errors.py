@@ -62,10 +62,6 @@ class Conflict(M2MError):
     status = RSC.CONFLICT
 
 
-class OriginatorNotRegistered(M2MError):
-    status = RSC.ORIGINATOR_NOT_REGISTERED
-
-
 class InvalidChildResourceType(M2MError):
     status = RSC.INVALID_CHILD_RESOURCE_TYPE
 
@@ -78,12 +74,24 @@ class OriginatorAlreadyRegistered(M2MError):
     status = RSC.ORIGINATOR_HAS_ALREADY_REGISTERED
 
 
+class BlockingSubscriptionAlreadyExists(M2MError):
+    status = RSC.BLOCKING_SUBSCRIPTION_ALREADY_EXISTS
+
+
+class OperationDeniedByRemoteEntity(M2MError):
+    status = RSC.OPERATION_DENIED_BY_REMOTE_ENTITY
+
+
 class NotImplementedOperation(M2MError):
     status = RSC.NOT_IMPLEMENTED
 
 
 class TargetNotReachable(M2MError):
     status = RSC.TARGET_NOT_REACHABLE
+
+
+class RemoteEntityNotReachable(M2MError):
+    status = RSC.REMOTE_ENTITY_NOT_REACHABLE
 
 
 class TargetNotSubscribable(M2MError):
@@ -96,6 +104,10 @@ class SubscriptionVerificationFailed(M2MError):
 
 class NotAcceptable(M2MError):
     status = RSC.NOT_ACCEPTABLE
+
+
+class UnableToRecallRequest(M2MError):
+    status = RSC.UNABLE_TO_RECALL_REQUEST
 
 
 class MaxMembersExceeded(M2MError):

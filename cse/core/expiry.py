@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import TYPE_CHECKING
 
 from cse.core.delete import deletion_changes
-from cse.storage.base import ForgetRequests, StorageError
+from cse.storage.base import Change, ForgetRequests, Resource, StorageError
 
 if TYPE_CHECKING:
-    from cse.core.handler import CommonServicesEntity
+    from cse.core.context import Context
 
 logger = logging.getLogger(__name__)
 
 
 class ExpirySweeper:
-    def __init__(self, cse: CommonServicesEntity) -> None:
+    def __init__(self, cse: Context) -> None:
         self._cse = cse
         self._task: asyncio.Task[None] | None = None
         self._started: tuple[float, float] | None = None  # (date, monotonic) at the first sweep
@@ -46,7 +47,9 @@ class ExpirySweeper:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(StorageError):  # the storage reports its own failures
-                await self.sweep()
+                # One process at a time sweeps a database several share.
+                if await self._cse.storage.lead("expiry sweep"):
+                    await self.sweep()
             await asyncio.sleep(self._cse.settings.expiry_check_interval)
 
     def _records_older_than(self) -> float:
@@ -57,6 +60,12 @@ class ExpirySweeper:
         date, at = self._started
         return date + (clock.monotonic() - at) - self._cse.settings.request_log_retention
 
+    async def _delete(self, resource: Resource) -> list[Change]:
+        async with self._cse.write_lock:
+            changes = await deletion_changes(self._cse, resource)
+            await self._cse.storage.apply(changes)
+        return changes
+
     async def sweep(self, batch: int = 500) -> int:
         """Delete what has expired by now; returns how many resources were removed."""
         cse = self._cse
@@ -66,9 +75,7 @@ class ExpirySweeper:
             if not expired:
                 break
             for resource in expired:
-                async with cse.write_lock:
-                    changes = await deletion_changes(cse, resource)
-                    await cse.storage.apply(changes)
+                changes = await cse.retrying(functools.partial(self._delete, resource))
                 cse.notifier.accept(changes)
                 removed += 1
             await cse.storage.sync()

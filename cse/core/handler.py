@@ -7,25 +7,23 @@ here; anything else is logged and answered with 5000, never propagated to a bind
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
-from cse.core import create, delete, discovery, retrieve, update
+from cse.core import create, delete, discovery, notify, retrieve, update
 from cse.core.access import AccessControl
 from cse.core.addressing import Address, normalize_originator, parse_address
-from cse.core.clock import Clock, SystemClock, format_timestamp, parse_timestamp
+from cse.core.clock import Clock, SystemClock, parse_timestamp
 from cse.core.config import CSESettings
+from cse.core.context import Context
 from cse.core.egress import EgressPolicy
 from cse.core.errors import (
     BadRequest,
     M2MError,
     NotFound,
-    NotImplementedOperation,
     OriginatorHasNoPrivilege,
-    OriginatorNotRegistered,
     ReleaseVersionNotSupported,
     RequestTimeout,
     TargetNotReachable,
@@ -33,13 +31,15 @@ from cse.core.errors import (
 from cse.core.expiry import ExpirySweeper
 from cse.core.identity import Role, may_speak_as
 from cse.core.limits import Quotas
+from cse.core.missing_data import MissingDataMonitor
+from cse.core.nonblocking import NON_BLOCKING, NonBlockingRequests
 from cse.core.notifications import Notifier, Sender
+from cse.core.polling import POLLING_SCHEME, PollingChannels, PollingChannelSender
 from cse.core.primitives import Request, Response, error_content
 from cse.core.registry import SPECS
-from cse.core.types import ContentStatus, Operation, ResponseStatusCode
+from cse.core.types import Operation, ResponseStatusCode, ResponseType
 from cse.core.types import ResourceType as T
-from cse.storage.base import Change, Put, Resource, Storage, StorageError
-from cse.supervision import Supervisor
+from cse.storage.base import ChangedElsewhere, Put, Resource, Storage, StorageError
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Forwarder:
         raise TargetNotReachable(f"no route to {remote_cse.attributes.get('csi')}")
 
 
-class CommonServicesEntity:
+class CommonServicesEntity(Context):
     def __init__(
         self,
         storage: Storage,
@@ -62,44 +62,45 @@ class CommonServicesEntity:
         forwarder: Forwarder | None = None,
         egress: EgressPolicy | None = None,
     ) -> None:
-        self.storage = storage
-        self.settings = settings or CSESettings()
-        self.clock = clock or SystemClock()
-        # Every background task (committer, notification delivery, expiry) runs under it; an
-        # application built on the CSE (the gateway) adds its own, so one place says what is down.
-        self.supervisor = Supervisor()
+        super().__init__(storage, settings or CSESettings(), clock or SystemClock())
         # Shared with the bindings' clients, which check every send against it.
         self.egress = egress or EgressPolicy(
             self.settings.egress, remote_cses=self.settings.remote_cses
         )
-        self.access = AccessControl(storage, self.settings)
-        self.notifier = Notifier(self, senders or {})
+        self.access = AccessControl(storage, self.settings, self.clock)
+        # Entities nobody can connect to are reached through their pollingChannel: a sender
+        # inside this process, which no request can name as a point of access.
+        self.polling = PollingChannels(self)
+        self.egress.serve_locally(POLLING_SCHEME)
+        polling_sender = {POLLING_SCHEME: PollingChannelSender(self.polling)}
+        self.notifier = Notifier(self, {**(senders or {}), **polling_sender})
+        self.requests = NonBlockingRequests(self)
         self.forwarder = forwarder or Forwarder()
         self.expiry = ExpirySweeper(self)
+        self.missing_data = MissingDataMonitor(self)
         self.quotas = Quotas(self)
         # Refusals per limit and discovery's reading, for metrics (gateway/metrics.py).
         self.counters = self.quotas.counters
-        # Called with every batch of changes once it is durable (the gateway's uplink listens
-        # here); a listener must be quick and must not raise.
-        self.durable_listeners: list[Callable[[Sequence[Change]], None]] = []
-        # Decide-and-apply sections of writes run one at a time; acknowledgement (waiting
-        # for the commit) happens outside the lock so many writes share one fsync.
-        self.write_lock = asyncio.Lock()
         self._started = False
-        self._id_stem = os.urandom(4).hex()
-        self._id_counter = 0
 
     # ---- life cycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
         await self.storage.open(self.supervisor)
         try:
-            await self._ensure_cse_base()
+            stem = await self.storage.id_stem()
+            if stem is not None:
+                self.use_id_stem(stem)
+            self.storage.watch_others(self._changed_elsewhere)
+            await self.retrying(self._ensure_cse_base)
+            await self.memberships.load(self.storage)
+            await self.requests.recover()
             await self.notifier.start()
         except BaseException:
             await self.storage.close()
             raise
         self.expiry.start()
+        self.missing_data.start()
         self._started = True
 
     async def stop(self) -> None:
@@ -107,6 +108,7 @@ class CommonServicesEntity:
             return
         self._started = False
         await self.expiry.stop()
+        await self.missing_data.stop()
         await self.notifier.stop()
         await self.storage.close()
         await self.supervisor.stop()
@@ -146,69 +148,45 @@ class CommonServicesEntity:
             settings.cse_name,
             settings.admin_originator,
             existing.seq if existing else 0,
+            existing.version if existing else 0,
         )
         await self.storage.apply([Put(base)])
         await self.storage.sync()
 
-    # ---- helpers used by the operation modules --------------------------------------------
-
-    def timestamp(self, offset: float = 0.0) -> str:
-        return format_timestamp(self.clock.now() + offset)
-
-    def new_resource_id(self, prefix: str) -> str:
-        # A random per-process stem plus a zero-padded counter: unique across restarts, no
-        # syscall each, and increasing, so new keys land at the end of SQLite's indexes
-        # instead of on random pages (random IDs slowed inserts as a container grew).
-        self._id_counter += 1
-        return f"{prefix}{self._id_stem}{self._id_counter:08x}"
-
-    async def durable(self, changes: Sequence[Change]) -> None:
-        """Wait until applied changes are on disk, then release their notifications."""
-        await self.storage.sync()
-        self.notifier.accept(changes)
-        for listener in self.durable_listeners:
-            try:
-                listener(changes)
-            except Exception:
-                logger.exception("a durable-changes listener failed")
-
-    def is_expired(self, resource: Resource) -> bool:
-        et = resource.et
-        return et is not None and et < self.timestamp()
-
-    async def lookup(self, address: Address) -> Resource:
-        if address.path is not None:
-            resource = await self.storage.get_by_path(address.path)
-        else:
-            assert address.ri is not None
-            resource = await self.storage.get(address.ri)
-        if resource is None or self.is_expired(resource):
-            raise NotFound(f"resource {address.path or address.ri} does not exist")
-        return resource
-
-    async def find(self, target_id: str) -> Resource | None:
-        """Resolve an ID as found in attributes (mid, acpi, nu): any form, local only."""
-        try:
-            address = parse_address(
-                target_id,
-                cse_id=self.settings.cse_id,
-                cse_name=self.settings.cse_name,
-                sp_id=self.settings.sp_id,
+    def _changed_elsewhere(self, changed: ChangedElsewhere) -> None:
+        """Another process on the database committed changes: what this one keeps in memory
+        about subscriptions and groups follows (docs/scale-out.md)."""
+        if changed.unknown or any(ty in (T.SUBSCRIPTION, T.GROUP) for _, ty in changed.put):
+            self.supervisor.start(
+                "changes of other workers", lambda: self._follow(changed), forever=False
             )
-        except M2MError:
-            return None
-        if address.remote_cse is not None or address.virtual is not None:
-            return None
-        try:
-            return await self.lookup(address)
-        except NotFound:
-            return None
+
+    async def _follow(self, changed: ChangedElsewhere) -> None:
+        if changed.unknown:
+            await self.memberships.load(self.storage)
+            await self.notifier.note_all_subscriptions()
+            return
+        for ri, resource_type in changed.put:
+            if resource_type not in (T.SUBSCRIPTION, T.GROUP):
+                continue
+            resource = await self.storage.get(ri)
+            if resource is None:
+                continue
+            if resource_type == T.SUBSCRIPTION:
+                self.notifier.note_subscription(resource)
+            else:
+                await self.memberships.add(self.storage, ri, resource.attributes.get("mid") or [])
 
     # ---- the entry point -----------------------------------------------------------------
 
     async def handle(self, request: Request) -> Response:
+        """Serve one request primitive; every failure becomes a response here."""
+        return await self._answer(request, lambda: self._handle(request))
+
+    async def _answer(self, request: Request, serve: Callable[[], Awaitable[Response]]) -> Response:
+        """What `serve` answers, with every failure turned into a response."""
         try:
-            return await self._handle(request)
+            return await serve()
         except M2MError as error:
             return self.error_response(request, error.status, error.message)
         except StorageError as error:
@@ -225,6 +203,9 @@ class CommonServicesEntity:
                 request, ResponseStatusCode.INTERNAL_SERVER_ERROR, "internal error"
             )
 
+    async def dispatch(self, request: Request) -> Response:
+        return await self.handle(request)
+
     def error_response(
         self, request: Request, status: ResponseStatusCode, message: str
     ) -> Response:
@@ -234,27 +215,6 @@ class CommonServicesEntity:
             release_version=request.release_version,
             content=error_content(message),
             originator=self.settings.cse_id,
-        )
-
-    def response(
-        self,
-        request: Request,
-        status: ResponseStatusCode,
-        content: Any = None,
-        location: str | None = None,
-        *,
-        content_status: ContentStatus | None = None,
-        content_offset: int | None = None,
-    ) -> Response:
-        return Response(
-            status=status,
-            request_id=request.request_id,
-            release_version=request.release_version,
-            content=content,
-            originator=self.settings.cse_id,
-            location=location,
-            content_status=content_status,
-            content_offset=content_offset,
         )
 
     async def _handle(self, request: Request) -> Response:
@@ -271,14 +231,34 @@ class CommonServicesEntity:
             raise BadRequest("request identifier (rqi) missing")
         if request.request_expiration is not None:
             self._check_expiration(request.request_expiration)
-        if request.response_type in (1, 2):
-            raise NotImplementedOperation("non-blocking requests (rt 1, 2) are not supported")
+        if request.response_targets and (
+            request.response_type != ResponseType.NON_BLOCKING_REQUEST_ASYNCH
+        ):
+            raise BadRequest("rt nu (rtu) is only allowed with rt 2 (nonBlockingRequestAsynch)")
         address = parse_address(
             request.to, cse_id=settings.cse_id, cse_name=settings.cse_name, sp_id=settings.sp_id
         )
         originator = await self._check_originator(request)
         self.quotas.check_request(request, originator)
         self.notifier.heard_from(originator)
+        if request.response_type in NON_BLOCKING:
+            # Served later as the blocking request it stands for (cse/core/nonblocking.py).
+            blocking = replace(
+                request, response_type=int(ResponseType.BLOCKING_REQUEST), response_targets=()
+            )
+            return await self.requests.accept(
+                request,
+                originator,
+                lambda: self._answer(blocking, lambda: self._serve(blocking, originator, address)),
+            )
+        return await self._serve(request, originator, address)
+
+    async def _serve(self, request: Request, originator: str, address: Address) -> Response:
+        """The operation a checked request asks for, decided again if another process on the
+        database changed what it was decided on (`Context.retrying`)."""
+        return await self.retrying(lambda: self._operate(request, originator, address))
+
+    async def _operate(self, request: Request, originator: str, address: Address) -> Response:
         if address.remote_cse is not None:
             return await self._forward(address, request)
         operation = request.operation
@@ -293,7 +273,7 @@ class CommonServicesEntity:
         if operation == Operation.DELETE:
             return await delete.handle_delete(self, request, originator, address)
         if operation == Operation.NOTIFY:
-            return await self.notifier.handle_incoming(request, originator, address)
+            return await notify.handle_notify(self, request, originator, address)
         raise BadRequest(f"operation {operation} is not supported")
 
     def _check_expiration(self, value: str) -> None:
@@ -308,7 +288,11 @@ class CommonServicesEntity:
 
     async def _check_originator(self, request: Request) -> str:
         """Normalise the originator, make sure the request's principal may use it (its
-        transport proved it), and that it is someone this CSE knows."""
+        transport proved it), and that it is someone this CSE knows.
+
+        An originator this CSE does not know (an AE that is not, or no longer, registered; a
+        CSE that is not a remoteCSE here) gets 4103 ORIGINATOR_HAS_NO_PRIVILEGE, as from ACME,
+        which never answers 4106: it has no privilege on anything here."""
         settings = self.settings
         principal = request.principal
         raw = request.originator or ""
@@ -342,10 +326,10 @@ class CommonServicesEntity:
             remote = await self.storage.get(csi)
             if remote is not None and remote.ty == T.REMOTE_CSE:
                 return originator
-            raise OriginatorNotRegistered(f"originator {raw} is not a registered CSE")
+            raise OriginatorHasNoPrivilege(f"originator {raw} is not a registered CSE")
         entity = await self.storage.get(originator)
         if entity is None or entity.ty != T.AE or self.is_expired(entity):
-            raise OriginatorNotRegistered(f"originator {raw} is not registered")
+            raise OriginatorHasNoPrivilege(f"originator {raw} is not registered")
         return originator
 
     async def _forward(self, address: Address, request: Request) -> Response:

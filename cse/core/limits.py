@@ -25,7 +25,7 @@ from cse.core.types import ResourceType as T
 from cse.storage.base import Resource
 
 if TYPE_CHECKING:
-    from cse.core.handler import CommonServicesEntity
+    from cse.core.context import Context
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ RESERVED_NAMES = frozenset({"la", "ol", "fopt", "pcu"})
 # How many clients' token buckets are remembered; the least recently seen go first (and come
 # back with a full bucket, which only errs on the generous side).
 _MAX_TRACKED_CLIENTS = 65_536
+# Instances are bounded per container (mni / mbs), not counted against their AE.
+_INSTANCES = frozenset({T.CONTENT_INSTANCE, T.TIME_SERIES_INSTANCE})
 # Discoveries walking the tree at once (cse/core/discovery.py says why).
 _CONCURRENT_WALKS = 2
 
@@ -50,9 +52,14 @@ class Limit(enum.Enum):
     AES = "aes"
     CONTAINER_CAP = "container_cap"
     SUBSCRIPTIONS = "subscriptions"
+    POLICIES_UNDER_CSE_BASE = "policies_under_cse_base"
     REGISTRATIONS = "registrations"
     REGISTRATIONS_PER_SOURCE = "registrations_per_source"
     REQUEST_RATE = "request_rate"
+    CHANNEL_REQUESTS = "channel_requests"
+    POLLS = "polls"
+    PENDING_REQUESTS = "pending_requests"
+    REQUEST_RESOURCES = "request_resources"
 
 
 @dataclass(slots=True)
@@ -122,7 +129,7 @@ def name_problem(name: str, max_length: int) -> str | None:
 class Quotas:
     """The limits of `cse.settings.limits`, checked for one request at a time."""
 
-    def __init__(self, cse: CommonServicesEntity) -> None:
+    def __init__(self, cse: Context) -> None:
         self._cse = cse
         self.counters = LimitCounters()
         self._buckets: dict[str, TokenBuckets] = {}
@@ -224,7 +231,9 @@ class Quotas:
             )
         if resource_type == T.SUBSCRIPTION:
             await self._check_subscriptions(parent)
-        if resource_type not in (T.CONTENT_INSTANCE, T.AE, T.REMOTE_CSE):
+        if resource_type == T.ACCESS_CONTROL_POLICY and parent.ty == T.CSE_BASE:
+            await self._check_policies_under_cse_base(parent)
+        if resource_type not in (*_INSTANCES, T.AE, T.REMOTE_CSE):
             await self._check_resources_per_ae(parent)
 
     async def _check_subscriptions(self, parent: Resource) -> None:
@@ -237,6 +246,16 @@ class Quotas:
                 NotAcceptable(f"{parent.path} already has its maximum of {most} subscriptions"),
             )
 
+    async def _check_policies_under_cse_base(self, parent: Resource) -> None:
+        most = self._cse.settings.limits.max_policies_under_cse_base
+        if most is None:
+            return
+        if await self._cse.storage.count_children(parent.ri, T.ACCESS_CONTROL_POLICY) >= most:
+            raise self._refuse(
+                Limit.POLICIES_UNDER_CSE_BASE,
+                NotAcceptable(f"{parent.path} already holds its maximum of {most} policies"),
+            )
+
     async def _check_resources_per_ae(self, parent: Resource) -> None:
         most = self._cse.settings.limits.max_resources_per_ae
         parts = parent.path.split("/")
@@ -246,14 +265,27 @@ class Quotas:
             parent if len(parts) == 2 else await self._cse.storage.get_by_path("/".join(parts[:2]))
         )
         if top is None or top.ty != T.AE:
-            return
+            # Management objects an AE was allowed (by an ACP) to make under a <node> count
+            # against that node, as an AE's resources do against the AE.
+            top = await self._node_of(parent)
+            if top is None:
+                return
         from cse.core.discovery import count_below  # discovery's walker reads in chunks
 
-        if await count_below(self._cse, top, exclude=T.CONTENT_INSTANCE, stop_at=most) >= most:
+        if await count_below(self._cse, top, exclude=_INSTANCES, stop_at=most) >= most:
             raise self._refuse(
                 Limit.RESOURCES_PER_AE,
                 NotAcceptable(f"{top.path} already holds its maximum of {most} resources"),
             )
+
+    async def _node_of(self, parent: Resource) -> Resource | None:
+        """The <node> a new resource is made in: the parent, or the node above a mgmtObj."""
+        if parent.ty == T.NODE:
+            return parent
+        if parent.ty == T.MGMT_OBJ:
+            node = await self._cse.storage.get(parent.pi)
+            return node if node is not None and node.ty == T.NODE else None
+        return None
 
     # ---- container mni / mbs -------------------------------------------------------------------
 

@@ -91,6 +91,7 @@ class Request:
     attribute_list: tuple[str, ...] = ()  # atrl: partial retrieve
     vendor_information: str | None = None  # vsi
     response_type: int | None = None  # rt (rtv): 1/2 non-blocking, 3 blocking, 5 no response
+    response_targets: tuple[str, ...] = ()  # rt.nu (HTTP X-M2M-RTU): where rt 2 results go
     # Set by bindings with at-least-once delivery (MQTT QoS 1): a CREATE seen again with the
     # same originator and request ID returns the first result instead of creating twice.
     deduplicate: bool = False

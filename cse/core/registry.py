@@ -1,229 +1,128 @@
-"""Resource types as data: wire key, allowed children and an attribute policy per type.
+"""The registry of resource types: every type module, by type number and wire key.
 
-An attribute policy says what kind of value an attribute holds and whether a CREATE or
-UPDATE may set it: M (mandatory), O (optional) or NP (not permitted: the CSE sets it).
+A type's attributes and rules live in its own module under `cse/core/resources/`; adding a
+type is one module and one line in `_MODULES`. A type with specializations (one type number,
+a wrapper key and a value of one telling attribute per specialization: mgmtObj's `mgd`,
+flexContainer's `cnd`) lists its own module there and each specialization's spec in
+`_SPECIALIZATIONS`: a CREATE picks the specialization by its wrapper key (`spec_for`), a
+stored resource by the attribute that tells them apart (`spec_of`). The checks every
+request's attributes go through (kind, create/update policy, mandatory ones) are here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import Enum
 from typing import Any
 
 from cse.core.clock import parse_timestamp
 from cse.core.errors import BadRequest
-from cse.core.types import ResourceType as T
+from cse.core.resources import (
+    access_control_policy,
+    ae,
+    battery,
+    container,
+    content_instance,
+    cse_base,
+    device_info,
+    firmware,
+    flex_container,
+    group,
+    memory,
+    mgmt_obj,
+    node,
+    polling_channel,
+    reboot,
+    remote_cse,
+    request,
+    subscription,
+    time_series,
+    time_series_instance,
+)
+from cse.core.resources.base import NP, Attribute, Kind, M, O, ResourceSpec, TypeRules
+from cse.storage.base import Resource
 
+__all__ = [
+    "NP",
+    "SPECS",
+    "Attribute",
+    "Kind",
+    "M",
+    "O",
+    "ResourceSpec",
+    "TypeRules",
+    "spec_for",
+    "spec_of",
+]
 
-class Kind(Enum):
-    STRING = "string"
-    COUNT = "non-negative integer"
-    INTEGER = "integer"
-    BOOLEAN = "boolean"
-    STRINGS = "list of strings"
-    OBJECT = "object"
-    TIMESTAMP = "timestamp"
-    ANY = "any value"
+_MODULES = (
+    cse_base,
+    ae,
+    container,
+    content_instance,
+    subscription,
+    access_control_policy,
+    group,
+    remote_cse,
+    node,
+    mgmt_obj,
+    polling_channel,
+    request,
+    time_series,
+    time_series_instance,
+    flex_container,
+)
+_SPECIALIZATIONS: tuple[ResourceSpec, ...] = (
+    *(module.SPEC for module in (firmware, memory, battery, device_info, reboot)),
+    *flex_container.SPECIALIZATIONS,
+)
 
+# The spec of each type number: for a type with specializations, the type as a whole
+# (children, access, discovery), which no resource is created or shown as.
+SPECS: dict[int, ResourceSpec] = {module.SPEC.type: module.SPEC for module in _MODULES}
 
-M, O, NP = "M", "O", "NP"  # noqa: E741 - the spec's own letters
-
-
-@dataclass(frozen=True, slots=True)
-class Attribute:
-    kind: Kind
-    create: str = O
-    update: str = O
-
-
-@dataclass(frozen=True, slots=True)
-class ResourceSpec:
-    type: T
-    key: str  # wrapper key on the wire, e.g. m2m:cnt
-    short: str  # the part after "m2m:"
-    attributes: dict[str, Attribute]
-    children: frozenset[T]
-    has_acpi: bool = True
-    subscribable: bool = True
-    id_prefix: str = ""
-
-
-_COMMON = {
-    "ty": Attribute(Kind.INTEGER, NP, NP),
-    "ri": Attribute(Kind.STRING, NP, NP),
-    "rn": Attribute(Kind.STRING, O, NP),
-    "pi": Attribute(Kind.STRING, NP, NP),
-    "ct": Attribute(Kind.TIMESTAMP, NP, NP),
-    "lt": Attribute(Kind.TIMESTAMP, NP, NP),
-    "et": Attribute(Kind.TIMESTAMP, O, O),
-    "lbl": Attribute(Kind.STRINGS, O, O),
-    "at": Attribute(Kind.STRINGS, O, O),
-    "aa": Attribute(Kind.STRINGS, O, O),
-    "cr": Attribute(Kind.ANY, O, NP),  # only null is accepted: the CSE fills in the creator
-}
-_ACPI = {"acpi": Attribute(Kind.STRINGS, O, O)}
-
-
-def _spec(
-    type_: T,
-    short: str,
-    attributes: dict[str, Attribute],
-    children: set[T],
-    *,
-    has_acpi: bool = True,
-    subscribable: bool = True,
-    id_prefix: str = "",
-) -> ResourceSpec:
-    merged = dict(_COMMON)
-    if has_acpi:
-        merged.update(_ACPI)
-    merged.update(attributes)
-    return ResourceSpec(
-        type_,
-        f"m2m:{short}",
-        short,
-        merged,
-        frozenset(children),
-        has_acpi,
-        subscribable,
-        id_prefix or short,
-    )
-
-
-SPECS: dict[int, ResourceSpec] = {
-    spec.type: spec
-    for spec in (
-        _spec(
-            T.CSE_BASE,
-            "cb",
-            {
-                "cst": Attribute(Kind.INTEGER, NP, NP),
-                "csi": Attribute(Kind.STRING, NP, NP),
-                "srt": Attribute(Kind.ANY, NP, NP),
-                "poa": Attribute(Kind.STRINGS, NP, NP),
-                "nl": Attribute(Kind.STRING, NP, NP),
-                "csz": Attribute(Kind.STRINGS, NP, NP),
-                "srv": Attribute(Kind.STRINGS, NP, NP),
-            },
-            {T.AE, T.CONTAINER, T.GROUP, T.ACCESS_CONTROL_POLICY, T.SUBSCRIPTION, T.REMOTE_CSE},
-        ),
-        _spec(
-            T.AE,
-            "ae",
-            {
-                "api": Attribute(Kind.STRING, M, NP),
-                "apn": Attribute(Kind.STRING),
-                "aei": Attribute(Kind.STRING, NP, NP),
-                "poa": Attribute(Kind.STRINGS),
-                "rr": Attribute(Kind.BOOLEAN, M, O),
-                "nl": Attribute(Kind.STRING),
-                "csz": Attribute(Kind.STRINGS),
-                "srv": Attribute(Kind.STRINGS, M, O),
-                "or": Attribute(Kind.STRING),
-            },
-            {T.CONTAINER, T.GROUP, T.ACCESS_CONTROL_POLICY, T.SUBSCRIPTION},
-        ),
-        _spec(
-            T.CONTAINER,
-            "cnt",
-            {
-                "mni": Attribute(Kind.COUNT),
-                "mbs": Attribute(Kind.COUNT),
-                "mia": Attribute(Kind.COUNT),
-                "cni": Attribute(Kind.COUNT, NP, NP),
-                "cbs": Attribute(Kind.COUNT, NP, NP),
-                "st": Attribute(Kind.COUNT, NP, NP),
-                "li": Attribute(Kind.STRING, NP, NP),
-                "disr": Attribute(Kind.BOOLEAN),
-                "or": Attribute(Kind.STRING),
-            },
-            {T.CONTENT_INSTANCE, T.CONTAINER, T.SUBSCRIPTION},
-        ),
-        _spec(
-            T.CONTENT_INSTANCE,
-            "cin",
-            {
-                "cnf": Attribute(Kind.STRING, O, NP),
-                "con": Attribute(Kind.ANY, M, NP),
-                "cs": Attribute(Kind.COUNT, NP, NP),
-                "conr": Attribute(Kind.STRING, O, NP),
-                "st": Attribute(Kind.COUNT, NP, NP),
-                "or": Attribute(Kind.STRING, O, NP),
-            },
-            set(),
-            has_acpi=False,
-            subscribable=False,
-        ),
-        _spec(
-            T.SUBSCRIPTION,
-            "sub",
-            {
-                "nu": Attribute(Kind.STRINGS, M, O),
-                "enc": Attribute(Kind.OBJECT),
-                "exc": Attribute(Kind.COUNT),
-                "nct": Attribute(Kind.INTEGER),
-                "su": Attribute(Kind.STRING, O, NP),
-                "bn": Attribute(Kind.OBJECT),
-                "rl": Attribute(Kind.OBJECT),
-                "pn": Attribute(Kind.INTEGER),
-                "ln": Attribute(Kind.BOOLEAN),
-                "nec": Attribute(Kind.INTEGER),
-                "nfu": Attribute(Kind.STRINGS),
-                "gpi": Attribute(Kind.STRING, O, NP),
-                "psn": Attribute(Kind.COUNT),
-            },
-            set(),
-            subscribable=False,
-        ),
-        _spec(
-            T.ACCESS_CONTROL_POLICY,
-            "acp",
-            {"pv": Attribute(Kind.OBJECT, M, O), "pvs": Attribute(Kind.OBJECT, M, O)},
-            {T.SUBSCRIPTION},
-            has_acpi=False,
-        ),
-        _spec(
-            T.GROUP,
-            "grp",
-            {
-                "mt": Attribute(Kind.INTEGER, O, NP),
-                "cnm": Attribute(Kind.COUNT, NP, NP),
-                "mnm": Attribute(Kind.COUNT, M, O),
-                "mid": Attribute(Kind.STRINGS, M, O),
-                "macp": Attribute(Kind.STRINGS),
-                "mtv": Attribute(Kind.BOOLEAN, NP, NP),
-                "csy": Attribute(Kind.INTEGER, O, NP),
-                "gn": Attribute(Kind.STRING),
-            },
-            {T.SUBSCRIPTION},
-        ),
-        _spec(
-            T.REMOTE_CSE,
-            "csr",
-            {
-                "cst": Attribute(Kind.INTEGER, O, NP),
-                "poa": Attribute(Kind.STRINGS),
-                "cb": Attribute(Kind.STRING, M, NP),
-                "csi": Attribute(Kind.STRING, M, NP),
-                "rr": Attribute(Kind.BOOLEAN, M, O),
-                "nl": Attribute(Kind.STRING),
-                "csz": Attribute(Kind.STRINGS),
-                "srv": Attribute(Kind.STRINGS, M, O),
-                "dcse": Attribute(Kind.STRINGS),
-            },
-            {T.CONTAINER, T.GROUP, T.ACCESS_CONTROL_POLICY, T.SUBSCRIPTION},
-        ),
-    )
+# Every spec by its wrapper key, specializations included.
+SPECS_BY_KEY: dict[str, ResourceSpec] = {
+    spec.key: spec for spec in [*SPECS.values(), *_SPECIALIZATIONS] if spec.specialized_by is None
 }
 
-SPECS_BY_KEY: dict[str, ResourceSpec] = {spec.key: spec for spec in SPECS.values()}
+_BY_SPECIALIZATION: dict[tuple[int, int | str | None], ResourceSpec] = {
+    (spec.type, spec.specialization): spec for spec in _SPECIALIZATIONS
+}
 
 
-def spec_for(resource_type: int) -> ResourceSpec:
-    try:
-        return SPECS[resource_type]
-    except KeyError:
-        raise BadRequest(f"resource type {resource_type} is not supported") from None
+def content_key(content: Any) -> str | None:
+    """The wrapper key of a request's content ({"m2m:xxx": {...}}), if it has exactly one."""
+    if isinstance(content, dict) and len(content) == 1:
+        (key,) = content
+        return str(key)
+    return None
+
+
+def spec_for(resource_type: int, key: str | None = None) -> ResourceSpec:
+    """The spec a CREATE of `resource_type` follows; for a type with specializations, the one
+    its content's wrapper key names."""
+    spec = SPECS.get(resource_type)
+    if spec is None:
+        raise BadRequest(f"resource type {resource_type} is not supported")
+    if spec.specialized_by is None:
+        return spec
+    chosen = SPECS_BY_KEY.get(key or "")
+    if chosen is None or chosen.type != resource_type:
+        raise BadRequest(
+            f"{key or 'content without a wrapper key'} is not a supported specialization "
+            f"of resource type {resource_type}"
+        )
+    return chosen
+
+
+def spec_of(resource: Resource) -> ResourceSpec:
+    """The spec a stored resource follows: its type's, or its specialization's."""
+    spec = SPECS[resource.ty]
+    if spec.specialized_by is None:
+        return spec
+    which = resource.attributes.get(spec.specialized_by)
+    if not isinstance(which, int | str):
+        return spec
+    return _BY_SPECIALIZATION.get((resource.ty, which), spec)
 
 
 def _plain_data(value: Any, depth: int = 0) -> bool:
@@ -245,6 +144,23 @@ def _plain_data(value: Any, depth: int = 0) -> bool:
     return False
 
 
+def _is_time(value: Any) -> bool:
+    """An absolute timestamp, or a relative time as an integer or a string of digits."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    if not isinstance(value, str):
+        return False
+    if value.lstrip("-").isdigit():
+        return True
+    try:
+        parse_timestamp(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _check_kind(name: str, kind: Kind, value: Any) -> None:
     if not _plain_data(value):
         raise BadRequest(f"attribute {name} holds a value that is not plain data")
@@ -255,8 +171,14 @@ def _check_kind(name: str, kind: Kind, value: Any) -> None:
         ok = isinstance(value, str)
     elif kind is Kind.COUNT:
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    elif kind is Kind.POSITIVE:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    elif kind is Kind.TIME:
+        ok = _is_time(value)
     elif kind is Kind.INTEGER:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is Kind.NUMBER:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
     elif kind is Kind.BOOLEAN:
         ok = isinstance(value, bool)
     elif kind is Kind.STRINGS:
@@ -305,6 +227,10 @@ def check_attributes(spec: ResourceSpec, attributes: dict[str, Any], *, create: 
         if name == "cr":
             raise BadRequest("attribute cr may only be sent as null")
         _check_kind(name, policy.kind, value)
+        if name == "poa" and not value:
+            # An empty list of points of access says nothing a missing one does not; ACME
+            # refuses it (4000), so a client learns at once that it named none.
+            raise BadRequest("poa must list at least one point of access")
     if create:
         for name, policy in spec.attributes.items():
             if policy.create == M and name not in attributes:

@@ -327,6 +327,38 @@ class CredentialStore:
         self._update(name, "mqtt_password = ?", (password,))
         return password
 
+    def new_oscore_keys(self, name: str) -> Credential:
+        """Give a meter new OSCORE keys (rotation, or its first): a new Master Secret and
+        Salt under its kid (a new kid if it had none). The old keys stop working at the
+        running CSE's next request; the meter needs a new bundle."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT kind, oscore_kid FROM credential WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                raise CredentialError(f"no credential named {name!r}")
+            if row[0] != Kind.DEVICE.value:
+                raise CredentialError(f"{name!r} is not a meter: only meters have OSCORE keys")
+            kid = bytes(row[1]) if row[1] is not None else self._free_kid(conn)
+            conn.execute(
+                "UPDATE credential SET oscore_kid = ?, oscore_secret = ?, oscore_salt = ? "
+                "WHERE name = ?",
+                (
+                    kid,
+                    secrets.token_bytes(OSCORE_SECRET_BYTES),
+                    secrets.token_bytes(OSCORE_SALT_BYTES),
+                    name,
+                ),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._reload_if_changed(ours=True)
+        return self._by_name[name]
+
     def pin_certificate(self, name: str, certificate: bytes) -> None:
         self._update(name, "cert_sha256 = ?", (hashlib.sha256(certificate).digest(),))
 

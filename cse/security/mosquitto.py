@@ -117,12 +117,17 @@ def acl_file(cse_id: str, users: Iterable[BrokerUser]) -> str:
         f"pattern write /oneM2M/resp/{own}/%u/+",
         "",
         f"# {own} itself: serves every client's requests and notifies them.",
+        f"# Several processes serving {own} (docs/scale-out.md) all log in as {own} and read",
+        "# requests through a shared subscription `$share/<group>/...`; Mosquitto checks read",
+        "# access on the topic each message is delivered on, without that prefix, so the lines",
+        "# below cover them. Under /gridm2m/workers they tell each other of a dead worker.",
         f"user {own}",
         f"topic read /oneM2M/req/+/{own}/+",
         f"topic read /oneM2M/reg_req/+/{own}/+",
         f"topic write /oneM2M/resp/+/{own}/+",
         f"topic write /oneM2M/reg_resp/+/{own}/+",
         f"topic write /oneM2M/req/{own}/+/+",
+        f"topic readwrite /gridm2m/workers/{own}/#",
     ]
     for user in users:
         if user.credential is None or user.credential.kind is not Kind.CSE or user.name == own:

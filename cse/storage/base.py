@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,13 +24,23 @@ logger = logging.getLogger(__name__)
 class Resource:
     """One stored resource: its wire attributes plus what the CSE keeps beside them."""
 
-    __slots__ = ("attributes", "owner", "path", "seq")
+    __slots__ = ("attributes", "owner", "path", "seq", "version")
 
-    def __init__(self, attributes: dict[str, Any], path: str, owner: str, seq: int = 0) -> None:
+    def __init__(
+        self,
+        attributes: dict[str, Any],
+        path: str,
+        owner: str,
+        seq: int = 0,
+        version: int = 0,
+    ) -> None:
         self.attributes = attributes  # short names, as on the wire; never mutated once stored
         self.path = path  # structured CSE-relative ID, e.g. "cse-in/meter1/reading"
         self.owner = owner  # originator that created it (the default access rule)
         self.seq = seq  # insertion order, assigned by the storage
+        # The stored version this copy was read at, for a backend that several processes write
+        # (cse/storage/postgres.py): a changed copy is stored only over that same version.
+        self.version = version
 
     @property
     def ri(self) -> str:
@@ -65,7 +75,7 @@ class Resource:
                 attributes.pop(name, None)
             else:
                 attributes[name] = value
-        return Resource(attributes, self.path, self.owner, self.seq)
+        return Resource(attributes, self.path, self.owner, self.seq, self.version)
 
     def __repr__(self) -> str:
         return f"Resource({self.path!r}, ty={self.attributes.get('ty')}, ri={self.ri!r})"
@@ -98,9 +108,13 @@ class DeleteTree:
 
 @dataclass(frozen=True, slots=True)
 class Enqueue:
-    """Add a notification to the outbox (its id is chosen by the caller)."""
+    """Add a notification to the outbox (its id is chosen by the caller). `hand_off`: the
+    URL scheme of its target when this process has no binding for it, so that another
+    process sharing the outbox that has one delivers it (a head-end worker and the
+    in-process MDMS, docs/scale-out.md)."""
 
     notification: QueuedNotification
+    hand_off: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +152,36 @@ Change = Put | DeleteTree | Enqueue | Dequeue | RecordRequest | ForgetRequests |
 
 class StorageError(Exception):
     """The backend could not read or persist; requests fail with 5000."""
+
+
+class WriteConflict(StorageError):
+    """A batch was decided on data another process has changed, or is changing, meanwhile
+    (a shared database: cse/storage/postgres.py); none of it was applied. The core decides
+    the request again on fresh data. `retry_after`: seconds worth waiting first (another
+    process holds the rows until its transaction ends)."""
+
+    def __init__(
+        self,
+        message: str,
+        retry_after: float = 0.0,
+        settled: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        # Returns once the rows the other process holds are free (or it has waited long
+        # enough): a better moment to decide again than any fixed pause.
+        self.settled = settled
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedElsewhere:
+    """Resources another process on the same database has changed (committed)."""
+
+    put: tuple[tuple[str, int], ...] = ()  # (ri, ty) of resources created or changed
+    deleted: tuple[str, ...] = ()  # paths of deleted subtrees
+    # Some notices may have been missed (the connection they come on was lost): anything may
+    # have changed.
+    unknown: bool = False
 
 
 class DatabaseInUse(StorageError):
@@ -189,6 +233,12 @@ class Storage(ABC):
     """What the core needs from a backend. All reads see every applied change."""
 
     health: StorageHealth  # set by each backend: whether its last writes succeeded
+    # Other processes may write the same database at the same time (several CSE workers on
+    # one PostgreSQL). The hooks at the end of this class are what they need; a backend only
+    # one process opens keeps their defaults.
+    shared: bool = False
+    # How often to ask `claim_notifications` (seconds); None: there is never anything to claim.
+    claim_interval: float | None = None
 
     async def open(self, supervisor: Supervisor | None = None) -> None:  # noqa: B027
         """Prepare the backend (create tables, recover state); background tasks, if any, run
@@ -237,8 +287,18 @@ class Storage(ABC):
         """Everything below `path` (not itself), up to `max_depth` levels, in creation order."""
 
     @abstractmethod
-    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
-        """contentInstances of a container from the newest or the oldest end."""
+    async def instances(
+        self, pi: str, *, newest: bool, limit: int, resource_type: int = 4
+    ) -> list[Resource]:
+        """Instances (contentInstances, or `resource_type`: timeSeriesInstances) of a
+        container from the newest or the oldest end, in creation order."""
+
+    @abstractmethod
+    async def find_child(
+        self, pi: str, resource_type: int, attribute: str, value: str
+    ) -> Resource | None:
+        """A direct child of one type whose string attribute has this value (a
+        timeSeriesInstance's dgt), or None. Reads the parent's children of that type."""
 
     @abstractmethod
     async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:
@@ -268,3 +328,36 @@ class Storage(ABC):
     @abstractmethod
     async def sync(self) -> None:
         """Return when every change applied so far is durable."""
+
+    # ---- several processes on one database (defaults: this process is the only one) ------
+
+    async def id_stem(self) -> str | None:
+        """8 hex digits no other process on this database uses in resource IDs, or None to let
+        the CSE pick a random stem (cse/core/context.py)."""
+        return None
+
+    async def notification_id_floor(self) -> int:
+        """Outbox IDs this process hands out lie above this number (and no other process on
+        the database hands them out): 0 where one process writes the outbox."""
+        return 0
+
+    async def claim_notifications(self, limit: int) -> list[QueuedNotification]:
+        """Outbox entries a process that has stopped (its lease ran out) was to deliver: from
+        now on this process's. Nothing, where no other process writes the outbox."""
+        return []
+
+    async def claim_handed_off(
+        self, schemes: Sequence[str], limit: int
+    ) -> list[QueuedNotification]:
+        """Outbox entries another process handed off whose target's URL scheme is one of
+        `schemes` (this process can send there): from now on this process's."""
+        return []
+
+    async def lead(self, role: str) -> bool:
+        """Whether this process is the one that does `role` (the expiry sweep) now: one
+        process at a time on a shared database; always this one otherwise."""
+        return True
+
+    def watch_others(self, listener: Callable[[ChangedElsewhere], None]) -> None:  # noqa: B027
+        """Call `listener` with what other processes change in the database, soon after they
+        commit it. Nothing to tell where no other process writes."""

@@ -116,8 +116,10 @@ class MemoryStorage(Storage):
         found.sort(key=lambda r: r.seq)
         return found
 
-    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
-        ids = self._children_by_type.get((pi, _CONTENT_INSTANCE), {})
+    async def instances(
+        self, pi: str, *, newest: bool, limit: int, resource_type: int = _CONTENT_INSTANCE
+    ) -> list[Resource]:
+        ids = self._children_by_type.get((pi, resource_type), {})
         ordered = reversed(ids) if newest else iter(ids)
         found: list[Resource] = []
         for ri in ordered:
@@ -125,6 +127,15 @@ class MemoryStorage(Storage):
             if len(found) >= limit:
                 break
         return found
+
+    async def find_child(
+        self, pi: str, resource_type: int, attribute: str, value: str
+    ) -> Resource | None:
+        for ri in self._children_by_type.get((pi, resource_type), {}):
+            resource = self._by_ri[ri]
+            if resource.attributes.get(attribute) == value:
+                return resource
+        return None
 
     async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:
         # A linear scan: the memory backend serves tests, not deployments.

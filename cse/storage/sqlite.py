@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -57,6 +58,9 @@ from cse.supervision import Supervisor
 logger = logging.getLogger(__name__)
 
 _CONTENT_INSTANCE = 4
+# Instances (contentInstances, timeSeriesInstances) are many and read once: not cached.
+_INSTANCE_TYPES = frozenset({4, 30})
+_ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z]+$")
 _MAX_GATHER_PASSES = 8
 
 _SCHEMA = """
@@ -73,6 +77,9 @@ CREATE TABLE IF NOT EXISTS resources (
 );
 CREATE INDEX IF NOT EXISTS resources_by_parent ON resources (pi, ty, seq);
 CREATE INDEX IF NOT EXISTS resources_by_expiry ON resources (et) WHERE et IS NOT NULL;
+-- A timeSeries refuses a second instance of one dgt (find_child): a lookup, not a scan.
+CREATE INDEX IF NOT EXISTS instances_by_dgt
+    ON resources (pi, json_extract(CAST(body AS TEXT), '$.dgt')) WHERE ty = 30;
 CREATE TABLE IF NOT EXISTS request_log (
     key TEXT PRIMARY KEY,
     ri  TEXT NOT NULL,
@@ -269,7 +276,7 @@ class SQLiteStorage(Storage):
         return Resource(orjson.loads(body), path, owner, seq)
 
     def _remember(self, resource: Resource) -> None:
-        if resource.ty == _CONTENT_INSTANCE:
+        if resource.ty in _INSTANCE_TYPES:
             return
         self._cache[resource.ri] = resource
         self._cache.move_to_end(resource.ri)
@@ -397,15 +404,33 @@ class SQLiteStorage(Storage):
         return [self._row_to_resource(row) for row in conn.execute(sql, params)]
 
     @_storage_errors
-    async def instances(self, pi: str, *, newest: bool, limit: int) -> list[Resource]:
+    async def instances(
+        self, pi: str, *, newest: bool, limit: int, resource_type: int = _CONTENT_INSTANCE
+    ) -> list[Resource]:
         conn = await self._ready()
         order = "DESC" if newest else "ASC"
         rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM resources WHERE pi = ? AND ty = {_CONTENT_INSTANCE} "
+            f"SELECT {_COLUMNS} FROM resources WHERE pi = ? AND ty = ? "
             f"ORDER BY seq {order} LIMIT ?",
-            (pi, limit),
+            (pi, resource_type, limit),
         )
         return [self._row_to_resource(row) for row in rows]
+
+    @_storage_errors
+    async def find_child(
+        self, pi: str, resource_type: int, attribute: str, value: str
+    ) -> Resource | None:
+        if not _ATTRIBUTE_NAME.match(attribute):
+            raise ValueError(f"not an attribute name: {attribute!r}")
+        conn = await self._ready()
+        # Written as the instances_by_dgt index is, so that the dgt of timeSeriesInstances
+        # is looked up; any other attribute is read out of each sibling's body by SQLite.
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM resources WHERE pi = ? AND ty = {int(resource_type)} "
+            f"AND json_extract(CAST(body AS TEXT), '$.{attribute}') = ? LIMIT 1",
+            (pi, value),
+        ).fetchone()
+        return None if row is None else self._row_to_resource(row)
 
     @_storage_errors
     async def created_since(self, seq: int, resource_type: int, limit: int) -> list[Resource]:

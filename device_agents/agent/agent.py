@@ -8,9 +8,10 @@ The meter lives on an accelerated clock: meter time = start + elapsed x clock_sp
 elapsed comes from `clock.now_ms()` (default: the ticks clock). Each step the meter's due
 flows go into the store, and the store is sent in priority order while the link is up. A
 LinkError (or a 5xxx) keeps the message and backs off (1 s doubling to 60 s, +-25 %); 4xxx
-drops it (counted in `refused`), except 4004 once per message, which registers again first (a
-DAP that lost the AE). Commands arrive as notifications of the `command` container; the
-meter's answers go straight into the store and wake the loop.
+drops it (counted in `refused`), except 4004 or 4103 once per message, which registers again
+first (a DAP that lost the AE answers 4103, as ACME does; a lost container is 4004). Commands
+arrive as notifications of the `command` container; the meter's answers go straight into the
+store and wake the loop.
 
 `clock` is any object with `now_ms()` (monotonic milliseconds); if it also has an async
 `sleep_ms(ms)` the agent sleeps through it, so a test or the fleet can run days of meter time
@@ -43,9 +44,10 @@ except ImportError:
     from store import Store
 
 LinkError = compat.LinkError  # the class onem2m raises
-_EPOCH_2000 = 946684800
-_RECENT = 16  # command resource IDs remembered, to drop redelivered notifications
-_QUEUED_MAX = 8  # commands waiting for the next step
+const = compat.const
+_EPOCH_2000 = const(946684800)
+_RECENT = const(16)  # command resource IDs remembered, to drop redelivered notifications
+_QUEUED_MAX = const(8)  # commands waiting for the next step
 
 
 def epoch_now():
@@ -290,7 +292,7 @@ class Agent:
                 self.sent_total += 1
                 self._link_ok()
                 self._log("sent", flow_id, rsc)
-            elif rsc == 4004 and self._reregistered is not item:
+            elif (rsc == 4004 or rsc == 4103) and self._reregistered is not item:
                 # The DAP no longer knows the AE or the container: register, then retry.
                 self._reregistered = item
                 self.started = False

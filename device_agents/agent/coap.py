@@ -37,7 +37,7 @@ LinkError = compat.LinkError
 CON = const(0)
 _NON = const(1)
 ACK = const(2)
-RST = const(3)
+_RST = const(3)
 
 _EMPTY = const(0)
 POST = const(2)
@@ -69,8 +69,8 @@ _M2M_RSC = const(307)
 _FORMAT_JSON = const(50)
 _FORMAT_CBOR = const(60)
 
-ACK_TIMEOUT_MS = const(2000)
-MAX_RETRANSMIT = const(4)
+_ACK_TIMEOUT_MS = const(2000)
+_MAX_RETRANSMIT = const(4)
 _BLOCK_SZX = const(6)
 _BLOCK_SIZE = const(1024)
 _DATAGRAM_MAX = const(1152)  # a 1024 B block plus up to 127 B of header, token and options
@@ -79,20 +79,12 @@ _SEEN_MAX = const(4)  # answers kept to repeat for retransmitted CONs
 _POLL_MS = const(30000)  # serve() looks at close() at least this often
 
 
-def _is_cbor(content_format):
-    # oneM2M's own content formats (TS-0008): 60 and the +cbor ones; the others are JSON/XML.
-    return content_format == _FORMAT_CBOR or 10010 <= content_format <= 10013
-
-
 def _understood(number):
     """A critical option the listener understands (any other is answered 4.02): Uri-Path,
     Uri-Query, Accept, Block1, and the oneM2M options 259, 263, ... 351."""
     if number in (URI_PATH, _URI_QUERY, _ACCEPT, _BLOCK1):
         return True
     return 259 <= number <= 351 and number % 4 == 3
-
-
-_EMPTY_ACK = "empty ACK"  # marker returned by CoapClient._await_reply
 
 
 def uint(number):
@@ -109,14 +101,6 @@ def read_uint(value):
     return int.from_bytes(value, "big") if value else 0
 
 
-def _option_value(value):
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, int):
-        return uint(value)
-    return value
-
-
 def _extended(number):
     """The option nibble for a delta or length, and its extension bytes."""
     if number < 13:
@@ -126,14 +110,17 @@ def _extended(number):
     return 14, (number - 269).to_bytes(2, "big")
 
 
-def encode(mtype, code, mid, token, options=(), payload=b""):
+def encode(kind, code, mid, token, options=(), payload=b""):
     """One datagram. `options`: (number, index, value) tuples in any order."""
-    out = bytearray((0x40 | mtype << 4 | len(token), code, mid >> 8, mid & 0xFF))
+    out = bytearray((0x40 | kind << 4 | len(token), code, mid >> 8, mid & 0xFF))
     out.extend(token)
     ordered = sorted(options)  # (number, index) is unique: an unstable sort is harmless
     previous = 0
     for number, _, value in ordered:
-        value = _option_value(value)
+        if isinstance(value, str):
+            value = value.encode()
+        elif isinstance(value, int):
+            value = uint(value)
         delta, delta_ext = _extended(number - previous)
         length, length_ext = _extended(len(value))
         out.append(delta << 4 | length)
@@ -150,8 +137,8 @@ def encode(mtype, code, mid, token, options=(), payload=b""):
 class Message:
     """A decoded datagram; options are (number, value bytes) pairs in wire order."""
 
-    def __init__(self, mtype, code, mid, token, options, payload):
-        self.type = mtype
+    def __init__(self, kind, code, mid, token, options, payload):
+        self.type = kind
         self.code = code
         self.mid = mid
         self.token = token
@@ -168,12 +155,13 @@ class Message:
         return [value.decode() for found, value in self.options if found == number]
 
 
-def _read_extended(data, index, nibble):
-    if nibble < 13:
-        return nibble, index
-    if nibble == 13:
+def _read_extended(data, index, value):
+    """A delta or length from its nibble `value` and the extension bytes at `index`."""
+    if value < 13:
+        return value, index
+    if value == 13:
         return data[index] + 13, index + 1
-    if nibble == 14:
+    if value == 14:
         return (data[index] << 8 | data[index + 1]) + 269, index + 2
     raise ValueError("reserved option nibble 15")
 
@@ -218,8 +206,8 @@ class CoapClient:
         self,
         host,
         port,
-        ack_timeout_ms=ACK_TIMEOUT_MS,
-        max_retransmit=MAX_RETRANSMIT,
+        ack_timeout_ms=_ACK_TIMEOUT_MS,
+        max_retransmit=_MAX_RETRANSMIT,
         response_timeout_ms=30000,
     ):
         self.host = host
@@ -321,7 +309,7 @@ class CoapClient:
             self._send(datagram)
             deadline = compat.ticks_add(compat.ticks_ms(), timeout)
             reply = await self._await_reply(mid, token, deadline)
-            if reply is _EMPTY_ACK:
+            if reply is True:  # an empty ACK: the answer follows on its own
                 break
             if reply is not None:
                 return reply
@@ -330,7 +318,7 @@ class CoapClient:
             raise LinkError(f"no answer from {self.host}:{self.port}")
         deadline = compat.ticks_add(compat.ticks_ms(), self.response_timeout_ms)
         reply = await self._await_reply(-1, token, deadline)
-        if reply is None or reply is _EMPTY_ACK:
+        if reply is None or reply is True:
             raise LinkError("the separate response did not come")
         return reply
 
@@ -341,7 +329,7 @@ class CoapClient:
             raise LinkError(f"cannot send to {self.host}:{self.port}: {error}") from None
 
     async def _await_reply(self, mid, token, deadline):
-        """The response for token (or _EMPTY_ACK for mid) before deadline, else None."""
+        """The response for token (or True for an empty ACK to mid) before deadline, else None."""
         while True:
             remaining = compat.ticks_diff(deadline, compat.ticks_ms())
             if remaining <= 0:
@@ -353,18 +341,18 @@ class CoapClient:
                 message = decode(data)
             except ValueError:
                 continue  # truncated or garbage: wait for a retransmission
-            if message.type == ACK or message.type == RST:
+            if message.type == ACK or message.type == _RST:
                 if message.mid != mid:
                     continue  # an answer to an earlier transmission
-                if message.type == RST:
+                if message.type == _RST:
                     raise LinkError("the server reset the exchange")
                 if message.code == _EMPTY:
-                    return _EMPTY_ACK
+                    return True
                 if message.token == token:
                     return message
                 continue
             if message.type == CON:  # a (separate) response, or a stray request: acknowledge
-                kind = ACK if message.code >= 64 else RST
+                kind = ACK if message.code >= 64 else _RST
                 self._send(encode(kind, _EMPTY, message.mid, b""))
             if message.code >= 64 and message.token == token:
                 return message
@@ -387,8 +375,6 @@ class CoapClient:
 
 # ---- oneM2M over CoAP (TS-0008) ----------------------------------------------------------
 
-_METHODS = b"\x00\x02\x01\x03\x04\x02"  # CoAP method code by oneM2M operation 1..5
-
 
 def path_segments(to):
     """Uri-Path for a target: CSE-relative as is, SP-relative under `~`, absolute under `_`."""
@@ -399,21 +385,22 @@ def path_segments(to):
     return to.split("/") if to else []
 
 
-def m2m_request(primitive, content_format, has_body):
+def m2m_request(primitive, format, body):
     """(method code, options) for a request primitive (op, to, fr, rqi, rvi, ty, rcn)."""
     options = [(URI_PATH, segment) for segment in path_segments(primitive["to"])]
-    if has_body:
-        options.append((CONTENT_FORMAT, content_format))
+    if body:
+        options.append((CONTENT_FORMAT, format))
     if primitive.get("rcn") is not None:
         options.append((_URI_QUERY, "rcn=" + str(primitive["rcn"])))
-    options.append((_ACCEPT, content_format))
+    options.append((_ACCEPT, format))
     if primitive.get("ty") is not None:
         options.append((M2M_TY, primitive["ty"]))
     options.append((M2M_RVI, primitive.get("rvi") or "3"))
     if primitive.get("fr"):
         options.append((M2M_FR, primitive["fr"]))
     options.append((M2M_RQI, primitive["rqi"]))
-    return _METHODS[primitive["op"]], options
+    # The CoAP method code by oneM2M operation 1..5.
+    return b"\x00\x02\x01\x03\x04\x02"[primitive["op"]], options
 
 
 def rsc_for_code(code):
@@ -442,8 +429,9 @@ def decode_content(message, decode):
     """The payload, by Content-Format (JSON when absent), through decode(data, cbor)."""
     if not message.payload:
         return None
-    content_format = read_uint(message.option(CONTENT_FORMAT))
-    return decode(message.payload, _is_cbor(content_format))
+    # oneM2M's own content formats (TS-0008): 60 and the +cbor ones; the others are JSON/XML.
+    value = read_uint(message.option(CONTENT_FORMAT))
+    return decode(message.payload, value == _FORMAT_CBOR or 10010 <= value <= 10013)
 
 
 def m2m_response(message, decode):
@@ -543,10 +531,10 @@ class CoapListener:
             request = decode(datagram)
         except ValueError:
             return None
-        if request.type == ACK or request.type == RST:
+        if request.type == ACK or request.type == _RST:
             return None
         if request.code == _EMPTY:  # a CoAP ping (CON) or nonsense
-            return encode(RST, _EMPTY, request.mid, b"") if request.type == CON else None
+            return encode(_RST, _EMPTY, request.mid, b"") if request.type == CON else None
         for mid, sender, answer in self._seen:
             if mid == request.mid and sender == peer:
                 return answer
@@ -634,8 +622,8 @@ class CoapLink:
         self.client = CoapClient(
             host,
             port,
-            config.get("coap_ack_timeout_ms") or ACK_TIMEOUT_MS,
-            config.get("coap_max_retransmit", MAX_RETRANSMIT),
+            config.get("coap_ack_timeout_ms") or _ACK_TIMEOUT_MS,
+            config.get("coap_max_retransmit", _MAX_RETRANSMIT),
             dap.timeout_ms,
         )
         self.listener = CoapListener(

@@ -12,6 +12,7 @@ are refused. Commands, fields and the flows they produce:
             Customer EMS); n: 1..192 intervals -> multiple-interval read.
             electric: mr-ondemand[-ipd|-ems] (pp-ondemand... on a pre-pay meter),
             with n: mr-multi-interval; gas: gas-interval-<period>.
+  bulk      n: 1..192 (96, a day) -> a billing read: mr-multi-interval (gas: as read).
   switch    op: "connect" | "disconnect" | "status".
             status: pp-switch-state; connect/disconnect: pp-switch-ack + pp-metrology, or
             pp-switch-fail (1 operation in 1000 fails, as the table has it).
@@ -29,7 +30,9 @@ are refused. Commands, fields and the flows they produce:
             ver: version string, 1..16 characters (required); via: "net" (default) | "tool".
             fw-<metrology|nic>-<fw|prog>[-tool] (a NIC program from a field tool has no row
             of its own and answers as fw-nic-prog).
-  price     price: milli-currency per kWh, 0..1000000 (required); tier: 0..9 (0).
+  price     price: milli-currency per kWh, 0..1000000 (required); tier: 0..9 (0);
+            start: epoch seconds (0), hh: up to 48 half-hourly rates from start
+            (0..1000000 each), which pre-pay credit is charged at.
             The tables have no meter-originated PHEV flow, so the meter records the rate
             (it appears in pp-switch-state) and raises an audit alert (ev-audit-alert,
             tariff activated) as its acknowledgement.
@@ -52,16 +55,20 @@ would otherwise take a tenth of a 96 KB heap.
 """
 
 try:
-    from . import flows
+    from . import compat, flows
 except (ImportError, KeyError):
+    import compat
     import flows
 
-_HAN_MAX = 8
-_MAX_N = 192  # two days of 15-minute intervals
+const = compat.const
+_HAN_MAX = const(8)
+_MAX_N = const(192)  # two days of 15-minute intervals
+_DAY_N = const(96)  # a bulk (billing) read's default: a day
+_MAX_HH = const(48)  # half-hourly rates in a price command: a day
 # DLMS data-access-result codes, carried as `rc` in command errors.
-_RC_HARDWARE = 1
-_RC_UNDEFINED = 4
-_RC_TYPE = 12
+_RC_HARDWARE = const(1)
+_RC_UNDEFINED = const(4)
+_RC_TYPE = const(12)
 
 
 def handle(m, command):
@@ -100,8 +107,8 @@ def _dispatch(m, c):
         (isinstance(ref, str) and 0 < len(ref) <= 32) or (_is_int(ref) and ref >= 0)
     ):
         return _refuse(m, None, name, "id", _RC_TYPE)
-    if name == "read":
-        return _read(m, c, ref)
+    if name == "read" or name == "bulk":
+        return _read(m, c, ref, name == "bulk")
     if name == "switch":
         return _switch(m, c, ref)
     if name == "dr":
@@ -156,14 +163,14 @@ def _checked(m, c, ref, name, allowed, checks):
     return None
 
 
-def _read(m, c, ref):
+def _read(m, c, ref, bulk):
     src = c.get("src", "hes")
     if src not in ("hes", "ipd", "ems"):
         return _refuse(m, ref, "read", "src", _RC_TYPE)
     bad = _unknown_field(c, ("cmd", "id", "src", "n"))
     if bad is not None:
         return _refuse(m, ref, "read", "field", _RC_TYPE, bad, src)
-    n = c.get("n")
+    n = c.get("n", _DAY_N if bulk else None)
     if n is not None and not (_is_int(n) and 1 <= n <= _MAX_N):
         return _refuse(m, ref, "read", "n", _RC_TYPE, None, src)
     if m.kind == "gas":
@@ -280,15 +287,26 @@ def _fw(m, c, ref):
 def _price(m, c, ref):
     price = c.get("price")
     tier = c.get("tier", 0)
-    wrong = _checked(m, c, ref, "price", ("cmd", "id", "price", "tier"), (
-        ("price", _is_int(price) and 0 <= price <= 1000000),
+    hh = c.get("hh")
+    start = c.get("start", 0)
+    wrong = _checked(m, c, ref, "price", ("cmd", "id", "price", "tier", "start", "hh"), (
+        ("price", _is_rate(price)),
         ("tier", _is_int(tier) and 0 <= tier <= 9),
+        ("start", _is_int(start) and start >= 0),
+        ("hh", hh is None or (isinstance(hh, list) and 0 < len(hh) <= _MAX_HH
+            and all(_is_rate(r) for r in hh))),
     ))  # fmt: skip
     if wrong:
         return wrong
     m.price = price
     m.price_tier = tier
+    m.price_start = start
+    m.price_hh = hh
     return [_flow(m, "ev-audit-alert", ref, code=flows.EVENT_TARIFF, price=price)]
+
+
+def _is_rate(value):
+    return _is_int(value) and 0 <= value <= 1000000
 
 
 def _is_hex(text):

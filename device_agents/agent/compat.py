@@ -11,8 +11,8 @@ run on an ESP32, on `micropython -X heapsize=96k` and under CPython's asyncio:
 - `wait_readable(sock)` (await until a non-blocking socket has data), `receive`,
   `udp_socket` (binds; reports the port even where sockets cannot tell it), `address`
   (a `getaddrinfo` result that `sendto`/`connect` accept), `set_nodelay`, `local_host`;
-- `seeded_random(seed)`: a seeded random source; `random_bits(n)`: unpredictable bits
-  (tokens, request-ID prefixes) that differ after every restart;
+- `random_bits(n)`: unpredictable bits (tokens, request-ID prefixes) that differ after
+  every restart;
 - `parts_size`, `take_into`: a message as a list of small parts, so that sending a 2 KB
   reading needs no block of that size on a small heap;
 - `ucbor()`, `jsonparts()`: the CBOR and the JSON-in-pieces modules, each imported when
@@ -42,7 +42,7 @@ class LinkError(Exception):
 
 
 if IS_MICROPYTHON:
-    from micropython import const
+    from micropython import const  # noqa: F401 (for the other modules: compat.const)
 
     ticks_ms = time.ticks_ms
     ticks_diff = time.ticks_diff
@@ -64,22 +64,13 @@ if IS_MICROPYTHON:
                 return None
             raise
 
-else:  # CPython: the fleet emulator and the tests (the module never goes into a bundle)
+else:  # CPython: the fleet emulator and the tests (the module never goes into a bundle).
+    # A star import: the names of CPython-only code stay out of compat.mpy, where each would
+    # cost a board's heap (a qstr) though it never runs there.
     try:
-        from . import cpython_compat as _host
+        from .cpython_compat import *  # noqa: F403
     except ImportError:
-        import cpython_compat as _host
-
-    const = _host.const
-    ticks_ms = _host.ticks_ms
-    ticks_diff = _host.ticks_diff
-    ticks_add = _host.ticks_add
-    sleep_ms = _host.sleep_ms
-    wait_for_ms = _host.wait_for_ms
-    wait_readable = _host.wait_readable
-    receive = _host.receive
-    host_address = _host.host_address
-    aes_ccm = _host.AesCcm  # OSCORE's cipher (a board builds its own on cryptolib)
+        from cpython_compat import *  # noqa: F403
 
 
 def ucbor():
@@ -160,8 +151,7 @@ def udp_socket(host="0.0.0.0", port=None):
         if port is None:
             pass
         elif not IS_MICROPYTHON:
-            sock.bind((host, port))
-            port = sock.getsockname()[1]
+            port = bind(sock, host, port)  # noqa: F405 (cpython_compat)
         elif port:
             sock.bind(address(host, port))
         else:
@@ -180,40 +170,23 @@ def udp_socket(host="0.0.0.0", port=None):
     return sock, port
 
 
-def set_nodelay(writer):
-    """TCP_NODELAY on a stream's socket, where the port supports it (else Nagle stays on)."""
-    try:
-        if IS_MICROPYTHON:
-            writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: no named constants here
-        else:
-            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError):
-        pass
+if IS_MICROPYTHON:
 
-
-def local_host(peer_host, peer_port):
-    """The address the peer can reach us at (for a poa); 127.0.0.1 when it cannot be known."""
-    if not IS_MICROPYTHON:
-        return host_address(peer_host, peer_port)
-    if IS_BOARD:
+    def set_nodelay(writer):
+        """TCP_NODELAY on a stream's socket, where the port supports it (else Nagle stays on)."""
         try:
-            import network
-
-            return network.WLAN(network.STA_IF).ifconfig()[0]
-        except (ImportError, OSError, AttributeError):
+            writer.s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: no named constants here
+        except (AttributeError, OSError):
             pass
-    return "127.0.0.1"  # the unix port cannot tell its own address: set poa_host
 
+    def local_host(host, port):
+        """The address the DAP at host:port can reach us at (for a poa); 127.0.0.1 when it
+        cannot be known."""
+        if IS_BOARD:
+            try:
+                import network
 
-def seeded_random(seed=None):
-    """A seeded random source: random(), uniform(), randint(), randrange(), getrandbits(),
-    choice(). CPython: a private random.Random (thousands of meters in one fleet process,
-    each with its own stream). MicroPython has one generator per process, so this seeds and
-    returns the `random` module itself: a board runs one meter."""
-    import random
-
-    if not IS_MICROPYTHON:
-        return random.Random(seed)
-    if seed is not None:
-        random.seed(seed)
-    return random
+                return network.WLAN(network.STA_IF).ifconfig()[0]
+            except (ImportError, OSError, AttributeError):
+                pass
+        return "127.0.0.1"  # the unix port cannot tell its own address: set poa_host

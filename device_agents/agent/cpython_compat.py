@@ -1,4 +1,5 @@
-"""What compat.py gives on CPython (the fleet emulator, the tests, `python main.py`).
+"""What compat.py gives on CPython (the fleet emulator, the tests, and
+`python -m device_agents.agent.main` from the source tree).
 
 Kept apart so that none of it is compiled into a board's bundle: every function of a module
 costs heap on MicroPython when the module is imported, whether it runs there or not.
@@ -64,16 +65,30 @@ def receive(sock, buffer, size):
         return None
 
 
-def host_address(peer_host, peer_port):
-    """The local address a UDP socket would use towards the peer (nothing is sent)."""
+def local_host(host, port):
+    """The local address a UDP socket would use towards host:port (nothing is sent)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        probe.connect((peer_host, peer_port))
+        probe.connect((host, port))
         return probe.getsockname()[0]
     except OSError:
         return "127.0.0.1"
     finally:
         probe.close()
+
+
+def bind(sock, host, port):
+    """Bind a UDP socket; the port it got (for port 0)."""
+    sock.bind((host, port))
+    return sock.getsockname()[1]
+
+
+def set_nodelay(writer):
+    """TCP_NODELAY on a stream's socket."""
+    try:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
 
 
 class AesCcm:
@@ -115,3 +130,6 @@ def tls_context(ca):
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         _TLS_CONTEXTS[ca] = context
     return context
+
+
+aes_ccm = AesCcm  # OSCORE's cipher (a board builds its own on cryptolib)

@@ -247,7 +247,8 @@ def arg(args, key, default):
 
 def _multi_interval(m, ts, a, flow):
     # Interval data requested by the MDMS: one to three channels of 15-minute values ending at
-    # the last complete interval. Worst case 5 characters a value keeps it under 2400 bytes.
+    # the last complete interval, within the table's 200-2400 bytes: 5 characters a value at
+    # most ("2431,": volts) keeps it under the top.
     n = arg(a, "n", None)
     if n is None:
         n = 32 + m.rng.below(65)  # 8 h to a day; a command may ask for up to two days
@@ -256,7 +257,18 @@ def _multi_interval(m, ts, a, flow):
         chans.append(RT_IV_RCV)
     if m.rng.below(2):
         chans.append(RT_IV_VOLT)
-    n = min(n, (2400 - 110 - 63 * len(chans)) // (5 * len(chans)))
+    most = (flow[SMAX] - 110 - 63 * len(chans)) // (5 * len(chans))
+    data = _intervals(m, ts, min(n, most), chans, a)
+    short = flow[SMIN] - payload_size(data)
+    if short > 0:
+        # A short read (a command may ask for one interval) reaches back further, to the
+        # table's smallest size: an interval adds at least 2 bytes ("0,") a channel.
+        more = (short + 2 * len(chans) - 1) // (2 * len(chans))
+        data = _intervals(m, ts, min(data["n"] + more, most), chans, a)
+    return data
+
+
+def _intervals(m, ts, n, chans, a):
     k0 = ts // INTERVAL_S - n
     blocks = []
     for rt in chans:
@@ -307,16 +319,25 @@ def _gas(m, ts, a, flow):
     # One record per 15-minute interval of the reporting period, as a gas volume corrector
     # logs it: indexes and deltas of measured (Vm) and base-condition (Vb) volume in litres,
     # energy in Wh, gauge pressure in Pa, temperature in centi-degC, status.
+    # The table gives both periods 100 bytes an interval (1600 B for 4 h, 2400 B for 6 h) and
+    # the row 1600-2400 B. A record of all nine fields takes 100-112 bytes, so the 6-hour
+    # report leaves out energy (Vb times the calorific value: the head-end can derive it)
+    # and status (0; an alarm is an event row of its own) to stay under 2400 B.
+    hours = int(flow[DATA])
     end_k = ts // INTERVAL_S
-    k0 = end_k - int(flow[DATA]) * 3600 // INTERVAL_S
+    k0 = end_k - hours * 3600 // INTERVAL_S
     vm, vb = m.gas_index_at(k0)
     recs = [None] * (end_k - k0)
     for k in range(k0, end_k):
         dvm, dvb, p, tc = m.interval_gas(k)
         vm += dvm
         vb += dvb
-        recs[k - k0] = {"t": (k + 1) * INTERVAL_S, "vm": vm, "vb": vb, "dvm": dvm, "dvb": dvb,
-                        "e": dvb * 10550 // 1000, "p": p, "tc": tc, "s": 0}  # fmt: skip
+        rec = {"t": (k + 1) * INTERVAL_S, "vm": vm, "vb": vb, "dvm": dvm, "dvb": dvb, "p": p,
+               "tc": tc}  # fmt: skip
+        if hours == 4:
+            rec["e"] = dvb * 10550 // 1000
+            rec["s"] = 0
+        recs[k - k0] = rec
     return ref({"rt": RT_GAS_VOL, "ip": INTERVAL_S, "recs": recs}, a)
 
 

@@ -13,6 +13,8 @@ try:
 except ImportError:
     import compat
 
+const = compat.const
+
 
 class Pieces:
     """A string given as a list of pieces (a long stored message): dump_parts writes it as
@@ -103,7 +105,7 @@ def to_json(content):
     return _coalesce(pieces)
 
 
-_PIECE = 256  # the longest piece of a long message that a board keeps
+_PIECE = const(256)  # the longest piece of a long message that a board keeps
 
 
 def _coalesce(pieces):

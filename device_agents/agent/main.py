@@ -1,9 +1,11 @@
 """Board entry point: read config.json, bring up Wi-Fi (boards only), run the meter agent.
 
-A board runs this file at boot; on the unix port `micropython main.py` from inside a bundle
-folder runs the same thing (no Wi-Fi there: the host's network is used). `python main.py
-[config.json]` works too. If the agent dies, a board resets after ten seconds (a meter must
-come back by itself); elsewhere the error propagates.
+A board runs this file at boot; on the unix port `micropython main.py [config.json]` from
+inside a bundle folder runs the same thing (no Wi-Fi there: the host's network is used). A
+bundle holds the other modules only as `.mpy` files, which CPython cannot load: there it is
+MicroPython or nothing. CPython runs the agent from the source tree instead, as
+`python -m device_agents.agent.main [config.json]`. If the agent dies, a board resets after
+ten seconds (a meter must come back by itself); elsewhere the error propagates.
 """
 
 import asyncio

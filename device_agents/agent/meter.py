@@ -13,12 +13,14 @@ that answer it are in commands.py, which a board loads only while it handles one
 import math
 
 try:
-    from . import flows
+    from . import compat, flows
 except (ImportError, KeyError):
+    import compat
     import flows
 
-DAY = 86400
-IV = flows.INTERVAL_S
+const = compat.const
+_DAY = const(86400)
+_IV = const(900)  # flows.INTERVAL_S
 
 # (bytes, not tuples: 24 bytes each in the heap.)
 # Residential load shape: percent of the meter's base load for each hour of the day.
@@ -75,10 +77,10 @@ def window_seconds(a, b, window, tz=0):
         return b - a
     la, lb = a + tz, b + tz
     total = 0
-    day = la // DAY
-    while day * DAY < lb:
-        w0 = day * DAY + h0 * 3600
-        w1 = day * DAY + h1 * 3600
+    day = la // _DAY
+    while day * _DAY < lb:
+        w0 = day * _DAY + h0 * 3600
+        w1 = day * _DAY + h1 * 3600
         lo = la if la > w0 else w0
         hi = lb if lb < w1 else w1
         if hi > lo:
@@ -119,7 +121,7 @@ class Meter:
         self.events = 0
         self.commands = 0
         self.now = now
-        self.last_k = now // IV
+        self.last_k = now // _IV
         # electric
         self.prepay = rng.chance(0.2) if prepay is None else bool(prepay)
         self.pv = rng.chance(0.2)
@@ -132,6 +134,8 @@ class Meter:
         self.credit = 20000 + rng.below(80000) if self.prepay else 0
         self.price = 80 + rng.below(120)
         self.price_tier = 0
+        self.price_start = 0
+        self.price_hh = None  # half-hourly rates from price_start (a price command's hh)
         self.dr_events = []  # [ev, start, end, shed], the last few
         self.han = []
         for _ in range(rng.below(3)):
@@ -150,7 +154,9 @@ class Meter:
         self.gas_period_h = gas_period_h
         self.gas_base_l = 1000 + rng.below(9000)
         self.gas_p = 2000 + rng.below(30000)
-        self.gas_vm = 1000000 + rng.below(500000000)
+        # Nine digits (an index of 100 000-500 000 m3): a 4-hour report then stays near
+        # the 1600 B the table gives it (flows._gas).
+        self.gas_vm = 100000000 + rng.below(400000000)
         self.gas_vb = self.gas_vm * 1037 // 1000
         self._gas_iv = [0, 0, 0, 0]  # interval_gas() writes here
         self.report_delay = rng.below(1800) if kind == "gas" else 0
@@ -164,16 +170,16 @@ class Meter:
     # ---- values -------------------------------------------------------------------------
 
     def _hour(self, k):
-        return ((k * IV + self.tz) % DAY) // 3600
+        return ((k * _IV + self.tz) % _DAY) // 3600
 
     def interval_wh(self, k):
         """Wh delivered in 15-minute interval k (k = epoch seconds // 900)."""
-        if self.switch == 0 and k * IV >= self.switch_ts:
+        if self.switch == 0 and k * _IV >= self.switch_ts:
             return 0
         wh = self.base_wh * PROFILE[self._hour(k)] // 100
         wh = wh * (75 + _mix(self.seed, k) % 51) // 100
         for ev in self.dr_events:
-            if ev[1] <= k * IV < ev[2]:
+            if ev[1] <= k * _IV < ev[2]:
                 wh = wh * (100 - ev[3]) // 100
         return wh if wh < 9999 else 9999
 
@@ -207,10 +213,10 @@ class Meter:
 
     def watts(self, ts):
         """Instantaneous demand in W."""
-        return self.interval_wh(ts // IV) * 4 + _mix(self.seed, ts) % 50
+        return self.interval_wh(ts // _IV) * 4 + _mix(self.seed, ts) % 50
 
     def volts(self, ts):
-        return self.interval_volt(ts // IV)
+        return self.interval_volt(ts // _IV)
 
     def register_at(self, k):
         """Wh delivered register at the start of interval k."""
@@ -235,7 +241,7 @@ class Meter:
         """Run the registers up to meter time `now` (epoch seconds)."""
         if now > self.now:
             self.now = now
-        k_now = self.now // IV
+        k_now = self.now // _IV
         k = self.last_k
         if k_now - k > 20000:
             # A long gap (weeks): book the average, then run the last two weeks exactly.
@@ -256,9 +262,19 @@ class Meter:
                 self.wh_del += wh
                 self.wh_rcv += self.interval_rcv(k)
                 if self.prepay:
-                    self.credit -= wh * self.price // 1000
+                    self.credit -= wh * self.rate_at(k * _IV) // 1000
             k += 1
         self.last_k = k_now
+
+    def rate_at(self, ts):
+        """The price at time ts: the half hour's rate of the last price command, else its
+        rate in force."""
+        hh = self.price_hh
+        if hh is not None and ts >= self.price_start:
+            slot = (ts - self.price_start) // 1800
+            if slot < len(hh):
+                return hh[slot]
+        return self.price
 
     # ---- scheduled flows ------------------------------------------------------------------
 
@@ -271,7 +287,7 @@ class Meter:
                 rate, window = flow[flows.PER_DAY], flow[flows.WINDOW]
                 sched.append([flow[flows.ID], rate, window, 0, self.rng.exp()])
             elif flow[flows.DATA] == str(self.gas_period_h):  # this meter's gas period
-                period = DAY // flow[flows.PER_DAY]
+                period = _DAY // flow[flows.PER_DAY]
                 sched.append([flow[flows.ID], 0, None, period, self._boundary(now, period)])
         return sched
 

@@ -52,15 +52,13 @@ except ImportError:
 
 LinkError = compat.LinkError
 
-CREATE = 1
-RETRIEVE = 2
-UPDATE = 3
-DELETE = 4
-NOTIFY = 5
-TY_AE = 2
-TY_CONTAINER = 3
-TY_CONTENT_INSTANCE = 4
-TY_SUBSCRIPTION = 23
+const = compat.const
+_CREATE = const(1)
+_UPDATE = const(3)
+_TY_AE = const(2)
+_TY_CONTAINER = const(3)
+_TY_CONTENT_INSTANCE = const(4)
+_TY_SUBSCRIPTION = const(23)
 API = "Ngridm2m.meter"
 SUBSCRIPTION_NAME = "cmdsub"
 _EXISTS = (4105, 4117)  # CONFLICT, ORIGINATOR_HAS_ALREADY_REGISTERED
@@ -122,13 +120,13 @@ class Dap:
         """CREATE the AE (or reuse the existing one, pointing its poa here); the AE-ID."""
         attributes = {"rn": self.meter_id, "api": API, "rr": True, "srv": ["3"], "poa": [self.poa]}
         reply = await self.request(
-            CREATE, self.cse_name, TY_AE, {"m2m:ae": attributes}, registration=True
+            _CREATE, self.cse_name, _TY_AE, {"m2m:ae": attributes}, registration=True
         )
         rsc = reply["rsc"]
         if rsc in _EXISTS:
             # The meter restarted: same AE, but its listener may be on a new port.
             update = {"m2m:ae": {"poa": [self.poa]}}
-            await self.request(UPDATE, self.ae_path, None, update, result_content=0)
+            await self.request(_UPDATE, self.ae_path, None, update, result_content=0)
         elif rsc != 2001:
             raise LinkError(f"registration of {self.ae_id} refused: rsc {rsc}")
         created = reply.get("pc")
@@ -143,7 +141,7 @@ class Dap:
         if attributes:
             content.update(attributes)
         reply = await self.request(
-            CREATE, self.ae_path, TY_CONTAINER, {"m2m:cnt": content}, result_content=0
+            _CREATE, self.ae_path, _TY_CONTAINER, {"m2m:cnt": content}, result_content=0
         )
         return reply["rsc"]
 
@@ -153,9 +151,9 @@ class Dap:
         content = {"rn": SUBSCRIPTION_NAME, "nu": [self.ae_id], "enc": {"net": [3]}, "nct": 1,
                    "pn": 2}  # fmt: skip
         reply = await self.request(
-            CREATE,
+            _CREATE,
             self.ae_path + "/" + name,
-            TY_SUBSCRIPTION,
+            _TY_SUBSCRIPTION,
             {"m2m:sub": content},
             result_content=0,
         )
@@ -178,7 +176,9 @@ class Dap:
             content = self._cbor_of_json(content)
         instance = {"m2m:cin": {"cnf": "application/json:0", "con": content}}
         to = self.ae_path + "/" + family
-        reply = await self.request(CREATE, to, TY_CONTENT_INSTANCE, instance, 0, False, request_id)
+        reply = await self.request(
+            _CREATE, to, _TY_CONTENT_INSTANCE, instance, 0, False, request_id
+        )
         return reply["rsc"]
 
     async def serve(self):

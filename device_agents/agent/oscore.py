@@ -46,7 +46,9 @@ _CHANGED = const(68)  # 2.04, the outer code of every protected answer
 _BAD_REQUEST = const(128)  # 4.00
 _UNAUTHORIZED = const(129)  # 4.01
 _BAD_OPTION = const(130)  # 4.02
-_OUTER = (3, 7, 35, 39)  # Uri-Host, Uri-Port, Proxy-Uri, Proxy-Scheme: class U
+
+# Every name a module uses costs a board's heap (a qstr), so the helpers here are few and
+# their arguments share names: a 96 KB meter has room for this module only so.
 
 
 def _hmac(key, data):
@@ -65,11 +67,12 @@ def _hmac(key, data):
     return digest.digest()
 
 
-def _derive(prk, ident, kind, size):
-    """HKDF-Expand of RFC 8613 §3.2.1: info = [id, nil, 10, kind, size] in CBOR; size <= 32."""
-    info = bytes((0x85, 0x40 | len(ident))) + ident + b"\xf6\x0a"
-    info += bytes((0x60 | len(kind),)) + kind + bytes((size,))
-    return _hmac(prk, info + b"\x01")[:size]
+def _derive(key, kid, kind, size):
+    """HKDF-Expand of RFC 8613 §3.2.1 from the PRK `key`: info = [kid, nil, 10, kind, size] in
+    CBOR; size <= 32."""
+    info = bytes((0x85, 0x40 | len(kid))) + kid + b"\xf6\x0a"
+    info += bytes((0x60 | len(kind),)) + kind + bytes((size, 1))  # 1: the counter T(1)
+    return _hmac(key, info)[:size]
 
 
 def _aad(kid, piv):
@@ -87,57 +90,57 @@ def _plaintext(code, options, payload=b""):
     return plain
 
 
-def _inner(outer, plain):
-    """The inner message of a decrypted plaintext (a bytearray, reused for the header)."""
-    plain[0:1] = bytes((0x40, plain[0], 0, 0))
-    inner = coap.decode(plain)
-    inner.type, inner.mid, inner.token = outer.type, outer.mid, outer.token
-    return inner
-
-
-def _piv(number):
-    """A sequence number as a Partial IV: big-endian, no leading zeros, 0 as one byte."""
-    out = coap.uint(number)
-    return out if out else b"\x00"
-
-
 class AesCcm:
-    """AES-CCM, 13-byte nonce (L = 2), 8-byte tag, on AES-ECB (`ecb.encrypt(in, out)`)."""
+    """AES-CCM, 13-byte nonce (L = 2), 8-byte tag, on AES-ECB (`aes.encrypt(in, out)`). Works
+    in place on the caller's buffer, with three 16-byte blocks of its own: no allocation that
+    grows with the message."""
 
-    def __init__(self, key, ecb=None):
-        if ecb is None:
+    def __init__(self, key, aes=None):
+        if aes is None:
             import cryptolib
 
-            ecb = cryptolib.aes(key, 1)
-        self._ecb = ecb
+            aes = cryptolib.aes(key, 1)
+        self._ecb = aes
         self._mac = bytearray(16)
         self._counter = bytearray(16)
-        self._stream = bytearray(16)
+        self._out = bytearray(16)  # a block of key stream
 
-    def _mac_of(self, nonce, aad, data):
+    def _tag(self, nonce, aad, data):
+        """CBC-MAC over the B0 block, the AAD (with its length) and data, then encrypted with
+        counter block 0: the tag, in a new 8-byte bytearray."""
         mac = self._mac
+        ecb = self._ecb
         mac[0] = 0x59  # flags: AAD present, tag (8 - 2) / 2 << 3, L - 1
         mac[1:14] = nonce
         mac[14] = len(data) >> 8
         mac[15] = len(data) & 0xFF
-        self._ecb.encrypt(mac, mac)
-        self._absorb(bytes((len(aad) >> 8, len(aad) & 0xFF)) + aad)
-        self._absorb(data)
-        return mac
-
-    def _absorb(self, data):
-        mac = self._mac
-        ecb = self._ecb
+        ecb.encrypt(mac, mac)
+        # The AAD goes in with its 2-byte length in front: block 1 is length + 14 bytes of it.
+        size = len(aad)
+        mac[0] ^= size >> 8
+        mac[1] ^= size & 0xFF
+        index = 2
+        for byte in aad:
+            mac[index] ^= byte
+            index += 1
+            if index == 16:
+                ecb.encrypt(mac, mac)
+                index = 0
+        if index:
+            ecb.encrypt(mac, mac)
         size = len(data)
         for start in range(0, size, 16):
             for index in range(min(16, size - start)):
                 mac[index] ^= data[start + index]
             ecb.encrypt(mac, mac)
+        tag = bytearray(mac[:_TAG])
+        self._crypt(nonce, 0, tag)
+        return tag
 
     def _crypt(self, nonce, index, data):
         """XOR data with the key stream from counter block `index` on (CTR mode)."""
         counter = self._counter
-        stream = self._stream
+        stream = self._out
         counter[0] = 1  # flags: L - 1
         counter[1:14] = nonce
         size = len(data)
@@ -148,11 +151,6 @@ class AesCcm:
             for offset in range(min(16, size - start)):
                 data[start + offset] ^= stream[offset]
             index += 1
-
-    def _tag(self, nonce, aad, data):
-        tag = bytearray(self._mac_of(nonce, aad, data)[:_TAG])
-        self._crypt(nonce, 0, tag)
-        return tag
 
     def seal(self, nonce, aad, data):
         """Encrypt `data` (a bytearray or a view of one) in place; the tag."""
@@ -168,13 +166,6 @@ class AesCcm:
         for index in range(min(len(tag), _TAG)):
             differ |= expected[index] ^ tag[index]
         return differ == 0
-
-
-def _cipher(key):
-    # The fleet runs thousands of meters in one CPython process: no pure-Python AES there.
-    if compat.IS_MICROPYTHON:
-        return AesCcm(key)
-    return compat.aes_ccm(key)
 
 
 class SequenceFile:
@@ -224,11 +215,13 @@ class Context:
         if not 1 <= len(kid) <= 7:
             raise ValueError("an OSCORE kid has 1 to 7 bytes")
         self.kid = kid
-        prk = _hmac(salt, secret)
-        self._sender = _cipher(_derive(prk, kid, b"Key", 16))
-        self._recipient = _cipher(_derive(prk, b"", b"Key", 16))
-        self._common_iv = _derive(prk, b"", b"IV", 13)
-        self._store = store
+        key = _hmac(salt, secret)  # the PRK: dropped once the keys are derived
+        # The fleet runs thousands of meters in one CPython process: no pure-Python AES there.
+        cipher = AesCcm if compat.IS_MICROPYTHON else compat.aes_ccm
+        self._sender = cipher(_derive(key, kid, b"Key", 16))
+        self._recipient = cipher(_derive(key, b"", b"Key", 16))
+        self._common_iv = _derive(key, b"", b"IV", 13)
+        self.store = store
         self.sequence = store.load() if store is not None else 0
         self._reserved = self.sequence
         self._top = None  # highest sequence number the gateway used; None: unknown (Echo)
@@ -236,10 +229,10 @@ class Context:
         self._echo = None  # the Echo value this meter asked the gateway to repeat
         self.echo_rounds = 0  # times a server asked this meter to repeat an Echo
 
-    def nonce(self, ident, piv):
+    def nonce(self, kid, piv):
         out = bytearray(13)
-        out[0] = len(ident)
-        out[8 - len(ident) : 8] = ident
+        out[0] = len(kid)
+        out[8 - len(kid) : 8] = kid
         out[13 - len(piv) :] = piv
         common = self._common_iv
         for index in range(13):
@@ -247,14 +240,15 @@ class Context:
         return out
 
     def next_piv(self):
-        """A fresh Partial IV; the store learns of a new chunk before its first number goes."""
+        """A fresh Partial IV (big-endian, no leading zeros, 0 as one byte); the store learns
+        of a new chunk before its first number goes."""
         number = self.sequence
         if number >= self._reserved:
             self._reserved = number + _CHUNK
-            if self._store is not None:
-                self._store.save(self._reserved)
+            if self.store is not None:
+                self.store.save(self._reserved)
         self.sequence = number + 1
-        return _piv(number)
+        return coap.uint(number) or b"\x00"
 
     # ---- the meter as a client ---------------------------------------------------------------
 
@@ -265,7 +259,8 @@ class Context:
         inner = []
         outer = [(OSCORE, 0, bytes((len(piv) | 8,)) + piv + self.kid)]
         for option in options:
-            (outer if option[0] in _OUTER else inner).append(option)
+            # Uri-Host, Uri-Port, Proxy-Uri, Proxy-Scheme are class U: outside.
+            (outer if option[0] in (3, 7, 35, 39) else inner).append(option)
         head = coap.encode(coap.CON, coap.POST, mid, token, outer)
         head.append(0xFF)  # the ciphertext is the outer payload
         plain = _plaintext(code, inner)
@@ -282,37 +277,40 @@ class Context:
         view[body : body + _TAG] = tag
         return piv, view[: body + _TAG]
 
-    def open_reply(self, reply, request_piv):
-        """The inner answer to our request `request_piv`. LinkError for an answer that is
-        unprotected (nobody vouches for it: a forged 4.01 must not drop a message) or that
+    def open_reply(self, message, piv):
+        """The inner answer to our request with Partial IV `piv`. LinkError for an answer that
+        is unprotected (nobody vouches for it: a forged 4.01 must not drop a message) or that
         does not verify."""
-        value = reply.option(OSCORE)
+        value = message.option(OSCORE)
         if value is None:
-            raise LinkError(f"the DAP answered {reply.code >> 5}.{reply.code & 31:02d} unprotected")
+            code = message.code
+            raise LinkError(f"the DAP answered {code >> 5}.{code & 31:02d} unprotected")
         try:
-            piv, _ = parse_option(value)
+            own, _ = parse_option(value)
         except ValueError:
             raise LinkError("an answer with a malformed OSCORE option") from None
         # An answer without a Partial IV reuses the request's nonce.
-        nonce = self.nonce(self.kid, request_piv) if piv is None else self.nonce(b"", piv)
-        return self._open(self._recipient, nonce, _aad(self.kid, request_piv), reply)
+        nonce = self.nonce(self.kid, piv) if own is None else self.nonce(b"", own)
+        return self._open(nonce, _aad(self.kid, piv), message)
 
-    def _open(self, cipher, nonce, aad, message):
+    def _open(self, nonce, aad, message):
+        """The inner message of a protected one, decrypted in place in one new buffer (which
+        also takes the inner header)."""
         sealed = message.payload
-        if len(sealed) <= _TAG:
+        size = len(sealed) - _TAG
+        if size <= 0:
             raise LinkError("a protected message too short to verify")
-        plain = bytearray(sealed[:-_TAG])
-        if not cipher.open(nonce, aad, plain, sealed[-_TAG:]):
+        plain = bytearray(size + 3)  # room for the 4-byte header that replaces the code
+        plain[3:] = memoryview(sealed)[:size]
+        view = memoryview(plain)[3:]
+        if not self._recipient.open(nonce, aad, view, memoryview(sealed)[size:]):
             raise LinkError("a protected message that does not verify")
-        return _inner(message, plain)
+        plain[0], plain[1], plain[2], plain[3] = 0x40, plain[3], 0, 0
+        inner = coap.decode(plain)
+        inner.type, inner.mid, inner.token = message.type, message.mid, message.token
+        return inner
 
     # ---- the meter as a server (notifications from the gateway) ------------------------------
-
-    def _fresh(self, number):
-        if number > self._top:
-            return True
-        age = self._top - number
-        return age < _WINDOW and not (self._seen >> age) & 1
 
     def _strike(self, number):
         if self._top is None:  # the first number after a boot: it and all before it are spent
@@ -339,13 +337,16 @@ class Context:
         if piv is None or kid != b"" or request.code != coap.POST:
             return _UNAUTHORIZED, None, None
         number = int.from_bytes(piv, "big")
-        if self._top is not None and not self._fresh(number):
-            return _UNAUTHORIZED, None, None
+        top = self._top
+        if top is not None and number <= top:  # fresh only if in the window and not seen
+            age = top - number
+            if age >= _WINDOW or (self._seen >> age) & 1:
+                return _UNAUTHORIZED, None, None
         try:
-            inner = self._open(self._recipient, self.nonce(b"", piv), _aad(b"", piv), request)
+            inner = self._open(self.nonce(b"", piv), _aad(b"", piv), request)
         except (LinkError, ValueError):
             return _BAD_REQUEST, None, None
-        if self._top is None:
+        if top is None:
             echo = inner.option(ECHO)
             if self._echo is None or echo != self._echo:
                 return inner, piv, True
@@ -359,19 +360,19 @@ class Context:
             self._echo += compat.random_bits(32).to_bytes(4, "big")
         return [(ECHO, 0, self._echo)]
 
-    def seal_reply(self, request_piv, code, options, payload, fresh=False):
-        """The outer (2.04, options, payload) of a protected answer to the gateway's request.
-        An answer reuses the request's nonce, except a `fresh` one (the Echo challenge, which
-        may answer a replay) that takes a Partial IV of its own."""
+    def seal_reply(self, piv, code, options, payload, fresh=False):
+        """The outer (2.04, options, payload) of a protected answer to the gateway's request
+        with Partial IV `piv`. An answer reuses the request's nonce, except a `fresh` one (the
+        Echo challenge, which may answer a replay) that takes a Partial IV of its own."""
         plain = _plaintext(code, options, payload)
         if fresh:
-            piv = self.next_piv()
-            nonce = self.nonce(self.kid, piv)
-            value = bytes((len(piv),)) + piv
+            own = self.next_piv()
+            nonce = self.nonce(self.kid, own)
+            value = bytes((len(own),)) + own
         else:
-            nonce = self.nonce(b"", request_piv)
+            nonce = self.nonce(b"", piv)
             value = b""
-        tag = self._sender.seal(nonce, _aad(b"", request_piv), plain)
+        tag = self._sender.seal(nonce, _aad(b"", piv), plain)
         plain.extend(tag)
         return _CHANGED, [(OSCORE, 0, value)], plain
 
@@ -386,29 +387,37 @@ class Client(coap.CoapClient):
         super().__init__(*args)
         self.context = context
         self._out = bytearray(len(self._out) + _MORE)
-        self._sent = None  # what the last datagram carried, to send it again with Echo
-        self._piv = None
+        # (Partial IV, code, options, token, parts, offset, size) of the datagram in flight:
+        # to open its answer and to send it again with Echo. Dropped after the exchange, so
+        # that a sent message's body is not kept alive.
+        self._sent = None
 
     def _datagram(self, code, options, token, parts, offset, size):
-        self._sent = (code, options, token, parts, offset, size)
-        self._piv, datagram = self.context.request_datagram(
+        piv, datagram = self.context.request_datagram(
             self._out, self._next_mid(), code, options, token, parts, offset, size
         )
+        self._sent = (piv, code, options, token, parts, offset, size)
         return datagram
 
     async def _exchange(self, datagram, mid, token):
         context = self.context
-        reply = context.open_reply(await super()._exchange(datagram, mid, token), self._piv)
-        echo = reply.option(ECHO) if reply.code == _UNAUTHORIZED else None
-        if echo is None:
-            return reply
-        context.echo_rounds += 1
-        code, options, token, parts, offset, size = self._sent
-        datagram = self._datagram(code, options + [(ECHO, 0, echo)], token, parts, offset, size)
-        reply = context.open_reply(await super()._exchange(datagram, self._mid, token), self._piv)
-        if reply.code == _UNAUTHORIZED and reply.option(ECHO) is not None:
-            raise LinkError("the DAP did not take its own Echo value")
-        return reply
+        try:
+            message = await super()._exchange(datagram, mid, token)
+            message = context.open_reply(message, self._sent[0])
+            echo = message.option(ECHO) if message.code == _UNAUTHORIZED else None
+            if echo is None:
+                return message
+            context.echo_rounds += 1
+            _, code, options, token, parts, offset, size = self._sent
+            options = options + [(ECHO, 0, echo)]
+            datagram = self._datagram(code, options, token, parts, offset, size)
+            message = await super()._exchange(datagram, self._mid, token)
+            message = context.open_reply(message, self._sent[0])
+            if message.code == _UNAUTHORIZED and message.option(ECHO) is not None:
+                raise LinkError("the DAP did not take its own Echo value")
+            return message
+        finally:
+            self._sent = None
 
 
 class Listener(coap.CoapListener):

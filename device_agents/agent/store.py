@@ -27,7 +27,13 @@ import binascii
 import json
 import os
 
-LEVELS = 4  # priorities 0 (alarms/alerts) .. 3 (bulk interval data)
+try:
+    from . import compat
+except ImportError:
+    import compat
+
+const = compat.const
+_LEVELS = const(4)  # priorities 0 (alarms/alerts) .. 3 (bulk interval data)
 # An item's heap besides its body on the 64-bit unix port (the item and entry lists, the
 # body's object; about half on a 32-bit board), and each piece's of a body in pieces.
 ITEM_RAM = 160
@@ -54,7 +60,7 @@ class Store:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.path = path
-        self._levels = [[] for _ in range(LEVELS)]  # per priority: [id, size, item] oldest first
+        self._levels = [[] for _ in range(_LEVELS)]  # per priority: [id, size, item] oldest first
         self.count = 0
         self.bytes = 0
         self.dropped = 0
@@ -122,7 +128,7 @@ class Store:
             return self._reject(item)
         while self.count >= self.max_items or self.bytes + size > self.max_bytes:
             victim = None
-            for lvl in range(LEVELS - 1, max(prio, 1) - 1, -1):
+            for lvl in range(_LEVELS - 1, max(prio, 1) - 1, -1):
                 if self._levels[lvl]:
                     victim = self._levels[lvl]
                     break
@@ -191,7 +197,7 @@ class Store:
                 return
             os.rename(path + ".tmp", path)  # lost power between remove and rename
         entries = {}
-        levels = [[] for _ in range(LEVELS)]
+        levels = [[] for _ in range(_LEVELS)]
         with open(path) as f:
             for line in f:
                 _replay(line.strip(), entries, levels)
@@ -208,7 +214,7 @@ class Store:
 def _level(priority):
     if priority < 0:
         return 0
-    return priority if priority < LEVELS else LEVELS - 1
+    return priority if priority < _LEVELS else _LEVELS - 1
 
 
 def _entry_json(entry):

@@ -74,11 +74,13 @@ class FleetConfig(BaseModel):
     mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
     transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
     dap: DapConfig = DapConfig()
-    # The DAP's credential store: each MQTT meter logs in to the broker with its own password
-    # from it (its broker files come from the same store: gridm2m credentials mosquitto).
+    # The DAP's credential store: each CoAP meter speaks OSCORE with its own keys from it, each
+    # MQTT meter logs in to the broker with its own password from it (the broker's files come
+    # from the same store: gridm2m credentials mosquitto). None: plain CoAP and anonymous
+    # MQTT, for a lab DAP that takes claimed AE-IDs.
     credentials: str | None = None
-    # Make the credentials of meters the store does not know yet (then make the broker's files
-    # again and reload it before the run); false: such a meter is an error.
+    # Make the credentials of meters the store does not know yet (for MQTT meters, then make
+    # the broker's files again and reload it before the run); false: such a meter is an error.
     provision: bool = False
     # More options for every agent (docs/agents.md lists them), e.g. coap_ack_timeout_ms,
     # mqtt_username. In a string, {meter_id} and {ae_id} become the meter's own.

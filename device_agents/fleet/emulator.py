@@ -125,41 +125,47 @@ def plan_meters(config: FleetConfig) -> list[MeterPlan]:
     return plans
 
 
-def mqtt_logins(config: FleetConfig, plans: list[MeterPlan]) -> dict[str, str]:
-    """Each MQTT meter's broker password from the credential store (none without a store);
-    raises FleetConfigError for a meter without a usable credential, unless `provision`."""
+def meter_secrets(config: FleetConfig, plans: list[MeterPlan]) -> dict[str, dict[str, Any]]:
+    """Each meter's link secret from the credential store (none without a store): a CoAP
+    meter's OSCORE keys, an MQTT meter's broker login; raises FleetConfigError for a meter
+    without a usable credential (made now for a meter the store does not know, with
+    `provision`)."""
     if config.credentials is None:
         return {}
-    from cse.security.credentials import CredentialStore
+    from device_agents.provisioning import ProvisioningError
+    from device_agents.provisioning import meter_secrets as secrets_from_store
 
-    logins: dict[str, str] = {}
-    missing: list[str] = []
-    with CredentialStore(config.credentials) as store:
-        for plan in plans:
-            if plan.transport != "mqtt":
-                continue
-            credential = store.by_name(plan.meter_id)
-            if credential is None and config.provision:
-                credential = store.add_device(plan.meter_id).credential
-            if credential is None:
-                missing.append(plan.meter_id)
-                continue
-            logins[plan.meter_id] = credential.mqtt_password or store.new_mqtt_password(
-                plan.meter_id
-            )
-    if missing:
-        raise FleetConfigError(
-            f"{len(missing)} MQTT meters ({', '.join(missing[:3])}, ...) have no usable "
-            f"credential in {config.credentials}: set provision = true, or add them"
-        )
-    return logins
+    transports = {plan.meter_id: plan.transport for plan in plans}
+    try:
+        secrets, _ = secrets_from_store(config.credentials, transports, provision=config.provision)
+    except ProvisioningError as error:
+        raise FleetConfigError(str(error)) from error
+    return secrets
+
+
+class SequenceInMemory:
+    """Where an emulated meter keeps its OSCORE sender sequence number (the agent's
+    `oscore_state`): in memory, for the run. It starts at the wall clock in hundredths of a
+    second, so a later run with the same keys against the same gateway is ahead of every
+    number an earlier one used (a meter sends far fewer than 100 requests a second), and the
+    gateway's replay window takes it; 2^40, the largest number OSCORE allows, is centuries
+    away."""
+
+    def __init__(self) -> None:
+        self.value = int(time.time() * 100)
+
+    def load(self) -> int:
+        return self.value
+
+    def save(self, value: int) -> None:
+        self.value = value
 
 
 def agent_config(
-    config: FleetConfig, plan: MeterPlan, start_ts: int, password: str | None = None
+    config: FleetConfig, plan: MeterPlan, start_ts: int, secret: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The config.json one emulated meter gets (docs/agents.md, plus the agent's options);
-    `password`: its broker password (MQTT)."""
+    `secret`: its link's secret from `meter_secrets` (OSCORE keys, or a broker login)."""
     dap = config.dap
     listen_port = dap.listen_port + plan.index if dap.listen_port else 0
     return {
@@ -184,12 +190,13 @@ def agent_config(
         "rate_scale": config.rate_scale,
         "tick_ms": config.tick_ms,
         "timeout_ms": config.timeout_ms,
-        **_mqtt_options(config, plan, password),
+        **_mqtt_options(config, plan),
+        **_secret_options(secret),
         **_agent_options(config, plan),
     }
 
 
-def _mqtt_options(config: FleetConfig, plan: MeterPlan, password: str | None) -> dict[str, Any]:
+def _mqtt_options(config: FleetConfig, plan: MeterPlan) -> dict[str, Any]:
     if plan.transport != "mqtt":
         return {}
     options: dict[str, Any] = {"mqtt_tls": config.dap.mqtt_ca is not None}
@@ -197,10 +204,15 @@ def _mqtt_options(config: FleetConfig, plan: MeterPlan, password: str | None) ->
         options["mqtt_ca"] = config.dap.mqtt_ca
     if config.dap.mqtt_server_name is not None:
         options["mqtt_server_name"] = config.dap.mqtt_server_name
-    if password is not None:
-        options["mqtt_username"] = onem2m.ae_id_for(plan.meter_id)
-        options["mqtt_password"] = password
     return options
+
+
+def _secret_options(secret: dict[str, Any] | None) -> dict[str, Any]:
+    if secret is None:
+        return {}
+    if "oscore" in secret:  # the agents run in this process: the number stays in memory
+        return {**secret, "oscore_state": SequenceInMemory()}
+    return secret
 
 
 def _agent_options(config: FleetConfig, plan: MeterPlan) -> dict[str, Any]:
@@ -389,7 +401,7 @@ class Fleet:
         config = self.config
         plans = plan_meters(config)
         ensure_file_limit(plans)
-        logins = mqtt_logins(config, plans)
+        secrets = meter_secrets(config, plans)
         clock = FleetClock(config.clock_speed, config.start_ts)
         gate = asyncio.Semaphore(config.max_starting)
         ticker = Ticker()
@@ -403,8 +415,8 @@ class Fleet:
                 delay = plan.start_at - clock.elapsed()
                 if delay > 0:
                     await asyncio.sleep(delay)  # the ramp's schedule, not a synchronisation
-                password = logins.get(plan.meter_id)
-                agent_cfg = agent_config(config, plan, clock.meter_time(), password)
+                secret = secrets.get(plan.meter_id)
+                agent_cfg = agent_config(config, plan, clock.meter_time(), secret)
                 dap = TimedDap(agent_cfg, measurements)
                 agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker)
                 self.agents.append(agent)
@@ -420,8 +432,10 @@ class Fleet:
                 await starter
             wall = clock.elapsed()
             meter_seconds = clock.meter_time() - started_meter_time
-            snapshot = [agent.stats() for agent in self.agents]
             await self._stop(tasks)
+            # Counted once stopped: a send still in flight at the stop is counted as sent if
+            # the DAP acknowledged it (it is then at the DAP, and soon at the head-end).
+            snapshot = [agent.stats() for agent in self.agents]
             probe.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await probe

@@ -7,8 +7,10 @@ through Server-Sent Events on /api/stream, each event driven by `store.wait_for_
 where the stream fails it polls instead.
 
   GET /                    the page
-  GET /api/overview        totals: meters online, messages per family, alarms, commands,
-                           and each gateway's latest status (outbox depth per priority)
+  GET /api/overview        totals: meters heard from and online (and registered at the
+                           gateways, as they report it), messages per family, alarms,
+                           commands, the gateways' outboxes (queued and shed, in all and
+                           per priority) and each gateway's latest status as it sent it
   GET /api/meters          ?limit=&offset= meters with their latest registers and state
   GET /api/meters/{meter}  one meter with its latest messages and commands
   GET /api/messages        ?after_id=&meter=&family=&limit= latest messages, newest first
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import math
 import string
 import time
 from collections.abc import Awaitable, Callable
@@ -46,6 +49,48 @@ _OWN_FILES = {
     "dashboard.css": "text/css",
 }
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The outbox priorities a gateway reports by name, most urgent first (as PRIORITY_NAMES in
+# gateway/metrics.py names them).
+PRIORITIES = ("alarm", "ack", "ondemand", "bulk")
+
+
+def _per_priority(value: Any) -> dict[str, int]:
+    """A gateway's {priority name: count} (its status's `outbox` or `shed`), every priority
+    present; a value of another shape counts as nothing rather than as a number it is not."""
+    counts = dict.fromkeys(PRIORITIES, 0)
+    if isinstance(value, dict):
+        for name, count in value.items():
+            if isinstance(count, int) and not isinstance(count, bool):
+                counts[str(name)] = count
+    return counts
+
+
+def outbox_totals(gateways: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What the gateways' latest reports say of their outboxes and meters, added up:
+    {queued, shed: totals; queued_by_priority, shed_by_priority; registered: meters registered
+    at the gateways (None if none reported it)}. Each gateway's own entry gains `queued` and
+    `shed` per priority."""
+    queued, shed = dict.fromkeys(PRIORITIES, 0), dict.fromkeys(PRIORITIES, 0)
+    registered: int | None = None
+    for entry in gateways.values():
+        status = entry.get("status") or {}
+        entry["queued"] = _per_priority(status.get("outbox"))
+        entry["shed"] = _per_priority(status.get("shed"))
+        for name, count in entry["queued"].items():
+            queued[name] = queued.get(name, 0) + count
+        for name, count in entry["shed"].items():
+            shed[name] = shed.get(name, 0) + count
+        meters = status.get("meters")
+        if isinstance(meters, int) and not isinstance(meters, bool):
+            registered = (registered or 0) + meters
+    return {
+        "queued": sum(queued.values()),
+        "shed": sum(shed.values()),
+        "queued_by_priority": queued,
+        "shed_by_priority": shed,
+        "registered": registered,
+    }
 
 
 def _plotly_js() -> Path:
@@ -81,6 +126,20 @@ def _int_param(request: web.Request, name: str, default: int | None) -> int | No
         return int(value)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _cursor(text: str) -> tuple[float, str] | None:
+    """A page cursor "<issued_at>,<id>" (empty: from the first)."""
+    if not text:
+        return None
+    at, comma, command_id = text.partition(",")
+    try:
+        issued_at = float(at)
+    except ValueError:
+        issued_at = math.nan
+    if not comma or not math.isfinite(issued_at):
+        raise ValueError(f"after must be empty or <issued_at>,<id>, got {text!r}")
+    return issued_at, command_id
 
 
 class _Dashboard:
@@ -136,10 +195,15 @@ class _Dashboard:
         version = self.store.version
         summary = await self.store.overview(online_since=now - self.online_window_s)
         gateways = await self.store.gateway_status()
+        totals = outbox_totals(gateways)
+        # Meters heard from are the MDMS's; registered ones are the gateways' (a meter that
+        # registered but whose first message has not arrived yet is only there).
+        summary["meters"]["registered"] = totals.pop("registered")
         return _json(
             {
                 **summary,
                 "gateways": gateways,
+                "outbox": totals,
                 "now": now,
                 "version": version,
                 "online_window_s": self.online_window_s,
@@ -169,8 +233,14 @@ class _Dashboard:
         return _json({"meter": self._mark_online(found, self.clock()), "now": self.clock()})
 
     async def messages(self, request: web.Request) -> web.Response:
+        """The latest messages, newest first; with `order=oldest`, every message after
+        `after_id` in the order stored, a page at a time."""
         limit = _int_param(request, "limit", 50)
         assert limit is not None
+        if request.query.get("order") == "oldest":
+            after = _int_param(request, "after_id", 0)
+            assert after is not None
+            return _json({"messages": await self.store.messages_in_order(after, limit)})
         messages = await self.store.recent_messages(
             meter=request.query.get("meter") or None,
             family=request.query.get("family") or None,
@@ -180,8 +250,15 @@ class _Dashboard:
         return _json({"messages": messages})
 
     async def commands(self, request: web.Request) -> web.Response:
+        """The latest commands, newest first; with `after` (empty, or the `next` of the
+        previous page), every command in the order issued, a page at a time."""
         limit = _int_param(request, "limit", 50)
         assert limit is not None
+        if "after" in request.query:
+            page = await self.store.commands_in_order(_cursor(request.query["after"]), limit)
+            last = page[-1] if len(page) == limit else None
+            cursor = None if last is None else f"{last['issued_at']!r},{last['id']}"
+            return _json({"commands": page, "next": cursor})
         meter = request.query.get("meter") or None
         return _json({"commands": await self.store.commands(limit=limit, meter=meter)})
 

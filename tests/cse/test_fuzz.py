@@ -31,7 +31,7 @@ from cse.core.errors import BadRequest
 from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
 from cse.core.primitives import FilterCriteria, Request, Response
-from cse.core.registry import SPECS, Kind
+from cse.core.registry import SPECS, SPECS_BY_KEY, Kind, ResourceSpec, spec_of
 from cse.core.types import Operation, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import CBOR, JSON, decode, encode
@@ -119,6 +119,8 @@ JSON_VALUES = st.recursive(
     max_leaves=20,
 )
 
+# The spec a request of each type is drawn from: a flexContainer as one of its models.
+FUZZ_SPECS: dict[int, ResourceSpec] = {**SPECS, 28: SPECS_BY_KEY["cod:eneCn"]}
 ATTRIBUTE_NAMES = sorted({name for spec in SPECS.values() for name in spec.attributes})
 OBJECTS = st.one_of(
     st.builds(
@@ -141,11 +143,14 @@ OBJECTS = st.one_of(
 TYPED_VALUES: dict[Kind, st.SearchStrategy[Any]] = {
     Kind.STRING: ID_LIKE | st.text(max_size=8) | st.sampled_from(["text/plain:0", "a/b:3"]),
     Kind.COUNT: st.integers(0, 6) | EDGE_INTEGERS,
+    Kind.POSITIVE: st.integers(1, 6) | EDGE_INTEGERS,
     Kind.INTEGER: st.integers(-2, 6) | EDGE_INTEGERS,
+    Kind.NUMBER: st.integers(-2, 6) | st.floats() | EDGE_INTEGERS,
     Kind.BOOLEAN: st.booleans(),
     Kind.STRINGS: st.lists(ID_LIKE | st.text(max_size=6), max_size=3),
     Kind.OBJECT: OBJECTS,
     Kind.TIMESTAMP: TIMESTAMPS,
+    Kind.TIME: TIMESTAMPS | st.integers(-2, 10**6) | st.sampled_from(["42", "-1", "4 2"]),
     Kind.ANY: JSON_VALUES,
 }
 
@@ -175,7 +180,7 @@ def attributes_of(
 ) -> st.SearchStrategy[dict[str, Any]]:
     if ty not in SPECS:
         return st.dictionaries(st.sampled_from(ATTRIBUTE_NAMES), LEAVES, max_size=max_size)
-    spec = SPECS[ty]
+    spec = FUZZ_SPECS[ty]
     writable = sorted(
         name
         for name, policy in spec.attributes.items()
@@ -201,13 +206,15 @@ def attributes_of(
 # A valid body per resource type; examples start from one and change some attributes, so
 # that deep code paths (eviction, group checks, subscriptions) are reached, not only 4000s.
 TEMPLATES: dict[int, dict[str, Any]] = {
-    1: {"pv": {"acr": [{"acor": [AE], "acop": 63}]}, "pvs": {"acr": []}},
+    1: {"pv": {"acr": [{"acor": [AE], "acop": 63}]}, "pvs": {"acr": [{"acor": [AE], "acop": 63}]}},
     2: {"api": "Nfuzz", "rr": True, "srv": ["3"]},
     3: {},
     4: {"con": "12.5", "cnf": "text/plain:0"},
     9: {"mnm": 3, "mid": ["cse-in/meter/reads"]},
-    16: {"cb": "/id-mn/cse-mn", "csi": "/id-mn", "rr": True, "srv": ["3"], "poa": []},
+    14: {"ni": "fuzz"},
+    16: {"cb": "/id-mn/cse-mn", "csi": "/id-mn", "rr": True, "srv": ["3"]},
     23: {"nu": [AE]},
+    28: {"cnd": "org.onem2m.common.moduleclass.energyConsumption", "abECn": 1.5},
 }
 WRAPPER_KEYS = [spec.key for spec in SPECS.values()] + ["m2m:fcnt", "m2m:ts", "cnt", ""]
 
@@ -223,7 +230,7 @@ def bodies(draw: st.DrawFn, ty: int | None, *, create: bool = True) -> Any:
         attributes.update(draw(attributes_of(ty, max_size=2 if create else 4, create=create)))
         if create and attributes and not draw(st.integers(0, 4)):
             attributes.pop(draw(st.sampled_from(sorted(attributes))))
-        key = SPECS[ty].key if kind else draw(st.sampled_from(WRAPPER_KEYS))
+        key = FUZZ_SPECS[ty].key if kind else draw(st.sampled_from(WRAPPER_KEYS))
         return {key: attributes}
     if kind <= 8:
         return {draw(st.sampled_from(WRAPPER_KEYS)): draw(attributes_of(ty) | JSON_VALUES)}
@@ -240,6 +247,7 @@ SUBJECTS: dict[str, int] = {
     "cse-in/meter/reads/watch": 23,
     "cse-in/meter/grp": 9,
     "cse-in/meter/acp": 1,
+    "cse-in/meter/energy": 28,
 }
 OTHER_TARGETS = st.one_of(
     st.sampled_from(
@@ -393,7 +401,7 @@ def _create(to: str, ty: int, body: dict[str, Any], originator: str = AE) -> Req
 
 
 async def _seed(cse: CommonServicesEntity) -> None:
-    """meter (AE) / reads (CNT, 2 CINs, a SUB) + grp (GRP) + acp (ACP)."""
+    """meter (AE) / reads (CNT, 2 CINs, a SUB) + grp (GRP) + acp (ACP) + energy (FCNT)."""
     body = {"m2m:ae": {"rn": "meter", "api": "Nmeter", "rr": True, "srv": ["3"]}}
     await _must(cse, _create("cse-in", 2, body))
     await _must(cse, _create("cse-in/meter", 3, {"m2m:cnt": {"rn": "reads", "mni": 5}}))
@@ -402,8 +410,12 @@ async def _seed(cse: CommonServicesEntity) -> None:
     await _must(cse, _create("cse-in/meter/reads", 23, {"m2m:sub": {"rn": "watch", "nu": [AE]}}))
     grp = {"m2m:grp": {"rn": "grp", "mnm": 5, "mid": ["cse-in/meter/reads"]}}
     await _must(cse, _create("cse-in/meter", 9, grp))
-    acp = {"m2m:acp": {"rn": "acp", "pv": {"acr": []}, "pvs": {"acr": []}}}
+    acp = {
+        "m2m:acp": {"rn": "acp", "pv": {"acr": []}, "pvs": {"acr": [{"acor": [AE], "acop": 63}]}}
+    }
     await _must(cse, _create("cse-in/meter", 1, acp))
+    energy = {"rn": "energy", **TEMPLATES[28]}
+    await _must(cse, _create("cse-in/meter", 28, {FUZZ_SPECS[28].key: energy}))
 
 
 def check_response(response: Response) -> None:
@@ -424,7 +436,7 @@ async def check_tree(cse: CommonServicesEntity) -> None:
     everything: list[Resource] = await storage.descendants("cse-in")
     for resource in everything:
         attributes = resource.attributes
-        spec = SPECS[resource.ty]
+        spec = spec_of(resource)
         assert (await storage.get(resource.ri)) is not None
         by_path = await storage.get_by_path(resource.path)
         assert by_path is not None and by_path.ri == resource.ri, resource
@@ -532,7 +544,8 @@ EDGE_VALUES: list[Any] = [
     "20000101T000000", [], ["x"], [1], {}, {"acr": None}, {"net": [9]}, {"num": True, "dur": "P"},
 ]  # fmt: skip
 PARENTS = {1: "cse-in/meter", 2: "cse-in", 3: "cse-in/meter", 4: "cse-in/meter/reads",
-           9: "cse-in/meter", 16: "cse-in", 23: "cse-in/meter/reads"}  # fmt: skip
+           9: "cse-in/meter", 14: "cse-in", 16: "cse-in", 23: "cse-in/meter/reads",
+           28: "cse-in/meter"}  # fmt: skip
 
 
 async def _follow_up(cse: CommonServicesEntity) -> None:
@@ -553,7 +566,7 @@ async def _follow_up(cse: CommonServicesEntity) -> None:
 
 @pytest.mark.parametrize("path", sorted(SUBJECTS))
 def test_updating_any_attribute_to_any_value(path: str) -> None:
-    spec = SPECS[SUBJECTS[path]]
+    spec = FUZZ_SPECS[SUBJECTS[path]]
 
     async def scenario() -> None:
         for name in [*sorted(spec.attributes), "bogus"]:
@@ -573,7 +586,7 @@ def test_updating_any_attribute_to_any_value(path: str) -> None:
 
 @pytest.mark.parametrize("ty", sorted(TEMPLATES))
 def test_creating_with_any_attribute_set_to_any_value(ty: int) -> None:
-    spec = SPECS[ty]
+    spec = FUZZ_SPECS[ty]
 
     async def scenario() -> None:
         for name in [*sorted(spec.attributes), "bogus"]:
@@ -583,7 +596,8 @@ def test_creating_with_any_attribute_set_to_any_value(ty: int) -> None:
                 ) as cse:
                     await _seed(cse)
                     attributes = {**TEMPLATES[ty], "rn": "new", name: value}
-                    originator = "Cnew" if ty == 2 else "/id-mn" if ty == 16 else AE
+                    # Who may make one: an AE registers itself, a CSE itself, a node the admin.
+                    originator = {2: "Cnew", 14: ADMIN, 16: "/id-mn"}.get(ty, AE)
                     request = _create(PARENTS[ty], ty, {spec.key: attributes}, originator)
                     check_response(await cse.handle(request))
                     await _follow_up(cse)

@@ -22,6 +22,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
@@ -112,6 +113,26 @@ class DapBroker:
     @property
     def tls_url(self) -> str:
         return f"mqtts://{HOST}:{self.tls_port}"
+
+    def meter_config(self, meter_id: str, *, tls: bool = True, **extra: Any) -> dict[str, Any]:
+        """An MQTT meter agent's config.json for this broker: its own login from the store,
+        the TLS listener and the CA (`tls`), or the plain loopback listener; `extra` on top."""
+        user = "C" + meter_id
+        config: dict[str, Any] = {
+            "meter_id": meter_id,
+            "transport": "mqtt",
+            "dap_host": HOST,
+            "dap_port": self.tls_port if tls else self.plain_port,
+            "cse_id": GATEWAY_CSE,
+            "cse_name": "dap1",
+            "mqtt_username": user,
+            "mqtt_password": self.password(user),
+            "mqtt_tls": tls,
+            "timeout_ms": 10000,
+        }
+        if tls:
+            config["mqtt_ca"] = str(self.ca)
+        return {**config, **extra}
 
     def password(self, user: str) -> str:
         if user == OBSERVER:

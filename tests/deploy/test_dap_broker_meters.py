@@ -178,7 +178,7 @@ async def test_a_revoked_meter_is_refused_by_the_cse_while_the_broker_still_hold
     meter = "mtr-000001"
     async with dap_broker(tmp_path, (meter,)) as broker:
         cse = await gateway_cse(broker)
-        dap = agent_module("onem2m").Dap(meter_config(broker, meter))
+        dap = agent_module("onem2m").Dap(broker.meter_config(meter))
         try:
             await dap.connect()
             serving = asyncio.create_task(dap.serve())
@@ -197,7 +197,7 @@ async def test_a_revoked_meter_is_refused_by_the_cse_while_the_broker_still_hold
 async def test_a_meter_with_a_wrong_password_never_gets_in(tmp_path: Path) -> None:
     meter = "mtr-000001"
     async with dap_broker(tmp_path, (meter,)) as broker:
-        dap = agent_module("onem2m").Dap(meter_config(broker, meter, mqtt_password="guess"))
+        dap = agent_module("onem2m").Dap(broker.meter_config(meter, mqtt_password="guess"))
         with pytest.raises(agent_module("compat").LinkError, match="refused"):
             await dap.connect()
         await dap.close()
@@ -207,7 +207,7 @@ async def test_a_meter_naming_another_meter_as_originator_is_refused(tmp_path: P
     a, b = "mtr-000001", "mtr-000002"
     async with dap_broker(tmp_path, (a, b)) as broker:
         cse = await gateway_cse(broker)
-        meter_b = agent_module("onem2m").Dap(meter_config(broker, b))
+        meter_b = agent_module("onem2m").Dap(broker.meter_config(b))
         try:
             await meter_b.connect()
             await meter_b.register()
@@ -235,23 +235,6 @@ async def test_a_meter_naming_another_meter_as_originator_is_refused(tmp_path: P
             await cse.stop()
 
 
-def meter_config(broker: DapBroker, meter_id: str, **extra: Any) -> dict[str, Any]:
-    user = "C" + meter_id
-    config = {
-        "meter_id": meter_id,
-        "transport": "mqtt",
-        "dap_host": HOST,
-        "dap_port": broker.tls_port,
-        "cse_id": GATEWAY_CSE,
-        "cse_name": "dap1",
-        "mqtt_ca": str(broker.ca),
-        "mqtt_username": user,
-        "mqtt_password": broker.password(user),
-        "timeout_ms": 10000,
-    }
-    return {**config, **extra}
-
-
 async def test_an_unknown_broker_certificate_is_refused_by_the_meter(tmp_path: Path) -> None:
     """The meter verifies the broker: against another CA, its password is never sent."""
     from cse.security.pki import LabCA
@@ -260,7 +243,7 @@ async def test_an_unknown_broker_certificate_is_refused_by_the_meter(tmp_path: P
     async with dap_broker(tmp_path / "dap", (meter,)) as broker:
         stranger = LabCA.create(tmp_path / "other-ca")
         dap = agent_module("onem2m").Dap(
-            meter_config(broker, meter, mqtt_ca=str(stranger.cert_path))
+            broker.meter_config(meter, mqtt_ca=str(stranger.cert_path))
         )
         with pytest.raises(agent_module("compat").LinkError):
             await dap.connect()

@@ -152,3 +152,39 @@ def test_compose_publishes_only_what_must_be_reached() -> None:
     # The operator's dashboard on this host only; the IN-CSE on the compose network only.
     assert ports["headend"] == ["127.0.0.1:8090:8090"]
     assert "fleet" not in ports and "tls" not in ports
+
+
+def test_compose_scale_out_profile_runs_workers_on_one_database_without_a_password_in_files() -> (
+    None
+):
+    import yaml
+
+    services = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    profile = {name for name, s in services.items() if "scale-out" in s.get("profiles", [])}
+    assert profile == {"postgres", "headend-main", "headend-worker"}
+    main, worker = services["headend-main"], services["headend-worker"]
+    config_file = "/etc/gridm2m/compose/headend-scale-out.toml"
+    assert main["command"] == ["headend", "--config", config_file]
+    assert worker["command"] == ["headend", "--config", config_file, "--worker"]
+    assert worker["deploy"]["replicas"] >= 2
+    # The password reaches libpq from an environment file, never from the config.
+    for name in profile:
+        assert services[name]["env_file"] == "./secrets/postgres.env"
+    text = (DOCKER / "config" / "headend-scale-out.toml").read_text()
+    config = load_headend_config(
+        DOCKER / "config" / "headend-scale-out.toml", environ=dockerfile_env("headend.Dockerfile")
+    )
+    assert config.cse.scale_out
+    assert config.cse.db.startswith("postgresql://gridm2m@postgres")
+    assert ":" not in config.cse.db.split("//", 1)[1].split("@", 1)[0]
+
+    def keys(table: dict[str, object]) -> list[str]:
+        return [
+            k for key, v in table.items() for k in (key, *(keys(v) if isinstance(v, dict) else []))
+        ]
+
+    assert not [key for key in keys(tomllib.loads(text)) if "password" in key]
+    # Nothing of the profile is published but the dashboard, on this host only.
+    ports = published_ports()
+    assert ports["headend-main"] == ["127.0.0.1:8090:8090"]
+    assert "headend-worker" not in ports and "postgres" not in ports

@@ -30,7 +30,6 @@ from cse.bindings.mqtt.topics import request_filters, response_filter
 from gridm2m.broker import HOST, mosquitto_binary
 from tests.deploy.dap_broker import (
     GATEWAY,
-    GATEWAY_CSE,
     HEADEND,
     DapBroker,
     dap_broker,
@@ -52,26 +51,9 @@ def agent_module(name: str) -> Any:
     return importlib.import_module(f"device_agents.agent.{name}")
 
 
-def meter_config(meter_id: str, broker: DapBroker, **extra: Any) -> dict[str, Any]:
-    user = agent_module("onem2m").ae_id_for(meter_id)
-    config = {
-        "meter_id": meter_id,
-        "transport": "mqtt",
-        "dap_host": HOST,
-        "dap_port": broker.tls_port,
-        "cse_id": GATEWAY_CSE,
-        "cse_name": "dap1",
-        "mqtt_ca": str(broker.ca),
-        "mqtt_username": user,
-        "mqtt_password": broker.password(user),
-        "timeout_ms": 10000,
-    }
-    return {**config, **extra}
-
-
 def agent_topics(meter_id: str, broker: DapBroker) -> Any:
     """The real agent's MQTT link (not connected): its topics and subscriptions."""
-    return agent_module("onem2m").Dap(meter_config(meter_id, broker))._link
+    return agent_module("onem2m").Dap(broker.meter_config(meter_id))._link
 
 
 @pytest.fixture
@@ -176,6 +158,7 @@ async def test_a_meter_publishes_only_as_itself_to_the_gateway(broker: DapBroker
         f"/oneM2M/resp/{B}/{A}/json",  # a fake response to B, as from itself
         f"/oneM2M/resp/{HEADEND}/{GATEWAY}/json",  # a fake gateway response to the head-end
         "/oneM2M/anything",
+        f"/gridm2m/workers/{GATEWAY}/w1/gone",  # a fake death of a worker of the gateway
     ]
     async with (
         subscribed(broker, "observer", ["#"]) as observer,

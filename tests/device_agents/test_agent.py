@@ -284,6 +284,19 @@ async def test_response_codes() -> None:
     await agent.step()
     assert agent.refused == 2 and len(agent.store) == 0
 
+    dap.command("f", {"cmd": "read", "id": "c6"})
+    codes[:] = [4103]  # a DAP that forgot the AE: no privilege (as ACME): register again
+    await agent.step()
+    assert not agent.started and len(agent.store) == 1
+    await agent.step()
+    assert dap.registrations == 4 and dap.posts[-1][1]["ref"] == "c6"
+
+    dap.command("g", {"cmd": "read", "id": "c7"})
+    codes[:] = [4103, 4103]  # still refused after registering again: dropped
+    await agent.step()
+    await agent.step()
+    assert agent.refused == 3 and len(agent.store) == 0
+
 
 async def test_start_is_retried_until_the_dap_answers() -> None:
     agent, dap, _ = make(rate_scale=300)

@@ -25,6 +25,7 @@ from cse.security.pki import LabCA
 from device_agents import build
 from gridm2m.cli import main
 from tests.brokers import private_broker
+from tests.device_agents import mp
 from tests.device_agents.mp import DapCse, micropython_binary, mpy_cross_binary
 
 # A small board's heap, the project's target (GRIDM2M_TEST_HEAP=128k gives the 64-bit unix
@@ -43,7 +44,9 @@ def agent_build(out: Path, *extra: str, meter_id: str = "mtr-000123") -> list[st
 
 
 def build_args(out: Path, transport: str = "coap", dap: str = "192.168.1.10:5683") -> list[str]:
-    return agent_build(out, "--transport", transport, "--dap", dap)
+    """A lab meter's build: plain CoAP (a gateway with coap trust claimed); MQTT as given."""
+    plain = ["--plain-coap"] if transport == "coap" else []
+    return agent_build(out, "--transport", transport, "--dap", dap, *plain)
 
 
 async def eventually(
@@ -164,7 +167,7 @@ def test_bad_build_arguments_exit_2_with_a_message(
     tmp_path: Path, capsys: Any, args: list[str], words: str
 ) -> None:
     with pytest.raises(SystemExit) as exited:  # argparse's own checks exit; ours return 2
-        raise SystemExit(main(agent_build(tmp_path / "b", *args)))
+        raise SystemExit(main(agent_build(tmp_path / "b", *args, "--plain-coap")))
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert words in error and "Traceback" not in error
@@ -212,9 +215,63 @@ def test_an_mqtt_bundle_needs_tls_and_a_usable_credential(tmp_path: Path, capsys
     assert not (tmp_path / "b").exists()
 
 
+def test_a_coap_bundle_carries_its_own_oscore_keys(tmp_path: Path, capsys: Any) -> None:
+    store_path = tmp_path / "dap1-credentials.db"
+    first, second = tmp_path / "one", tmp_path / "two"
+    keys = ["--credentials", str(store_path)]
+    assert main([*agent_build(first, "--transport", "coap", "--dap", "dap1.lan"), *keys]) == 0
+    assert "made the credential of mtr-000123" in capsys.readouterr().out
+    other = agent_build(second, "--transport", "coap", "--dap", "dap1.lan", meter_id="mtr-000124")
+    assert main([*other, *keys]) == 0
+    with CredentialStore(store_path) as store:
+        one, two = store.by_name("mtr-000123"), store.by_name("mtr-000124")
+    assert one is not None and two is not None
+    assert one.oscore_kid and one.oscore_secret and one.oscore_salt
+    config = json.loads((first / "config.json").read_text())
+    assert config["dap_port"] == 5683
+    assert config["oscore"] == {
+        "kid": one.oscore_kid.hex(),
+        "secret": one.oscore_secret.hex(),
+        "salt": one.oscore_salt.hex(),
+    }
+    assert config["oscore_state"] == "oscore.seq"  # beside main.py; no flash overwrites it
+    assert "oscore.seq" not in build.read_bundle(first).files
+    assert "mqtt_password" not in config  # a CoAP meter gets its CoAP secret only
+    assert (first / "config.json").stat().st_mode & 0o777 == 0o600
+    assert two.oscore_secret is not None
+    assert two.oscore_secret.hex() not in (first / "config.json").read_text()
+    # A rebuild takes the keys the store has: the board's keys stay the same.
+    assert main([*agent_build(first, "--transport", "coap", "--dap", "dap1.lan"), *keys]) == 0
+    assert json.loads((first / "config.json").read_text())["oscore"] == config["oscore"]
+    assert one.oscore_secret.hex() not in capsys.readouterr().out  # secrets are never printed
+
+
+def test_a_coap_bundle_needs_oscore_keys_unless_plain_coap_is_asked_for(
+    tmp_path: Path, capsys: Any
+) -> None:
+    store_path = tmp_path / "credentials.db"
+    coap = agent_build(tmp_path / "b", "--transport", "coap", "--dap", "dap1.lan")
+    assert main(coap) == 2
+    error = capsys.readouterr().err
+    assert "--credentials" in error and "--plain-coap" in error
+    assert main([*coap, "--plain-coap", "--credentials", str(store_path)]) == 2
+    assert "--plain-coap" in capsys.readouterr().err
+    with CredentialStore(store_path) as store:
+        store.add_device("mtr-000123")
+        store.revoke("mtr-000123")
+    assert main([*coap, "--credentials", str(store_path)]) == 2
+    assert "revoked" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    with CredentialStore(store_path) as store:
+        assert store.by_name("mtr-000123") is None  # still cut off: not made again
+    assert main([*coap, "--plain-coap"]) == 0  # a lab meter, asked for by name
+    assert "oscore" not in json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (tmp_path / "b" / "config.json").stat().st_mode & 0o777 == 0o644
+
+
 def test_bad_meter_id_is_refused(tmp_path: Path, capsys: Any) -> None:
     args = agent_build(tmp_path / "b", "--transport", "coap", "--dap", "h:1", meter_id="a/b")
-    assert main(args) == 2
+    assert main([*args, "--plain-coap"]) == 2
     assert "meter id 'a/b'" in capsys.readouterr().err
 
 
@@ -420,46 +477,24 @@ async def _run_bundle_until_a_reading_arrived(
     args = ["--transport", transport, "--dap", dap_address, "--serialization", serialization]
     if transport == "mqtt":
         args.append("--plain-mqtt")  # the test broker is a lab one (tests/deploy: TLS)
+    else:  # a lab CSE (coap trust claimed); OSCORE: tests/gateway/test_oscore_meters.py
+        args.append("--plain-coap")
     # Gas C/I meters report every 4 or 6 hours of meter time: at 7200x, within 3 s.
     args += ["--kind", "gas", "--clock-speed", "7200", "--listen-port", "0"]
     assert main(agent_build(bundle, *args, meter_id=meter_id)) == 0
     # The 6 h report: 2.4 KB, the largest message a meter sends, the hardest for its heap.
     settings = json.loads((bundle / "config.json").read_text())
     (bundle / "config.json").write_text(json.dumps({**settings, "gas_period_h": 6}))
-    process = await asyncio.create_subprocess_exec(
-        str(micropython_binary()), "-X", f"heapsize={heap}", "main.py",
-        cwd=bundle,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-
-    printed: list[str] = []
-
-    async def collect_output() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            printed.append(line.decode(errors="replace"))
-
-    def running_with_memory() -> bool:
-        out_of_memory = any("MemoryError" in line or "out of memory" in line for line in printed)
-        return process.returncode is None and not out_of_memory
 
     async def latest_reading() -> Any:
         rsc, body = await dap.retrieve_as_admin(f"{dap.cse_name}/{meter_id}/reading/la")
         return body["m2m:cin"] if rsc == 2000 else None
 
-    reader = asyncio.create_task(collect_output())
-    try:
-        instance = await eventually(latest_reading, 60, "reading", alive=running_with_memory)
-    except AssertionError as failure:
-        output = "".join(printed)[-3000:]
-        raise AssertionError(f"{failure} (heap {heap})\n--- micropython output\n{output}") from None
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        await reader
+    async with mp.BundleRun(bundle, heap) as meter:
+        try:
+            instance = await eventually(latest_reading, 60, "reading", alive=meter.running)
+        except AssertionError as failure:
+            raise meter.failure(failure) from None
     rsc, ae = await dap.retrieve_as_admin(f"{dap.cse_name}/{meter_id}")
     assert rsc == 2000
     assert ae["m2m:ae"]["aei"] == build.ae_id_for(meter_id)

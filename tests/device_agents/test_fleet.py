@@ -1,5 +1,6 @@
 """The fleet emulator: who the meters are, its config, and a few hundred meters on CPython
-against a real `gridm2m cse` over CoAP and MQTT (a private Mosquitto), counted on the CSE."""
+against a real `gridm2m cse` over CoAP and MQTT (a private Mosquitto), counted on the CSE; its
+CoAP meters over OSCORE with keys from a credential store, against an OSCORE-only CSE."""
 
 from __future__ import annotations
 
@@ -7,16 +8,23 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from cse.bindings.coap import CoapServer
+from cse.core.primitives import FilterCriteria
+from cse.security.credentials import CredentialStore
+from cse.security.oscore_keyring import CredentialKeyring
 from device_agents.fleet.config import FleetConfig, FleetConfigError, load_fleet_config
 from device_agents.fleet.emulator import Fleet, FleetClock, agent_config, plan_meters
 from tests.brokers import private_broker
 from tests.device_agents.mp import DapCse
+from tests.device_agents.test_oscore import oscore_dap
+from tests.helpers import retrieve
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "configs" / "fleet.toml"
@@ -56,6 +64,18 @@ def test_agent_config_per_meter() -> None:
     assert made["meter_id"] == "mtr-000003" and made["transport"] == "coap"
     assert (made["dap_port"], made["listen_port"], made["poa_host"]) == (6000, 7002, "127.0.0.1")
     assert (made["start_ts"], made["rate_scale"], made["seed"]) == (1234, 5, plan.seed)
+
+
+def test_a_coap_meter_gets_its_keys_and_a_sequence_of_its_own() -> None:
+    config = FleetConfig(meters=2, transports={"coap": 1})
+    keys = {"oscore": {"kid": "2a", "secret": "00" * 16, "salt": "11" * 8}}
+    first, second = (agent_config(config, plan, 0, keys) for plan in plan_meters(config))
+    assert first["oscore"] == keys["oscore"]
+    state = first["oscore_state"]
+    assert state is not second["oscore_state"]  # each meter its own numbers
+    # Ahead of whatever an earlier run (an earlier second) used with the same keys.
+    assert state.load() >= int(time.time() * 100) - 100
+    assert "oscore" not in agent_config(config, plan_meters(config)[0], 0)  # no store: plain
 
 
 def test_the_clock_is_shared() -> None:
@@ -213,3 +233,67 @@ async def test_gridm2m_fleet_prints_its_summary(dap: DapCse, tmp_path: Path) -> 
     assert summary["registered"] == 40 and summary["behind"] == []
     rsc, found = await dap.http("GET", f"{dap.cse_name}?fu=1&ty=2&lim=10000")
     assert rsc == 2000 and len(found["m2m:uril"]) == 40
+
+
+# ---- CoAP meters over OSCORE, keys from the gateway's credential store ------------------------
+
+
+INSTANCES = FilterCriteria(filter_usage=1, resource_types=(4,), limit=10000)
+
+
+def oscore_fleet(server: CoapServer, store: Path | None, meters: int, **extra: Any) -> FleetConfig:
+    data: dict[str, Any] = {
+        "meters": meters,
+        "transports": {"coap": 1},
+        "clock_speed": 5760,  # a meter day in 15 s, rare flows 200x as often
+        "start_ts": MIDNIGHT,
+        "rate_scale": 200,
+        "duration": 6,
+        "ramp": 1,
+        "event_loop": "asyncio",
+        "credentials": None if store is None else str(store),
+        "dap": {"coap_port": server.port},
+    }
+    data.update(extra)
+    return FleetConfig.model_validate(data)
+
+
+async def stop_when_all_sent(fleet: Fleet, meters: int) -> None:
+    """Ends `fleet`'s run once each of its `meters` has had a send acknowledged."""
+    while not (len(fleet.agents) == meters and all(agent.sent_total > 0 for agent in fleet.agents)):
+        await asyncio.sleep(0.05)  # polls a condition; the fleet's run is what it ends
+    fleet.stopping.set()
+
+
+@pytest.mark.slow
+async def test_fleet_coap_meters_speak_oscore_with_keys_from_the_store(tmp_path: Path) -> None:
+    """A CSE whose CoAP server takes OSCORE only, with keys from a credential store (as the
+    gateway's): the fleet's meters register and post with their own keys, the ones the store
+    lacked made by `provision`; a meter the store does not know gets nothing in."""
+    path = tmp_path / "credentials.db"
+    with CredentialStore(path) as store:
+        store.add_devices(["mtr-000001", "mtr-000002"])
+        async with oscore_dap(CredentialKeyring(store)) as server:
+            cse = server._cse
+            with pytest.raises(FleetConfigError, match="mtr-000003"):
+                await Fleet(oscore_fleet(server, path, 4)).run()  # not provisioned: named
+            # Ends once every meter has posted, not after a fixed span: a loaded machine may
+            # take seconds over the OSCORE registrations. `duration` is only the ceiling.
+            fleet = Fleet(oscore_fleet(server, path, 4, provision=True, duration=120))
+            watcher = asyncio.create_task(stop_when_all_sent(fleet, 4))
+            summary = await fleet.run()
+            watcher.cancel()
+            report = summary.table()
+            assert summary.registered == 4 and summary.refused == 0, report
+            for agent in fleet.agents:
+                assert agent.sent_total > 0, (agent.meter_id, agent.stats())
+                found = await cse.handle(retrieve(f"cse-in/{agent.meter_id}", fc=INSTANCES))
+                assert len(found.content["m2m:uril"]) == agent.sent_total, agent.meter_id
+            assert store.by_name("mtr-000004") is not None  # made by provision
+
+            # Plain CoAP meters (no keys: the store does not know them) are taken by no one.
+            strangers = Fleet(oscore_fleet(server, None, 2, id_prefix="odd-", duration=3))
+            refused = await strangers.run()
+            assert refused.registered == 0, refused.table()
+            absent = await cse.handle(retrieve("cse-in/odd-000001"))
+            assert absent.status == 4004

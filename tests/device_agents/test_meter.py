@@ -330,6 +330,39 @@ def test_commands_change_the_meter() -> None:
     assert state["p"] == 321
 
 
+def test_a_bulk_read_asks_for_a_day_of_intervals_unless_it_says_otherwise() -> None:
+    meter = make_meter(ELECTRIC)
+    [(_, day)] = meter.handle_command({"cmd": "bulk", "id": "c1"})
+    [(_, read)] = meter.handle_command({"cmd": "read", "n": 96, "id": "c2"})
+    assert day["flow"] == read["flow"] == "mr-multi-interval"
+    assert day["n"] == read["n"] == 96
+
+
+def test_prepaid_credit_is_charged_at_the_half_hours_rate_of_the_price_signal() -> None:
+    def credit_used(command: dict[str, Any]) -> int:
+        meter = Meter("electric", "m", 3, now=T0, prepay=True)
+        meter.handle_command(command)
+        credit = meter.credit
+        meter.advance(T0 + DAY)
+        return credit - meter.credit
+
+    flat = credit_used({"cmd": "price", "price": 100})
+    # Free before noon, double after: the day costs about as much as the flat rate's day.
+    shaped = [0] * 24 + [200] * 24
+    day = credit_used({"cmd": "price", "price": 100, "start": T0, "hh": shaped})
+    morning = credit_used({"cmd": "price", "price": 100, "start": T0, "hh": [0] * 48})
+    assert morning == 0 < flat
+    assert day != flat and 0.5 * flat < day < 2 * flat
+
+
+def test_a_price_signal_with_bad_half_hourly_rates_is_refused() -> None:
+    meter = make_meter(ELECTRIC)
+    for rates in ([], [1] * 49, [-1], [1.5], "cheap"):
+        [(_, alert)] = meter.handle_command({"cmd": "price", "price": 90, "hh": rates})
+        assert alert["e"] == "hh", rates
+    assert meter.price_hh is None
+
+
 def test_bad_commands_get_command_errors_that_say_what_is_wrong() -> None:
     meter = make_meter(ELECTRIC)
 
@@ -359,12 +392,16 @@ json_values = st.recursive(
     max_leaves=12,
 )
 commands = st.fixed_dictionaries(
-    {"cmd": st.sampled_from(["read", "switch", "dr", "han-join", "han-unjoin", "fw", "price"])},
+    {
+        "cmd": st.sampled_from(
+            ["read", "bulk", "switch", "dr", "han-join", "han-unjoin", "fw", "price"]
+        )
+    },
     optional={
         key: json_values | st.sampled_from(["hes", "ipd", "utl", "repi", "nic", "tool", DEV])
         for key in (
             *("id", "src", "n", "op", "ev", "prog", "dur", "shed", "start", "dev", "by"),
-            *("target", "image", "ver", "via", "price", "tier", "extra"),
+            *("target", "image", "ver", "via", "price", "tier", "hh", "extra"),
         )
     },
 )
@@ -385,18 +422,29 @@ def test_any_command_gets_an_answer_and_never_an_exception(command: Any, kind: s
 # ---- MicroPython ---------------------------------------------------------------------------
 
 DAY_AND_COMMANDS = """
-import json, sys
+import gc, json, sys
 from meter import Meter
 T0 = int(sys.argv[1])
 commands = json.load(open("config.json"))
+
+
+def show(family, content):
+    # Streamed, so the test's own output does not need a 2 KB string on the meter's heap.
+    json.dump([family, content], sys.stdout)
+    print()
+
+
 for kind, seed in (("electric", 4), ("gas", 5)):
     meter = Meter(kind, "mtr", seed, now=T0, prepay=True, rate_scale=500, opt_out_rate=0.5)
     for now in range(T0 + 600, T0 + 86400 + 1, 600):
         for family, content in meter.due_flows(now):
-            print(json.dumps([family, content]))
+            show(family, content)
+        gc.collect()
     for command in commands:
         for family, content in meter.handle_command(command):
-            print(json.dumps([family, content]))
+            show(family, content)
+    meter = None
+    gc.collect()
 """
 
 

@@ -95,7 +95,7 @@ async def test_create_retrieve_update_delete(send: Send) -> None:
     assert (await send(delete("cse-in/meter/reads/ol", AE))).status == RSC.DELETED
     assert (await send(delete("cse-in/meter", AE))).status == RSC.DELETED
     assert (await send(retrieve("cse-in/meter", "CAdmin"))).status == RSC.NOT_FOUND
-    assert (await send(retrieve("cse-in", AE))).status == RSC.ORIGINATOR_NOT_REGISTERED
+    assert (await send(retrieve("cse-in", AE))).status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
 
 
 async def test_large_reading_in_cbor_sized_like_a_bulk_interval_read(send: Send) -> None:
@@ -129,7 +129,7 @@ async def test_access_control(send: Send) -> None:
     assert (await send(retrieve("cse-in/meter/reads", "Cother"))).status == (
         RSC.ORIGINATOR_HAS_NO_PRIVILEGE
     )
-    assert (await send(retrieve("cse-in", "Cnobody"))).status == RSC.ORIGINATOR_NOT_REGISTERED
+    assert (await send(retrieve("cse-in", "Cnobody"))).status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
 
 
 async def test_errors_agree(send: Send) -> None:

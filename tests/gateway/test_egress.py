@@ -57,6 +57,10 @@ async def test_no_request_points_the_gateway_at_its_own_ops_endpoint(stack: Stac
     rsc, body = await _create(stack, gateway, "dap1", 2, _ae("evil", poa=[health]), "Cevil")
     assert rsc == RSC.ORIGINATOR_HAS_NO_PRIVILEGE, body
     assert "own process" in body["m2m:dbg"]
+    # A meter's CoAP listener (UDP) may have the number of one of our TCP ports: not ours.
+    udp_poa = f"coap://127.0.0.1:{stack.ops_port}"
+    rsc, body = await _create(stack, gateway, "dap1", 2, _ae("udp", poa=[udp_poa]), "Cudp")
+    assert rsc == RSC.CREATED, body
     rsc, _ = await _create(stack, gateway, "dap1", 2, _ae("scan"), "Cscan")
     assert rsc == RSC.CREATED
     rsc, body = await _create(

@@ -166,3 +166,22 @@ async def test_nobody_else_can_make_the_mdms_a_notification_target(stack: Stack)
 async def test_the_stack_keeps_its_keys_private(stack: Stack) -> None:
     for key in Path(stack.pki_dir).rglob("*.key"):
         assert key.stat().st_mode & 0o077 == 0, key
+
+
+async def test_the_dashboard_adds_up_what_the_gateway_itself_reports(stack: Stack) -> None:
+    """The gateway's own status report (queued and shed per priority, by name) reaches the
+    dashboard's overview as numbers the page can show, not the report's dicts."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+
+        async def reported() -> dict[str, Any] | None:
+            _, overview = await api(session, stack, "overview")
+            return overview if overview.get("gateways", {}).get("id-dap1") else None
+
+        overview = await eventually("the gateway's status at the head-end", reported)
+        status = overview["gateways"]["id-dap1"]["status"]
+        assert isinstance(status["shed"], dict)  # the gateway's shape: per priority
+        totals = overview["outbox"]
+        assert totals["shed"] == sum(status["shed"].values())
+        assert totals["queued"] == sum(status["outbox"].values())
+        assert totals["shed_by_priority"] == status["shed"]
+        assert overview["meters"]["registered"] == status["meters"]

@@ -25,6 +25,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 
 from device_agents.agent import flows
 from device_agents.agent.meter import Meter
+from gateway.health import outbox_status
+from gateway.outbox import NewItem, Outbox
 from headend.dashboard import WebLogin, dashboard_app
 from headend.dashboard.login import hash_password
 from headend.store import CommandRecord, MdmsStore, MeterMessage, SQLiteMdmsStore
@@ -73,8 +75,32 @@ def alarm(key: str, meter: str, received_at: float = NOW - 3) -> MeterMessage:
                    budget_s=30.0, priority=0, content=content)  # fmt: skip
 
 
-async def small_state(store: MdmsStore) -> None:
-    """Three meters (one not heard from for a day), an alarm, two commands, one gateway."""
+def real_gateway_status(
+    path: Path, alarms: int, ondemand: int, bulk: int, shed: int
+) -> dict[str, Any]:
+    """A gateway's status as it reports it (gateway/health.py), from a real outbox at `path`
+    that took the messages given per priority and had to shed `shed` bulk reads of them
+    (its budget holds all but those)."""
+    attributes = {"cnf": "application/json:0", "con": '{"flow": "mr-15min"}'}
+    size = len(orjson.dumps(attributes))
+    counts = {0: alarms, 2: ondemand, 3: bulk}
+    items = [
+        NewItem(priority, seq, "/id-in/cse-in/id-dap1/x", f"m{seq}", attributes, T0)
+        for seq, priority in enumerate((p for p, n in counts.items() for _ in range(n)), start=1)
+    ]
+    outbox = Outbox(path, budget_bytes=(len(items) - shed) * size)
+    outbox.open()
+    try:
+        outbox.follow("the gateway's database", 0)
+        outbox.add(items, len(items))
+        return {"meters": 3, **outbox_status(outbox)}
+    finally:
+        outbox.close()
+
+
+async def small_state(store: MdmsStore, tmp_path: Path) -> None:
+    """Three meters (one not heard from for a day), an alarm, two commands, one gateway
+    (with 30 messages queued and 2 shed), which says 4 meters registered with it."""
     await store.record_messages(
         [
             reading("m1-1", "m1", 1_234_567),
@@ -90,8 +116,8 @@ async def small_state(store: MdmsStore) -> None:
         )
     answer = {"flow": "mr-ondemand", "type": "resp-data", "ref": "c1", "obis": {"1.8.0": 1_234_600}}
     await store.record_messages([reading("m1-2", "m1", 1_234_600, content=answer)])
-    status = {"outbox": {"0": 1, "1": 0, "2": 4, "3": 25}, "shed": 2, "meters": 3}
-    await store.record_gateway_status("dap1", NOW - 2, status)
+    status = real_gateway_status(tmp_path / "outbox.db", alarms=1, ondemand=4, bulk=27, shed=2)
+    await store.record_gateway_status("dap1", NOW - 2, {**status, "meters": 4})
 
 
 @pytest.fixture
@@ -110,9 +136,9 @@ async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
 
 
 @pytest.fixture
-async def dashboard(store: MdmsStore) -> AsyncIterator[str]:
+async def dashboard(store: MdmsStore, tmp_path: Path) -> AsyncIterator[str]:
     """The dashboard's base URL, over the small state, with a clock fixed at NOW."""
-    await small_state(store)
+    await small_state(store, tmp_path)
     app = dashboard_app(store, login=login(), title="Test <head-end> & co", poll_interval_s=0.5,
                         stream_interval_s=0.05, clock=lambda: NOW)  # fmt: skip
     runner, url = await serve(app)
@@ -142,12 +168,39 @@ async def get_json(http: aiohttp.ClientSession, url: str, status: int = 200) -> 
 
 async def test_overview(dashboard: str, http: aiohttp.ClientSession) -> None:
     overview = await get_json(http, f"{dashboard}/api/overview")
-    assert overview["meters"] == {"total": 3, "online": 2}
+    # Heard from: the MDMS's meters; registered: what the gateways report.
+    assert overview["meters"] == {"total": 3, "online": 2, "registered": 4}
     assert overview["messages"] == {"event": 1, "ondemand": 4}
     assert (overview["alarms"], overview["alerts"]) == (1, 0)
     assert overview["commands"] == {"pending": 1, "answered": 1, "failed": 0}
-    assert overview["gateways"]["dap1"]["status"]["outbox"] == {"0": 1, "1": 0, "2": 4, "3": 25}
+    queued = {"alarm": 1, "ack": 0, "ondemand": 4, "bulk": 25}
+    assert overview["gateways"]["dap1"]["status"]["outbox"] == queued
     assert (overview["now"], overview["online_window_s"]) == (NOW, 900)
+
+
+async def test_the_overview_adds_up_the_gateways_outboxes_as_they_report_them(
+    dashboard: str, http: aiohttp.ClientSession, store: MdmsStore, tmp_path: Path
+) -> None:
+    # The gateway reports queued and shed messages per priority by name (a dict, not a
+    # number): the overview gives the page totals and the counts per priority.
+    other = real_gateway_status(tmp_path / "other.db", alarms=0, ondemand=1, bulk=5, shed=3)
+    await store.record_gateway_status("dap2", NOW - 1, {**other, "meters": 6})
+    overview = await get_json(http, f"{dashboard}/api/overview")
+    assert overview["outbox"] == {
+        "queued": 30 + 3,
+        "shed": 2 + 3,
+        "queued_by_priority": {"alarm": 1, "ack": 0, "ondemand": 5, "bulk": 27},
+        "shed_by_priority": {"alarm": 0, "ack": 0, "ondemand": 0, "bulk": 5},
+    }
+    assert overview["gateways"]["dap2"]["shed"] == {"alarm": 0, "ack": 0, "ondemand": 0, "bulk": 3}
+    assert overview["meters"]["registered"] == 4 + 6
+
+
+def test_the_dashboard_knows_the_gateways_priority_names() -> None:
+    from gateway.metrics import PRIORITY_NAMES
+    from headend.dashboard.app import PRIORITIES
+
+    assert tuple(PRIORITY_NAMES[p] for p in sorted(PRIORITY_NAMES)) == PRIORITIES
 
 
 async def test_meters(dashboard: str, http: aiohttp.ClientSession) -> None:
@@ -177,6 +230,14 @@ async def test_messages_and_commands(dashboard: str, http: aiohttp.ClientSession
     assert [m["key"] for m in newer] == ["m1-2", "m2-2"]
     events = (await get_json(http, f"{dashboard}/api/messages?family=event"))["messages"]
     assert [m["key"] for m in events] == ["m2-2"]
+    # Every message, oldest first, a page at a time (how an interop run reads them all).
+    pages, last = [], 0
+    while page := (
+        await get_json(http, f"{dashboard}/api/messages?order=oldest&limit=2&after_id={last}")
+    )["messages"]:
+        pages.append([m["key"] for m in page])
+        last = page[-1]["id"]
+    assert pages == [["m1-1", "m2-1"], ["m3-1", "m2-2"], ["m1-2"]]
 
     commands = (await get_json(http, f"{dashboard}/api/commands"))["commands"]
     assert {c["id"]: c["status"] for c in commands} == {"c1": "answered", "c2": "pending"}
@@ -402,6 +463,10 @@ async def test_the_page_shows_the_meters_and_follows_the_store(
     await expect(page.locator("#meters-online")).to_have_text("2")
     await expect(page.locator("#alarms")).to_have_text("1")
     await expect(page.locator("#outbox-total")).to_have_text("30")
+    await expect(page.locator("#outbox-shed")).to_have_text("2")
+    await expect(page.locator("#outbox-shed-by")).to_have_text("bulk 2")
+    await expect(page.locator("#meters-registered")).to_have_text("4 registered at the gateways")
+    await expect(page.locator("#page")).to_have_text("1\u20133 of 3 heard from")
     await expect(page.locator("#events")).to_contain_text("ev-fault")
     await expect(page.locator('#commands tr[data-command="c1"]')).to_contain_text("answered")
     await expect(page.locator('#commands tr[data-command="c2"]')).to_contain_text("pending")
@@ -446,7 +511,7 @@ async def test_the_page_polls_when_the_stream_fails(
 # ---- the screenshot in docs/ -----------------------------------------------------------------
 
 
-async def simulated_fleet(store: MdmsStore, now: float) -> None:
+async def simulated_fleet(store: MdmsStore, now: float, outbox_dir: Path) -> None:
     """A few hours of a small fleet: the meter model's own messages and answers to commands,
     delivered with realistic delays, a backlog on the gateway and a failed command."""
     start = int(now) - 6 * 3600
@@ -515,21 +580,21 @@ async def simulated_fleet(store: MdmsStore, now: float) -> None:
     messages.sort(key=lambda m: m.received_at)
     for i in range(0, len(messages), 50):
         await store.record_messages(messages[i : i + 50])
-    outboxes = {
-        "dap-north": {"0": 0, "1": 2, "2": 9, "3": 140},
-        "dap-south": {"0": 1, "1": 0, "2": 3, "3": 62},
+    statuses = {
+        "dap-north": real_gateway_status(outbox_dir / "north.db", 0, 9, 144, shed=4),
+        "dap-south": real_gateway_status(outbox_dir / "south.db", 1, 3, 62, shed=0),
     }
-    for dap, outbox in outboxes.items():
-        await store.record_gateway_status(dap, now - 5, {"outbox": outbox, "shed": 4, "meters": 9})
+    for dap, status in statuses.items():
+        await store.record_gateway_status(dap, now - 5, {**status, "meters": 9})
 
 
 @pytest.mark.skipif(
     not os.environ.get("GRIDM2M_DASHBOARD_SCREENSHOT"),
     reason="set GRIDM2M_DASHBOARD_SCREENSHOT=<png path> to make the dashboard's screenshot",
 )
-async def test_screenshot(browser: Browser, store: MdmsStore) -> None:
+async def test_screenshot(browser: Browser, store: MdmsStore, tmp_path: Path) -> None:
     now = T0 + 12 * 3600
-    await simulated_fleet(store, now)
+    await simulated_fleet(store, now, tmp_path)
     app = dashboard_app(store, login=login(), online_window_s=3600, clock=lambda: now)
     runner, url = await serve(app)
     try:

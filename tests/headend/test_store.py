@@ -1,23 +1,29 @@
 """The MDMS store, run against both backends: a SQLite file and a real PostgreSQL server.
 
-PostgreSQL is the local server (127.0.0.1:5432, trust authentication, database "test"); each
-test gets a schema of its own, dropped afterwards. Its cases are skipped, with the reason, when
-no server answers there.
+PostgreSQL is the local server (tests/postgres.py): this module makes a database of its own
+and drops it at the end; each test gets a schema of its own in it. Its cases are skipped,
+with the reason, when no server answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import subprocess
+import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from headend.config import HeadendConfigError, load_headend_config
 from headend.store import (
+    BulkReadAnswered,
+    BulkReadReceived,
+    CisAnswer,
+    CisRequest,
     CommandRecord,
     InvalidRecord,
     MdmsStore,
@@ -27,45 +33,15 @@ from headend.store import (
     StoreError,
     open_store,
 )
+from tests.postgres import fresh_database
 
-PG_USERS = ("postgres", "root")
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
 
 
-def _find_postgres() -> tuple[str | None, str]:
-    errors = []
-    for user in PG_USERS:
-        url = f"postgresql://{user}@127.0.0.1:5432/test"
-        try:
-            with psycopg.connect(url, connect_timeout=3) as conn:
-                conn.execute("SELECT 1")
-            return url, ""
-        except psycopg.Error as exc:
-            errors.append(f"{user}: {str(exc).strip()}")
-    return None, "no PostgreSQL at 127.0.0.1:5432 (database test): " + "; ".join(errors)
-
-
-_POSTGRES: tuple[str | None, str] | None = None
-
-
-def postgres_url() -> str:
-    """The server's URL, or skip the calling test saying why there is none."""
-    global _POSTGRES
-    if _POSTGRES is None:
-        _POSTGRES = _find_postgres()
-    url, reason = _POSTGRES
-    if url is None:
-        pytest.skip(reason)
-    return url
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                psycopg.sql.Identifier(schema)
-            )
-        )
+@pytest.fixture(scope="module")
+def postgres_database() -> Iterator[str]:
+    with fresh_database("mdms_store") as url:
+        yield url
 
 
 StoreFactory = Callable[[], MdmsStore]
@@ -77,10 +53,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     if request.param == "sqlite":
         yield lambda: SQLiteMdmsStore(tmp_path / "mdms" / "mdms.db")
         return
-    url = postgres_url()
+    url = request.getfixturevalue("postgres_database")
     schema = f"mdms_test_{uuid.uuid4().hex[:12]}"
     yield lambda: PostgresMdmsStore(url, schema=schema)
-    _drop_schema(url, schema)
 
 
 @pytest.fixture
@@ -131,14 +106,19 @@ async def test_a_message_is_stored_once(store: MdmsStore) -> None:
 
 
 async def test_a_message_comes_back_as_it_was_recorded(store: MdmsStore) -> None:
-    content = {"flow": "ev-fault", "type": "alarm", "ev": "3.18.85.79", "ctx": [1, 2], "s": "é\x00"}
+    # What a COPY in text format must escape: backslash, tab, newline (and NUL, in JSON).
+    content = {"flow": "ev-fault", "type": "alarm", "ev": "3.18.85.79", "ctx": [1, 2],
+               "s": "é\x00\\N\t\n\r"}  # fmt: skip
+    key = "dap1/event/k\\N\t\n"
     sent = message(
-        "k", family="event", flow="ev-fault", ptype="alarm", seq=None, meter_ts=None, size=42,
+        key, family="event", flow="ev-fault", ptype="alarm", seq=None, meter_ts=None, size=42,
         budget_s=None, priority=0, content=content,
     )  # fmt: skip
-    await store.record_messages([sent])
-    (got,) = await store.recent_messages()
-    assert got["content"] == content
+    others = [message(f"other{i}") for i in range(60)]  # a batch PostgreSQL COPies
+    assert await store.record_messages([sent, *others]) == 61
+    assert await store.record_messages([sent]) == 0
+    got = next(m for m in await store.recent_messages(limit=100) if m["key"] == key)
+    assert (got["key"], got["content"]) == (key, content)
     assert (got["family"], got["flow"], got["ptype"], got["seq"], got["meter_ts"]) == (
         "event", "ev-fault", "alarm", None, None,
     )  # fmt: skip
@@ -350,6 +330,92 @@ async def test_commands_newest_first_and_by_meter(store: MdmsStore) -> None:
     assert await store.command("unknown") is None
 
 
+async def test_every_command_pages_in_the_order_issued_with_when_it_reached_the_dap(
+    store: MdmsStore,
+) -> None:
+    # Two share an issue time (a group command's members): the id orders them.
+    for command_id, at in (("c3", T0 + 2), ("c1", T0), ("c2b", T0 + 1), ("c2a", T0 + 1)):
+        await store.record_command(CommandRecord(command_id, "dap1", "m1", "read", {}, at, "ops"))
+    await store.record_command_reached_dap([("c1", T0 + 0.25), ("unknown", T0)])
+    await store.record_command_reached_dap([("c1", T0 + 9)])  # the first time is kept
+    seen, after = [], None
+    while True:
+        page = await store.commands_in_order(after, limit=2)
+        seen.extend(page)
+        if len(page) < 2:
+            break
+        after = (page[-1]["issued_at"], page[-1]["id"])
+    assert [c["id"] for c in seen] == ["c1", "c2a", "c2b", "c3"]
+    assert [c["reached_dap_at"] for c in seen] == [T0 + 0.25, None, None, None]
+
+
+async def test_a_database_from_before_reached_dap_at_gets_the_column(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # the commands table as an earlier release made it
+        old.execute(
+            "CREATE TABLE commands (id TEXT PRIMARY KEY, dap TEXT NOT NULL, meter TEXT NOT NULL,"
+            " name TEXT NOT NULL, body TEXT NOT NULL, issued_at REAL NOT NULL, issued_by TEXT"
+            " NOT NULL, status TEXT NOT NULL, result TEXT, answered_at REAL)"
+        )
+        old.execute("INSERT INTO commands VALUES ('c1','d','m1','read','{}',1.0,'ops','pending',"
+                    "NULL,NULL)")  # fmt: skip
+    async with open_store(str(path)) as store:
+        await store.record_command_reached_dap([("c1", 2.0)])
+        assert (await store.command("c1") or {})["reached_dap_at"] == 2.0
+
+
+async def test_a_database_from_before_the_container_in_the_key_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # the messages table as an earlier release made it
+        old.execute(
+            "CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL "
+            "UNIQUE, dap TEXT NOT NULL, meter TEXT NOT NULL, family TEXT NOT NULL, flow TEXT NOT"
+            " NULL, ptype TEXT NOT NULL, seq INTEGER, meter_ts REAL, created_at REAL NOT NULL,"
+            " received_at REAL NOT NULL, latency REAL NOT NULL, size INTEGER NOT NULL, budget_s"
+            " REAL, priority INTEGER NOT NULL, ref TEXT, content TEXT NOT NULL)"
+        )
+        for key, family, created in (
+            ("dap1/m1_7", "ondemand", T0),
+            ("dap1/m1_8", "event", T0),
+            ("dap1/m1_9", "ondemand", T0 - 86_400),
+            ("other", "event", T0),
+        ):
+            old.execute(
+                "INSERT INTO messages (key, dap, meter, family, flow, ptype, created_at, "
+                "received_at, latency, size, priority, content) "
+                "VALUES (?, 'dap1', 'm1', ?, 'f', 'resp-data', ?, ?, 1.0, 10, 2, '{}')",
+                (key, family, created, created + 1),
+            )  # fmt: skip
+    async with open_store(str(path)) as store:
+        keys = [m["key"] for m in await store.recent_messages()]
+        assert keys == ["other", "dap1/ondemand/m1_9", "dap1/event/m1_8", "dap1/ondemand/m1_7"]
+        # A copy of an old message, keyed as the MDMS keys it now, is known.
+        assert await store.record_messages([message("dap1/event/m1_8")]) == 0
+    with sqlite3.connect(path) as upgraded:
+        days = upgraded.execute("SELECT day, family, messages FROM message_days ORDER BY 1, 2")
+        assert days.fetchall() == [(20453, "ondemand", 1), (20454, "event", 2),
+                                   (20454, "ondemand", 1)]  # fmt: skip
+    async with open_store(str(path)) as store:  # upgraded once: opening again changes nothing
+        assert len(await store.recent_messages()) == 4
+
+
+def test_a_retention_needs_postgres(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="retention of MDMS messages needs PostgreSQL"):
+        open_store(str(tmp_path / "a.db"), None, retention_days=30)
+    with pytest.raises(HeadendConfigError, match="retention_days needs postgres_url"):
+        load_headend_config(None, {"mdms.retention_days": 30}, environ={})
+    config = load_headend_config(
+        None, {"mdms.retention_days": 30, "mdms.postgres_url": "postgresql://db/mdms"}, environ={}
+    )
+    assert config.mdms.retention_days == 30
+
+
 # ---- latency and counts ----------------------------------------------------------------------
 
 
@@ -438,13 +504,14 @@ class NotJson:
         ({"meter": ""}, "meter must be a non-empty string"),
         ({"dap": "d\x00p"}, "dap must be a non-empty string"),
         ({"key": 7}, "key must be a non-empty string"),
-        ({"seq": "3"}, "seq must be an integer"),
-        ({"seq": True}, "seq must be an integer"),
+        ({"seq": "3"}, "seq must be a 64-bit integer"),
+        ({"seq": True}, "seq must be a 64-bit integer"),
+        ({"seq": 2**63}, "seq must be a 64-bit integer"),
         ({"created_at": math.nan}, "created_at must be a finite number"),
         ({"received_at": None}, "received_at must be a finite number"),
         ({"budget_s": "5"}, "budget_s must be a finite number"),
         ({"size": -1}, "size must not be negative"),
-        ({"priority": 1.5}, "priority must be an integer"),
+        ({"priority": 1.5}, "priority must be a 64-bit integer"),
     ],
 )
 async def test_a_bad_message_is_refused_and_nothing_of_its_batch_is_stored(
@@ -498,6 +565,95 @@ async def test_bad_read_arguments_are_refused(store: MdmsStore) -> None:
         await store.meters(offset=-1)
     with pytest.raises(ValueError, match="after_id"):
         await store.recent_messages(after_id="5")  # type: ignore[arg-type]
+
+
+# ---- CIS/Billing's bulk reads -----------------------------------------------------------------
+
+
+def cis_request(request_id: str, sent_at: float = T0, **changes: Any) -> CisRequest:
+    fields: dict[str, Any] = {
+        "id": request_id, "cycle": "c1", "meters": 2, "sent_at": sent_at,
+        "utility_ts": T0 + 19 * 3600, "size": 26,
+    }  # fmt: skip
+    fields.update(changes)
+    return CisRequest(**fields)
+
+
+async def test_a_cis_request_shows_both_sides_once_each_has_recorded(store: MdmsStore) -> None:
+    await store.record_cis_request(cis_request("b1"))
+    [sent] = await store.cis_requests()
+    assert (sent["id"], sent["status"], sent["size"], sent["mdms_received_at"]) == (
+        "b1", "sent", 26, None,
+    )  # fmt: skip
+    await store.record_bulk_read(
+        BulkReadReceived("b1", "c1", T0 + 0.1, T0 + 1800.1, {"m1": "cab1", "m2": "cab1@m2"})
+    )
+    [opened] = await store.open_bulk_reads()
+    assert opened["commands"] == {"m1": "cab1", "m2": "cab1@m2"} and opened["missing"] == {}
+    await store.record_bulk_read_answered(
+        BulkReadAnswered("b1", "partial", T0 + 5, T0 + 5.01, 1200, 1, {"m2": "no answer"})
+    )
+    reads = {"m1": {"t0": 1, "ch": [{"v": [1, 2]}]}}
+    await store.record_cis_answer(CisAnswer("b1", T0 + 5.02, 1200, 1, reads, {"m2": "no answer"}))
+    assert await store.open_bulk_reads() == []
+    [both] = await store.cis_requests()
+    assert both["status"] == "answered" and both["missing"] == {"m2": "no answer"}
+    assert (both["mdms_received_at"], both["mdms_status"], both["data_received_at"]) == (
+        T0 + 0.1, "partial", T0 + 5.02,
+    )  # fmt: skip
+    assert "reads" not in both
+    assert (await store.cis_request("b1") or {})["reads"] == reads
+
+
+async def test_the_first_answer_and_the_first_receipt_of_a_request_are_kept(
+    store: MdmsStore,
+) -> None:
+    await store.record_cis_request(cis_request("b1"))
+    await store.record_cis_request(cis_request("b1", sent_at=T0 + 9))
+    received = BulkReadReceived("b1", "c1", T0, T0 + 60, {"m1": "c1"})
+    assert await store.record_bulk_read(received)
+    assert not await store.record_bulk_read(received)
+    for at in (T0 + 1, T0 + 2):
+        await store.record_bulk_read_answered(BulkReadAnswered("b1", "complete", at, at, 9, 1, {}))
+        await store.record_cis_answer(CisAnswer("b1", at, 9, 1, {"m1": {}}, {}))
+    found = await store.cis_request("b1") or {}
+    assert (found["sent_at"], found["mdms_answered_at"], found["data_received_at"]) == (
+        T0, T0 + 1, T0 + 1,
+    )  # fmt: skip
+
+
+async def test_cis_requests_page_in_the_order_sent(store: MdmsStore) -> None:
+    for number in range(5):
+        await store.record_cis_request(cis_request(f"b{number}", sent_at=T0 + number))
+    first = await store.cis_requests(limit=2)
+    rest = await store.cis_requests(after=first[-1]["seq"])
+    assert [r["id"] for r in first + rest] == ["b0", "b1", "b2", "b3", "b4"]
+    assert await store.cis_request("nope") is None
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        (cis_request(""), "id must be a non-empty string"),
+        (cis_request("b1", size=-1), "size must be a non-negative integer"),
+        (cis_request("b1", status="lost"), "status must be one of sent, failed"),
+        (BulkReadReceived("b1", "c1", math.nan, T0, {}), "received_at must be a finite number"),
+        (BulkReadAnswered("b1", "open", T0, T0, 0, 0, {}), "status must be one of complete"),
+        (CisAnswer("b1", T0, 1, 1, {"m1": {1, 2}}, {}), "reads is not JSON-serialisable"),
+    ],
+)
+async def test_bad_bulk_read_records_are_refused(
+    store: MdmsStore, record: Any, problem: str
+) -> None:
+    write = {
+        CisRequest: store.record_cis_request,
+        BulkReadReceived: store.record_bulk_read,
+        BulkReadAnswered: store.record_bulk_read_answered,
+        CisAnswer: store.record_cis_answer,
+    }[type(record)]
+    with pytest.raises(InvalidRecord, match=problem):
+        await write(record)
+    assert await store.cis_requests() == [] and await store.open_bulk_reads() == []
 
 
 # ---- live updates and lifecycle --------------------------------------------------------------
@@ -566,3 +722,22 @@ async def test_sqlite_in_memory_works(tmp_path: Path) -> None:
     async with SQLiteMdmsStore(":memory:") as store:
         assert await store.record_messages([message("a")]) == 1
         assert [m["key"] for m in await store.recent_messages()] == ["a"]
+
+
+def test_a_head_end_on_sqlite_never_loads_psycopg(tmp_path: Path) -> None:
+    # psycopg (and libpq with it) is for PostgreSQL users only: the head-end, its store and a
+    # SQLite store it opened leave it unimported. A fresh interpreter, as this one has it.
+    script = (
+        "import sys, asyncio\n"
+        "import headend.app\n"
+        "from headend.store import SQLiteMdmsStore, open_store\n"
+        "async def main():\n"
+        f"    async with open_store({str(tmp_path / 'mdms.db')!r}, None) as store:\n"
+        "        assert isinstance(store, SQLiteMdmsStore)\n"
+        "asyncio.run(main())\n"
+        "print(sorted(name for name in sys.modules if name.startswith('psycopg')))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"

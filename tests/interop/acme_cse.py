@@ -213,11 +213,14 @@ class AcmeClient:
         body: dict[str, Any] | None = None,
         query: dict[str, str] | None = None,
         rvi: str = "3",
+        originator: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
-        """One request; `path` is the HTTP path (`/cse-in/x`, or `/~/id-dap1/...`)."""
+        """One request; `path` is the HTTP path (`/cse-in/x`, or `/~/id-dap1/...`).
+        `originator` sends this one request as someone else than the client's originator."""
+        originator = self.originator if originator is None else originator
         headers = {
-            "X-M2M-Origin": self.originator,
-            "X-M2M-RI": f"{self.originator}-{next(self._ids)}",
+            "X-M2M-Origin": originator,
+            "X-M2M-RI": f"{originator}-{next(self._ids)}",
             "X-M2M-RVI": rvi,
             "Accept": "application/json",
         }

@@ -37,6 +37,7 @@ from interop.report import (
     validate_report,
     write_report,
 )
+from interop.sizes import size_rule
 
 CATALOGUE = load_catalogue()
 INJECTED = '<script>alert("row")</script>'
@@ -71,7 +72,7 @@ def result(
     lost: int = 0,
     reason: str | None = None,
     sizes: tuple[int, int] | None = None,
-    out_of_range: int = 0,
+    offending: tuple[int, ...] = (),
 ) -> dict[str, Any]:
     """A row's entry as the runner makes it, from the catalogue row and simulated samples."""
     row: FlowRow = CATALOGUE.get(row_id)
@@ -81,6 +82,7 @@ def result(
     samples = [round(median * rng.lognormvariate(0, spread), 4) for _ in range(delivered)]
     within = sum(1 for value in samples if value <= row.latency_seconds)
     threshold = row.reliability_thresholds[0]
+    rule = size_rule(row)
     return {
         "id": row.id,
         "table": row.table,
@@ -112,7 +114,11 @@ def result(
             "spec_min": row.size_min_bytes,
             "spec_max": row.size_max_bytes,
             "spec_symbolic": row.size_symbolic,
-            "out_of_range": out_of_range,
+            "accepted_min": rule.low if rule else None,
+            "accepted_max": rule.high if rule else None,
+            "rule": rule.rule if rule else "not judged",
+            "out_of_range": len(offending),
+            "offending": list(offending),
         },
         "latency_samples_s": rng.sample(samples, min(len(samples), 2000)),
     }
@@ -121,7 +127,9 @@ def result(
 def make_report() -> dict[str, Any]:
     """An interrupted run over seven rows of three tables, with every status."""
     rows = [
-        result("bulk-read-cmd-cis-to-mdms", "not-modelled", None),
+        # The report is judged on its own: a reason of the report's, whatever the catalogue says.
+        result("bulk-read-cmd-cis-to-mdms", "not-modelled", None,
+               reason="GridM2M has no CIS/Billing application in this run"),
         result("gas-interval", "pass", "reading", sent=240, latencies=(40.0, 1.2),
                sizes=(1600, 2400)),
         result("mr-multi-interval", "pass", "reading", sent=2600, latencies=(0.08, 0.6),
@@ -133,7 +141,7 @@ def make_report() -> dict[str, Any]:
         result("ev-fault", "pass", "event", sent=35, latencies=(0.05, 0.4), sizes=(25, 278)),
         result("ev-security-alarm", "fail", "event", sent=12, latencies=(0.3, 0.5),
                reason=f"2 payloads outside the size range {INJECTED}", sizes=(25, 900),
-               out_of_range=2),
+               offending=(400, 900)),
     ]  # fmt: skip
     measured = rows[3]["reliability_measured"]
     rows[3]["reason"] = f"{measured:.2%} within 5 s, needs > 98.0%"
@@ -220,7 +228,7 @@ def test_the_json_keeps_lists_of_numbers_on_one_line(
 ) -> None:
     text = written[1]["json"].read_text(encoding="utf-8")
     lines = text.splitlines()
-    assert '  "schema": "gridm2m-interop-report/1",' in lines
+    assert '  "schema": "gridm2m-interop-report/2",' in lines
     samples = [line for line in lines if '"latency_samples_s": [' in line]
     assert len(samples) == 7
     assert all(line.endswith("]") or line.endswith("],") for line in samples)
@@ -272,7 +280,7 @@ def test_the_markdown_has_the_header_and_a_line_per_row(
     assert lines["mr-ondemand-err"][-1] == (
         "NO TRAFFIC (no error answer in this run \\| 1 per command that fails)"
     )
-    assert lines["ev-security-alarm"][9] == "25–900 (2 out of range)"
+    assert lines["ev-security-alarm"][9] == "25–900 (2 out of range: 400, 900)"
     assert lines["ev-security-alarm"][10] == "25–278"
     assert lines["gas-interval"][8] == "4 h"
     assert lines["mr-ondemand"][6] == "97 % (> 98 %)"
@@ -462,7 +470,7 @@ def too_many_samples(data: dict[str, Any]) -> None:
          "Field required"),
         (setting("x", "rows", 0, "colour"), "rows[0].colour", "bulk-read-cmd-cis-to-mdms",
          "Extra inputs are not permitted"),
-        (setting("gridm2m-interop-report/2", "schema"), "schema", None, "is not"),
+        (setting("gridm2m-interop-report/1", "schema"), "schema", None, "is not"),
         (setting("ok", "rows", 1, "status"), "rows[1].status", "gas-interval", "'pass'"),
         (setting("12", "rows", 1, "sent"), "rows[1].sent", "gas-interval", "valid integer"),
         (setting(1.5, "settings", "impairment", "loss"), "settings.impairment.loss", None,

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cse.core.clock import ManualClock
+from cse.core.handler import CommonServicesEntity
+from cse.core.types import ResponseStatusCode as RSC
+from cse.storage.memory import MemoryStorage
+from gateway.config import GatewayConfig
+from gateway.metrics import GatewayMetrics
 from interop.catalogue import load_catalogue
-from interop.runner import Evidence, Observed, RunSettings, exit_status, judge, run
+from interop.runner import (
+    CisPlan,
+    Evidence,
+    Observed,
+    RunSettings,
+    collect_cis,
+    collect_commands,
+    collect_phev,
+    exit_status,
+    judge,
+    lab_gateway,
+    limit_refusals,
+    phev_arrival,
+    run,
+)
+from tests.helpers import ae_body, create
 
 CATALOGUE = load_catalogue()
 
@@ -27,9 +50,9 @@ def test_a_row_passes_when_enough_arrive_within_its_budget() -> None:
     entry = judge(
         row, evidence_for("mr-ondemand", fast, 100, size=row.size_max_bytes or 60), CATALOGUE
     )
-    assert entry["status"] == "pass", entry
-    assert entry["reliability_measured"] == 1.0
-    assert entry["latency_s"]["max"] == 3.0
+    assert entry.status == "pass", entry
+    assert entry.reliability_measured == 1.0
+    assert entry.latency_s.max == 3.0
 
 
 def test_late_or_missing_messages_fail_the_row_with_the_reason() -> None:
@@ -37,23 +60,110 @@ def test_late_or_missing_messages_fail_the_row_with_the_reason() -> None:
     budget = row.latency_seconds
     late = [0.1] * 90 + [budget + 1.0] * 5
     entry = judge(row, evidence_for("mr-ondemand", late, 100), CATALOGUE)
-    assert entry["status"] == "fail"
-    assert entry["reliability_measured"] == 0.9
-    assert "within" in entry["reason"]
+    assert entry.status == "fail"
+    assert entry.reliability_measured == 0.9
+    assert "within" in entry.reason
 
 
 def test_rows_without_traffic_and_unmodelled_rows_are_reported_as_such() -> None:
     quiet = judge(CATALOGUE.get("pp-switch-fail"), Evidence(), CATALOGUE)
-    assert quiet["status"] == "no-traffic"
+    assert quiet.status == "no-traffic"
     unmodelled = next(r for r in CATALOGUE.rows if r.modelled_by == "not-modelled")
     entry = judge(unmodelled, Evidence(), CATALOGUE)
-    assert entry["status"] == "not-modelled" and entry["reason"]
+    assert entry.status == "not-modelled" and entry.reason
 
 
 def test_gateway_rows_are_measured_end_to_end_through_their_agent_flows() -> None:
     row = CATALOGUE.get("mr-multi-interval-to-mdms")
     entry = judge(row, evidence_for("mr-multi-interval", [0.5] * 10, 10, 1000), CATALOGUE)
-    assert entry["delivered"] == 10 and entry["family"] == "reading"
+    assert entry.delivered == 10 and entry.family == "reading"
+
+
+async def test_the_lab_gateway_takes_a_whole_fleet_registering_at_once() -> None:
+    # A run's meters all register in its first seconds, all of them new AEs. A shipped
+    # gateway refuses those past its burst (500) until its rate (600 a minute) lets them in,
+    # while they already take readings; the run's gateway is installed for its fleet.
+    meters = 1000
+    config = GatewayConfig.model_validate(lab_gateway(meters))
+    cse = CommonServicesEntity(MemoryStorage(), config.cse.settings(), clock=ManualClock())
+    await cse.start()
+    try:
+        statuses: Counter[RSC] = Counter()
+        for n in range(meters):  # the clock stands still: no token comes back meanwhile
+            name = f"mtr-{n:06d}"
+            answer = await cse.handle(create(config.cse.cse_name, 2, ae_body(name), "C" + name))
+            statuses[answer.status] += 1
+    finally:
+        await cse.stop()
+    assert statuses == {RSC.CREATED: meters}
+
+
+async def test_a_run_reads_which_limits_the_gateway_refused_from_its_metrics() -> None:
+    cse = CommonServicesEntity(MemoryStorage(), GatewayConfig().cse.settings(), clock=ManualClock())
+    await cse.start()
+    try:
+        for n in range(502):  # a shipped gateway takes 500 new AEs at once
+            await cse.handle(create("dap1", 2, ae_body(f"m{n}"), f"Cm{n}"))
+    finally:
+        await cse.stop()
+    metrics = GatewayMetrics()
+    metrics.watch_limits(cse.counters)
+    assert limit_refusals(metrics.render().decode()) == {"registrations": 2}
+
+
+def cis_request(number: int, **changes: Any) -> dict[str, Any]:
+    """A request as GET /api/apps/cis/requests shows it: sent, taken on by the MDMS 0.1 s
+    later, answered with 18 KB of reads 2 s after that."""
+    sent = 1_800_000_000.0 + number
+    request: dict[str, Any] = {
+        "seq": number + 1, "id": f"b{number}", "cycle": "c1", "meters": 20, "sent_at": sent,
+        "size": 26, "status": "answered", "data_received_at": sent + 2.1,
+        "data_size": 18_000, "mdms_received_at": sent + 0.1, "mdms_status": "complete",
+    }  # fmt: skip
+    request.update(changes)
+    return request
+
+
+def test_the_cis_rows_are_judged_from_the_head_ends_account_of_each_request() -> None:
+    evidence = Evidence()
+    requests = [cis_request(n) for n in range(300)]
+    collect_cis(requests, evidence)
+    request_row = judge(CATALOGUE.get("bulk-read-cmd-cis-to-mdms"), evidence, CATALOGUE)
+    data_row = judge(CATALOGUE.get("bulk-read-data-mdms-to-cis"), evidence, CATALOGUE)
+    for entry in (request_row, data_row):
+        assert entry.status == "pass", entry
+        assert (entry.sent, entry.delivered, entry.family) == (300, 300, "billing")
+    assert request_row.latency_s.max == pytest.approx(0.1)
+    assert data_row.latency_s.max == pytest.approx(2.0)  # from the MDMS's receipt
+    assert (request_row.size_bytes.max, data_row.size_bytes.max) == (26, 18_000)
+
+
+def test_a_cis_request_the_mdms_never_had_or_answered_late_fails_its_rows() -> None:
+    evidence = Evidence()
+    requests = [cis_request(n) for n in range(300)]
+    requests[0].update(mdms_received_at=None, mdms_status=None, data_received_at=None)
+    requests[1].update(data_received_at=requests[1]["mdms_received_at"] + 3601)
+    requests[2].update(data_received_at=None, mdms_status="undelivered")
+    # Still within the MDMS's deadline when the run ended: neither delivered nor lost.
+    requests[3].update(data_received_at=None, mdms_status="open")
+    requests[4].update(size=31)  # over 25 bytes + 20 %
+    collect_cis(requests, evidence)
+    request_row = judge(CATALOGUE.get("bulk-read-cmd-cis-to-mdms"), evidence, CATALOGUE)
+    data_row = judge(CATALOGUE.get("bulk-read-data-mdms-to-cis"), evidence, CATALOGUE)
+    assert (request_row.sent, request_row.delivered) == (300, 299)
+    assert request_row.status == "fail"
+    assert "1 payloads outside 20\N{EN DASH}30 B" in request_row.reason
+    assert (data_row.sent, data_row.delivered, data_row.within_budget) == (299, 297, 296)
+    assert data_row.status == "fail" and "99.00% within 3600 s" in data_row.reason
+    assert evidence.pending["cis:data"] == 1
+
+
+def test_cis_runs_on_the_fleets_clock_and_stops_before_the_fleet() -> None:
+    settings = RunSettings(duration_s=60.0, clock_speed=1440.0)
+    plan = CisPlan.for_run(settings, fleet_started=1000.0)
+    body = plan.body(["m2", "m1"])
+    assert body["clock"] == {"speed": 1440.0, "start_ts": 1767225600, "t0_wall": 1000.0}
+    assert body["until"] == 1054.0 and body["meters"] == ["m2", "m1"]
 
 
 @pytest.mark.slow
@@ -136,3 +246,38 @@ async def test_an_interrupted_run_writes_a_partial_report(tmp_path: Path) -> Non
     assert saved["complete"] is False
     assert "interrupted" in saved["incomplete_reason"]
     assert "INCOMPLETE" in (report / "report.md").read_text()
+
+
+def test_phev_rows_are_measured_from_the_cses_answers_not_from_what_a_container_keeps() -> None:
+    """Every PHEV message the DAP's CSE confirmed (TS-0004 7.3.2: a CREATE answers 2001
+    with the created resource, its creationTime included) counts as delivered, however
+    few instances its container retains after the run."""
+    sent_at = 1767225600.0
+    answer = {"m2m:cin": {"ct": "20260101T000000,250000", "con": '{"vin":"x","id":"p1-0"}'}}
+    arrived = phev_arrival(2001, answer, sent_at)
+    assert arrived is not None and arrived.latency_s == 0.25 and arrived.size == 23
+    assert phev_arrival(4004, {}, sent_at) is None
+    evidence = Evidence()
+    collect_phev({"phev-negotiate-to-dap": 61}, {"phev-negotiate-to-dap": [arrived] * 61}, evidence)
+    row = judge(CATALOGUE.get("phev-negotiate-to-dap"), evidence, CATALOGUE)
+    assert (row.sent, row.delivered, row.within_budget) == (61, 61, 61)
+
+
+def test_head_end_commands_are_judged_from_the_head_ends_record_of_them() -> None:
+    """The API's commands (as GET /api/commands?after= lists them): billing reads count by
+    who issued them, the rest by name; one the DAP never confirmed is sent, not delivered."""
+    bulk = {"cmd": "bulk", "id": "c01"}
+    commands = [
+        {"id": "c01@m1", "name": "bulk", "issued_by": "billing", "issued_at": 100.0,
+         "reached_dap_at": 100.5, "body": bulk},
+        {"id": "c01@m2", "name": "bulk", "issued_by": "billing", "issued_at": 100.0,
+         "reached_dap_at": None, "body": bulk},
+        {"id": "c02", "name": "price", "issued_by": "price", "issued_at": 101.0,
+         "reached_dap_at": 101.25, "body": {"cmd": "price", "price": 1}},
+    ]  # fmt: skip
+    evidence = Evidence()
+    collect_commands(commands, evidence)
+    assert evidence.sent["command:billing"] == 2 and evidence.sent["command:price"] == 1
+    assert [o.latency_s for o in evidence.at_dap["command:billing"]] == [0.5]
+    row = judge(CATALOGUE.get("bulk-read-cmd-mdms-to-headend"), evidence, CATALOGUE)
+    assert (row.sent, row.delivered, row.status) == (2, 1, "fail")

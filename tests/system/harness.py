@@ -27,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from cse.config_files import merge_tables
 from device_agents.agent.agent import Agent
 from gridm2m.broker import Broker, free_port, free_udp_port
 from gridm2m.processes import (
@@ -78,11 +79,17 @@ class Part:
 
 class System:
     def __init__(
-        self, directory: Path, broker: Broker | None = None, *, upstream_mqtt: bool = False
+        self,
+        directory: Path,
+        broker: Broker | None = None,
+        *,
+        upstream_mqtt: bool = False,
+        headend_extra: dict[str, Any] | None = None,
     ) -> None:
         self.directory = directory
         self.broker = broker
         self.upstream_mqtt = upstream_mqtt
+        self.headend_extra = headend_extra or {}  # merged into the [headend] section
         directory.mkdir(parents=True, exist_ok=True)
         self._configure()
         self.headend = Part("headend", directory / "headend.toml", directory / "headend.log")
@@ -125,15 +132,13 @@ class System:
             headend_cse["mqtt"] = {**lab, "username": "headend"}
             if upstream_mqtt:
                 upstream, link = broker.url, {}
+        headend = {
+            "cse": headend_cse,
+            "mdms": {"db": str(directory / "mdms.db")},
+            "dashboard": {"port": self.dashboard_port},
+        }
         (directory / "headend.toml").write_text(
-            toml_text(
-                "headend",
-                {
-                    "cse": headend_cse,
-                    "mdms": {"db": str(directory / "mdms.db")},
-                    "dashboard": {"port": self.dashboard_port},
-                },
-            )
+            toml_text("headend", merge_tables(headend, self.headend_extra))
         )
         (directory / "gateway.toml").write_text(
             toml_text(

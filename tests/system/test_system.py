@@ -72,6 +72,8 @@ async def test_each_command_type_reaches_a_meter_and_its_answer_comes_back(
             issued = await system.command("mtr-1", body)
             result = await system.command_result(issued["id"])
             assert result["status"] == status, (body, result)
+            if body["cmd"] != "fw":  # through <firmware>: the DAP writes the command itself
+                assert result["reached_dap_at"] >= result["issued_at"], result
             answer = result["result"]
             answer = json.loads(answer) if isinstance(answer, str) else answer
             assert answer["flow"].startswith(flow_prefix), (body, answer)
@@ -95,6 +97,12 @@ async def test_a_dr_event_to_a_group_collects_every_ack_and_opt_out(
             )
         issued = await system.command(meters, {"cmd": "dr", "ev": 42, "dur": 60, "shed": 40})
         results = {m: await system.command_result(f"{issued['id']}@{m}") for m in meters}
+        # The API lists each member's command with when the DAP created it (from the fan-
+        # out's answer): what an interop run measures head-end → DAP rows by.
+        listed = await system.get(f"{system.api}/api/commands?after=&limit=100")
+        mine = {c["id"]: c for c in listed["commands"] if c["id"].startswith(issued["id"])}
+        assert sorted(mine) == sorted(f"{issued['id']}@{m}" for m in meters)
+        assert all(c["reached_dap_at"] >= c["issued_at"] for c in mine.values()), mine
     answers = {m: r["result"] for m, r in results.items()}
     answers = {m: json.loads(a) if isinstance(a, str) else a for m, a in answers.items()}
     assert all(a["ev"] == 42 for a in answers.values())

@@ -33,7 +33,7 @@ from cse.bindings.coap.mapping import (
     rsc_from_coap,
     target_from_path,
 )
-from cse.bindings.query import integer, parameters_from_query, request_query
+from cse.bindings.query import integer, parameters_from_query, request_query, response_targets
 from cse.core.errors import (
     BadRequest,
     M2MError,
@@ -60,7 +60,7 @@ _METHOD_OF = {
     Operation.DELETE: Code.DELETE,
 }
 # Parameters with no field of their own in Request; kept in Request.extra by short name.
-_EXTRA_PARAMETERS = ("rturi", "asri", "rset", "oet", "ati", "gtm", "aus", "omr", "prpi", "msu")
+_EXTRA_PARAMETERS = ("asri", "rset", "oet", "ati", "gtm", "aus", "omr", "prpi", "msu")
 
 
 class OptionRejected(BadRequest):
@@ -223,6 +223,7 @@ def decode_request(method: int, options: RawOptions, payload: bytes) -> tuple[Re
         attribute_list=from_query.attribute_list,
         vendor_information=text.get("vsi"),
         response_type=from_query.response_type,
+        response_targets=response_targets(text.get("rturi")),
         # A CON is at-least-once: aiocoap drops a retransmission with the same message ID, but
         # a client that gives up and sends the request again (new message ID, same RQI) must
         # not create twice either.
@@ -312,6 +313,7 @@ def encode_request(request: Request, serialization: str) -> CoapMessage:
         "ec": request.event_category,
         "gid": request.group_request_id,
         "vsi": request.vendor_information,
+        "rturi": "&".join(request.response_targets) or None,
     }
     if request.operation == Operation.CREATE and values["ty"] is None:
         values["ty"] = 0  # TY is what makes a POST a CREATE

@@ -138,7 +138,7 @@ REPLY_FORMATS: dict[str, int] = {JSON: 50, CBOR: 60}
 # ---- status codes ------------------------------------------------------------------------
 
 _EXACT: dict[int, Code] = {
-    1000: Code.CREATED, 1001: Code.CREATED, 1002: Code.CHANGED,
+    1000: Code.CREATED, 1001: Code.CREATED, 1002: Code.CREATED,  # a <request> was made
     2001: Code.CREATED, 2002: Code.DELETED, 2004: Code.CHANGED,
     4000: Code.BAD_REQUEST, 4001: Code.NOT_IMPLEMENTED, 4004: Code.NOT_FOUND,
     4005: Code.METHOD_NOT_ALLOWED, 4008: Code.GATEWAY_TIMEOUT,

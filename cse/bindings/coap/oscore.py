@@ -77,6 +77,12 @@ class OscoreState:
 
     next_sequence: int
     replay_window: tuple[int, int] | None = None
+    # Numbers below this are already reserved on disk (None: next_sequence), so the context
+    # may use them without a write: a keyring reserves for every context at once at start.
+    reserved: int | None = None
+    # Keys nobody used before this process: nothing to replay (an empty window), while the
+    # disk already says "window unknown" for the case of a crash.
+    fresh: bool = False
 
 
 class OscoreKeyring(Protocol):
@@ -96,6 +102,10 @@ class OscoreKeyring(Protocol):
 
     def save_state(self, keys: OscoreKeys, state: OscoreState) -> None:
         """Keep the state durably before returning (a sequence number is used right after)."""
+        ...
+
+    def save_states(self, states: list[tuple[OscoreKeys, OscoreState]]) -> None:
+        """Keep many states at once (a clean stop): one write for all of them."""
         ...
 
 
@@ -129,6 +139,10 @@ class MemoryKeyring:
     def save_state(self, keys: OscoreKeys, state: OscoreState) -> None:
         self._states[keys] = state
 
+    def save_states(self, states: list[tuple[OscoreKeys, OscoreState]]) -> None:
+        for keys, state in states:
+            self.save_state(keys, state)
+
 
 class SecurityContext(cose.CanProtect, cose.CanUnprotect, cose.SecurityContextUtils):  # type: ignore[misc]
     """The gateway's side of one meter's context: it sends as GATEWAY_ID, receives the kid."""
@@ -149,7 +163,7 @@ class SecurityContext(cose.CanProtect, cose.CanUnprotect, cose.SecurityContextUt
         # A fresh Echo value per context: a request recorded before a restart cannot carry it.
         self.echo_recovery = secrets.token_bytes(8)
         self.recipient_replay_window = cose.ReplayWindow(REPLAY_WINDOW, self._window_changed)
-        if state is None:  # keys never used: nothing can be replayed yet
+        if state is None or state.fresh:  # keys never used: nothing can be replayed yet
             self.recipient_replay_window.initialize_empty()
         elif state.replay_window is not None:
             index, bitfield = state.replay_window
@@ -163,6 +177,8 @@ class SecurityContext(cose.CanProtect, cose.CanUnprotect, cose.SecurityContextUt
         # beyond the reserve. A keyring skips writing a state it already holds, so 5,000
         # meters coming back after a restart cost no write each.
         self._reserved = self.sender_sequence_number
+        if state is not None and state.reserved is not None:
+            self._reserved = state.reserved
         # Keys never used, or a window saved at a clean stop: the first accepted request must
         # first be recorded as "window unknown", so that a crash leads to an Echo, not to a
         # window that would take a replay.
@@ -183,14 +199,15 @@ class SecurityContext(cose.CanProtect, cose.CanUnprotect, cose.SecurityContextUt
         if self._window_saved:
             self._reserve(self._reserved)
 
-    def save(self) -> None:
-        """A clean stop: the next sequence number and the replay window as they are."""
+    def final_state(self) -> OscoreState:
+        """For a clean stop: the next sequence number and the replay window as they are. The
+        caller saves it (for every context in one write)."""
         window = self.recipient_replay_window.persist()
         known = window["index"] is not None
         replay_window = (window["index"], window["bitfield"]) if known else None
         self._reserved = self.sender_sequence_number
         self._window_saved = True
-        self._save(OscoreState(self.sender_sequence_number, replay_window))
+        return OscoreState(self.sender_sequence_number, replay_window)
 
 
 class OscoreContexts:
@@ -223,9 +240,11 @@ class OscoreContexts:
         return context
 
     def save(self) -> None:
-        """Save every context's state (a clean stop); using them later is still safe."""
-        for context in self._contexts.values():
-            context.save()
+        """Save every context's state (a clean stop) in one write; using them later is still
+        safe."""
+        self.keyring.save_states(
+            [(context.keys, context.final_state()) for context in self._contexts.values()]
+        )
 
 
 # ---- the server's side --------------------------------------------------------------------
@@ -296,7 +315,10 @@ def open_request(contexts: OscoreContexts, request: aiocoap.Message) -> Opened:
     if kid is not None and cose.COSE_KID_CONTEXT not in header:
         context = contexts.for_kid(kid)
     if context is None:
-        logger.info("OSCORE: no context for kid %s from %s", _hex(kid), request.remote)
+        # Refusals are WARNINGs, as HTTP's are: the CLI's RepeatFilter cuts a flood of them.
+        logger.warning(
+            "OSCORE: refused kid %s from %s: unknown or revoked", _hex(kid), request.remote
+        )
         raise _refused(aiocoap.UNAUTHORIZED, "security context not found")
     try:
         inner, request_id = context.unprotect(request)
@@ -304,13 +326,15 @@ def open_request(contexts: OscoreContexts, request: aiocoap.Message) -> Opened:
         logger.debug("OSCORE: kid %s asked to repeat with Echo (replay state lost)", kid.hex())
         raise OscoreRefused(challenge.to_message(), "echo") from None
     except cose.ReplayError:
-        logger.debug("OSCORE: replayed request for kid %s from %s", kid.hex(), request.remote)
+        logger.warning("OSCORE: refused kid %s from %s: a replay", kid.hex(), request.remote)
         raise _refused(aiocoap.UNAUTHORIZED, "replay detected") from None
     except cose.DecodeError:
         logger.debug("OSCORE: undecodable request for kid %s", kid.hex())
         raise _refused(aiocoap.BAD_OPTION, "failed to decode COSE") from None
     except (cose.ProtectionInvalid, aiocoap.error.Error, ValueError):
-        logger.info("OSCORE: request for kid %s from %s does not verify", kid.hex(), request.remote)
+        logger.warning(
+            "OSCORE: refused kid %s from %s: does not verify (wrong key)", kid.hex(), request.remote
+        )
         raise _refused(aiocoap.BAD_REQUEST, "decryption failed") from None
     inner.remote = _ProtectedRemote(request.remote, kid)
     return Opened(inner, context.keys.principal, context, request_id)

@@ -24,6 +24,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,7 @@ class _CseResource(resource.Resource, resource.PathCapable):  # type: ignore[mis
         elif self._plain is not None:
             pipe.add_response(await self._answer(request, self._plain), is_last=True)
         else:
+            logger.warning("refused a plain CoAP request from %s: OSCORE only", request.remote)
             refusal = _Refused(Code.UNAUTHORIZED, "this CSE takes OSCORE-protected requests only")
             pipe.add_response(self._refusal(request, refusal), is_last=True)
 
@@ -191,8 +193,9 @@ def bound_port(context: aiocoap.Context) -> int:
     return port
 
 
-def _drop_undecodable(endpoint: Any) -> None:
+def _drop_undecodable(endpoint: Any, on_datagram: Callable[[], None]) -> None:
     """Drop datagrams whose string options are not UTF-8 quietly, like other unparsable ones.
+    `on_datagram` is called for every datagram read (the watchdog counts them).
 
     aiocoap 0.4.17 only catches UnparsableMessage while decoding; a UnicodeDecodeError from a
     Uri-Path escapes into the event loop's exception handler with a traceback per datagram.
@@ -200,6 +203,7 @@ def _drop_undecodable(endpoint: Any) -> None:
     receive = endpoint.datagram_msg_received
 
     def guarded(data: bytes, ancdata: Any, flags: int, address: Any) -> None:
+        on_datagram()
         try:
             receive(data, ancdata, flags, address)
         except UnicodeDecodeError:
@@ -231,6 +235,84 @@ def _ignore_icmp_errors(endpoint: Any) -> None:
             sock.setsockopt(level, option, 0)
 
 
+# Exchanges remembered against retransmissions (see RecentExchanges): a storm of 5,000 meters'
+# alarms fits whole, and at ~7 KB an exchange the memory stays under ~100 MB whatever the rate.
+REMEMBERED_EXCHANGES = 12_000
+
+
+class RecentExchanges(dict[Any, Any]):
+    """aiocoap's memory of received exchanges (`MessageManager._recent_messages`: the answer
+    of each (peer, message ID), sent again when a CON is retransmitted), bounded.
+
+    aiocoap keeps every exchange for EXCHANGE_LIFETIME (247 s) behind a timer of its own, so
+    its memory grows with the request rate: a LAN client sending 1,000 requests/s, refused or
+    not, holds a quarter of a million exchanges, about 2 GB. Here an exchange is forgotten
+    after the lifetime or, when `most` are held, oldest first, without a timer each. A CON
+    retransmitted after its exchange was forgotten is handled again: a CREATE then finds its
+    request ID in the CSE's request log and is not stored twice.
+    """
+
+    def __init__(self, lifetime: float, most: int, clock: Any = time.monotonic) -> None:
+        super().__init__()
+        self.lifetime = lifetime
+        self.most = most
+        self._clock = clock
+        self._received: dict[Any, float] = {}  # insertion order is age order
+        self.forgotten_early = 0  # dropped at the count bound, before their lifetime
+
+    def remember(self, key: Any) -> None:
+        self.expire()
+        while len(self._received) >= self.most:
+            oldest = next(iter(self._received))
+            del self._received[oldest]
+            self.pop(oldest, None)
+            self.forgotten_early += 1
+        self._received[key] = self._clock()
+        self[key] = None  # no answer yet; aiocoap stores it when it is sent
+
+    def expire(self) -> None:
+        limit = self._clock() - self.lifetime
+        while self._received:
+            oldest, received = next(iter(self._received.items()))
+            if received > limit:
+                return
+            del self._received[oldest]
+            self.pop(oldest, None)
+
+
+def _bound_recent_exchanges(context: aiocoap.Context, most: int) -> RecentExchanges:
+    """Put a RecentExchanges in place of aiocoap's unbounded memory of exchanges.
+
+    Reaches into aiocoap 0.4.17's MessageManager (`_recent_messages`,
+    `_deduplicate_message`, `_send_initially`), in this one function: the rest of aiocoap
+    (`_store_response_for_duplicates`) keeps using the dictionary as before. Leave it when
+    aiocoap bounds that memory itself.
+    """
+    manager = next(
+        interface.token_interface
+        for interface in context.request_interfaces
+        if getattr(interface, "token_interface", None) is not None
+    )
+    lifetime = float(aiocoap.numbers.TransportTuning().EXCHANGE_LIFETIME)
+    recent = RecentExchanges(lifetime, most)
+    manager._recent_messages = recent
+
+    def deduplicate(message: Any) -> bool:
+        """aiocoap's own check, without a timer per exchange: True for a duplicate."""
+        key = (message.remote, message.mid)
+        recent.expire()
+        if key in recent:
+            answer = recent[key]
+            if message.mtype is aiocoap.CON and answer is not None:
+                manager._send_initially(answer)
+            return True
+        recent.remember(key)
+        return False
+
+    manager._deduplicate_message = deduplicate
+    return recent
+
+
 RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 
 
@@ -253,12 +335,12 @@ def _enlarge_receive_buffer(endpoint: Any) -> None:
 def set_max_latency(seconds: float) -> float:
     """Set RFC 7252's MAX_LATENCY for this process's CoAP stack; returns the previous value.
 
-    aiocoap remembers every received exchange, with its answer, for EXCHANGE_LIFETIME =
-    MAX_TRANSMIT_SPAN + 2 x MAX_LATENCY + PROCESSING_DELAY (247 s with the defaults, ~7.6 KB
-    an exchange on a gateway), to answer retransmissions. On a local meter network a
-    MAX_LATENCY of 10 s instead of the Internet's 100 s keeps that memory 3.7 times shorter
-    (67 s). aiocoap keeps these constants per process, not per server, so this applies to
-    every CoAP endpoint of the process.
+    The server remembers each received exchange, with its answer, for EXCHANGE_LIFETIME =
+    MAX_TRANSMIT_SPAN + 2 x MAX_LATENCY + PROCESSING_DELAY (247 s with the defaults, ~7 KB
+    an exchange on a gateway; at most REMEMBERED_EXCHANGES), to answer retransmissions. On
+    a local meter network a MAX_LATENCY of 10 s instead of the Internet's 100 s keeps that
+    memory 3.7 times shorter (67 s). aiocoap keeps these constants per process, not per
+    server, so this applies to every CoAP endpoint of the process.
     """
     if not seconds > 0:
         raise ValueError("MAX_LATENCY must be more than zero seconds")
@@ -342,6 +424,7 @@ class CoapServer:
         liveness_interval: float | None = 10.0,  # seconds between pings; None: no watchdog
         oscore: OscoreKeyring | OscoreContexts | None = None,
         trust: Trust = Trust.CREDENTIAL,  # what an unprotected request is believed to be
+        remembered_exchanges: int = REMEMBERED_EXCHANGES,
     ) -> None:
         plain = trust.principal_without_credential()
         if oscore is None and plain is None:
@@ -356,10 +439,16 @@ class CoapServer:
         self._max_body_size = max_body_size
         self._max_latency = max_latency
         self._liveness_interval = liveness_interval
+        self._remembered_exchanges = remembered_exchanges
+        self._recent: RecentExchanges | None = None
         self._context: aiocoap.Context | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._restarting = asyncio.Lock()
         self._liveness = Liveness(alive=True, checked_at=None, failures=0, restarts=0)
+        self._datagrams_read = 0  # by the server's socket, ever
+        self._read_at_last_probe = 0
+        self._read_since_probe = False
+        self._missed = 0  # watchdog checks in a row that found the socket deaf
         self.port: int | None = None
 
     @property
@@ -381,9 +470,10 @@ class CoapServer:
         self._context = await aiocoap.Context.create_server_context(
             site, bind=(self._host, port), transports=["udp6"]
         )
+        self._recent = _bound_recent_exchanges(self._context, self._remembered_exchanges)
         endpoint = udp_endpoint(self._context)
         _ignore_icmp_errors(endpoint)
-        _drop_undecodable(endpoint)
+        _drop_undecodable(endpoint, self._count_datagram)
         _enlarge_receive_buffer(endpoint)
         self.port = bound_port(self._context)
 
@@ -405,15 +495,28 @@ class CoapServer:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
 
+    def remembered_exchanges(self) -> int:
+        """Exchanges held now against retransmissions (at most `remembered_exchanges`)."""
+        if self._recent is None:
+            return 0
+        self._recent.expire()
+        return len(self._recent)
+
     # ---- liveness ------------------------------------------------------------------------
 
     def liveness(self) -> Liveness:
         return self._liveness
 
+    def _count_datagram(self) -> None:
+        self._datagrams_read += 1
+
     async def probe(self, timeout: float = 2.0) -> bool:
         """Ping the server through its socket, as a meter would reach it; record the result."""
         assert self.port is not None
+        self._read_since_probe = self._datagrams_read != self._read_at_last_probe
         alive = await coap_ping(_probe_host(self._host), self.port, timeout)
+        self._read_since_probe |= self._datagrams_read != self._read_at_last_probe
+        self._read_at_last_probe = self._datagrams_read
         previous = self._liveness
         self._liveness = Liveness(
             alive=alive,
@@ -440,17 +543,31 @@ class CoapServer:
                 restarts=previous.restarts + 1,
             )
 
-    async def check_liveness(self) -> None:
-        """Probe once; restart the server when it has missed RESTART_AFTER pings in a row."""
-        if await self.probe() or self._liveness.failures < self.RESTART_AFTER:
+    async def check_liveness(self, timeout: float = 2.0) -> None:
+        """Probe once; restart the server when it has missed RESTART_AFTER pings in a row
+        and read nothing at all since the probe before each (a socket nobody reads).
+
+        A busy server misses pings too: thousands of meters' datagrams queue before the ping
+        and the loop works through them. Restarting it then would lose every exchange in
+        flight, and its meters' retransmissions would meet a server that forgot them."""
+        if await self.probe(timeout):
+            self._missed = 0
+            return
+        if self._read_since_probe:
+            self._missed = 0
+            logger.info("the CoAP server on port %s is slow to answer a ping (busy)", self.port)
+            return
+        self._missed += 1
+        if self._missed < self.RESTART_AFTER:
             return
         logger.error(
-            "the CoAP server on port %s missed %d pings in a row; restarting it",
+            "the CoAP server on port %s missed %d pings in a row and read nothing; restarting it",
             self.port,
-            self._liveness.failures,
+            self._missed,
         )
+        self._missed = 0
         await self.restart()
-        await self.probe()
+        await self.probe(timeout)
 
     async def _watch(self, interval: float) -> None:
         while True:

@@ -63,8 +63,11 @@ class HttpAuthenticator:
     def __init__(self, trust: Trust, credentials: CredentialStore | None) -> None:
         self.trust = trust
         self.credentials = credentials
+        self._log = True
 
-    def principal(self, http_request: web.Request) -> Principal:
+    def principal(self, http_request: web.Request, *, log: bool = True) -> Principal:
+        """Raises NotAuthenticated; `log`: say why at WARNING (not for the CSE's own probe)."""
+        self._log = log
         certificate = peer_certificate(http_request)
         token = bearer_token(http_request)
         by_certificate = self._by_certificate(certificate, http_request)
@@ -104,7 +107,7 @@ class HttpAuthenticator:
             self._refuse(http_request, "a token of no usable credential", bad_token=True)
         return found
 
-    @staticmethod
-    def _refuse(http_request: web.Request, why: str, *, bad_token: bool = False) -> NoReturn:
-        logger.warning("refused an HTTP request from %s: %s", http_request.remote, why)
+    def _refuse(self, http_request: web.Request, why: str, *, bad_token: bool = False) -> NoReturn:
+        if self._log:
+            logger.warning("refused an HTTP request from %s: %s", http_request.remote, why)
         raise NotAuthenticated(f"not authenticated: {why}", bad_token=bad_token)

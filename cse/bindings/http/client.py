@@ -138,6 +138,7 @@ class HttpClient:
             "X-M2M-EC": None if request.event_category is None else str(request.event_category),
             "X-M2M-GID": request.group_request_id,
             "X-M2M-VSI": request.vendor_information,
+            "X-M2M-RTU": "&".join(request.response_targets) or None,
         }
         headers.update({name: value for name, value in optional.items() if value is not None})
         if self._token:
@@ -207,6 +208,8 @@ class HttpSender:
             "X-M2M-RVI": str(primitive.get("rvi", "3")),
             "Content-Type": CONTENT_TYPES[serialization],
         }
+        if primitive.get("ec") is not None:
+            headers["X-M2M-EC"] = str(primitive["ec"])
         try:
             body = encode(primitive.get("pc"), serialization)
         except (TypeError, ValueError) as error:

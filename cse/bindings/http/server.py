@@ -21,7 +21,7 @@ from cse.bindings.http.auth import HttpAuthenticator, NotAuthenticated
 from cse.bindings.http.client import HttpClient
 from cse.bindings.http.mapping import http_status, path_to_target, rsc_from_http
 from cse.bindings.liveness import ProbeRecord, probe_request
-from cse.bindings.query import parameters_from_query
+from cse.bindings.query import parameters_from_query, response_targets
 from cse.core.egress import normalized
 from cse.core.errors import BadRequest, M2MError, OperationNotAllowed
 from cse.core.identity import Principal, Trust
@@ -107,19 +107,31 @@ def _event_category(header: str | None) -> int | None:
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    reuse_port: bool = False,
 ) -> tuple[web.AppRunner, int]:
     """Serve an aiohttp app on host:port (0 picks a free port), over TLS with a context;
-    returns the runner (call `cleanup()` to stop) and the bound port."""
+    returns the runner (call `cleanup()` to stop) and the bound port.
+
+    `reuse_port` (SO_REUSEPORT) lets several processes listen on the same port, the kernel
+    spreading new connections between them (the workers of a scaled-out CSE); Linux lets
+    only processes of the same user share a port this way."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         site = web.SockSite(runner, sock, backlog=1024, ssl_context=ssl_context)
         await site.start()
     except BaseException:
+        sock.close()  # a port in use: not left for the garbage collector to close
         await runner.cleanup()
         raise
     return runner, int(sock.getsockname()[1])
@@ -132,7 +144,7 @@ class HttpServer:
     nothing: it is refused); `credentials` is the store client certificates and tokens are
     looked up in; `tls` (see `cse.security.pki.server_context`) makes it an HTTPS listener,
     and `probe_tls` is what `probe()` connects to it with (default: no verification, no
-    client certificate).
+    client certificate). With `reuse_port` other processes may listen on the same port.
     """
 
     def __init__(
@@ -146,14 +158,17 @@ class HttpServer:
         credentials: CredentialStore | None = None,
         tls: ssl.SSLContext | None = None,
         probe_tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self._cse = cse
+        self._reuse_port = reuse_port
         self._host = host
         self._port = port
         self._max_body_size = max_body_size
         self._auth = HttpAuthenticator(trust, credentials)
         self._tls = tls
         self._probe_tls = probe_tls or (self_probe_context() if tls is not None else None)
+        self._probe_id: str | None = None  # the request ID of the probe in flight
         self._runner: web.AppRunner | None = None
         self._liveness = ProbeRecord()
         self.port: int | None = None
@@ -174,6 +189,7 @@ class HttpServer:
         scheme = "https" if self._tls is not None else "http"
         url = f"{scheme}://{host}:{self.port}" if host else self.url
         request = probe_request(self._cse.settings.cse_id, self._cse.settings.cse_name)
+        self._probe_id = request.request_id
         # Any answer proves the listener alive, a refusal of the unauthenticated probe too.
         tls = self._probe_tls if self._tls is not None else None
         try:
@@ -188,7 +204,9 @@ class HttpServer:
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body_size, middlewares=[self._http_errors])
         app.router.add_route("*", "/{tail:.*}", self._on_request)
-        self._runner, self.port = await start_site(app, self._host, self._port, self._tls)
+        self._runner, self.port = await start_site(
+            app, self._host, self._port, self._tls, reuse_port=self._reuse_port
+        )
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -252,7 +270,10 @@ class HttpServer:
 
     async def _on_request(self, http_request: web.Request) -> web.StreamResponse:
         try:
-            principal = self._auth.principal(http_request)
+            # The CSE's own liveness probe (its request ID is known only to this process) is
+            # refused like any request without a credential, but not logged each time.
+            own_probe = http_request.headers.get("X-M2M-RI") == self._probe_id
+            principal = self._auth.principal(http_request, log=not own_probe)
         except NotAuthenticated as error:
             return self._not_authenticated(http_request, error)
         try:
@@ -313,6 +334,7 @@ class HttpServer:
             attribute_list=parameters.attribute_list,
             vendor_information=_text(headers.get("X-M2M-VSI")),
             response_type=parameters.response_type,
+            response_targets=response_targets(_text(headers.get("X-M2M-RTU"))),
             principal=principal,
             source=_peer_address(http_request),  # what a registered poa is checked against
         )

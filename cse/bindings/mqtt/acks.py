@@ -2,9 +2,10 @@
 
 paho acknowledges a QoS 1 PUBLISH (sends PUBACK) as soon as it has read it; a CSE that then
 crashed would lose a request the broker considers delivered. The binding switches that off
-(paho 2's manual_ack) and sends each PUBACK itself, after the core has made the result
-durable and the broker has accepted the response. MQTT 3.1.1 §4.6 wants PUBACKs in the order
-the PUBLISHes arrived, so a finished request waits for those received before it.
+(paho 2's manual_ack, reached in internals.py) and sends each PUBACK itself, after the core
+has made the result durable and the broker has accepted the response. MQTT 3.1.1 §4.6 (and
+MQTT 5 §4.6) wants PUBACKs in the order the PUBLISHes arrived, so a finished request waits for
+those received before it.
 
 Anything not acknowledged when a connection ends is delivered again on the next one (clean
 session false); the core's request record answers a repeated CREATE without creating twice.
@@ -14,8 +15,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-
-import aiomqtt
 
 
 class PendingAck:
@@ -59,15 +58,3 @@ class AckSequence:
         """The connection is gone: its message IDs mean nothing on the next one."""
         self._open = False
         self._waiting.clear()
-
-
-def acknowledge_manually(client: aiomqtt.Client) -> Callable[[int], object]:
-    """Turn off paho's acknowledge-on-receipt; return the function that sends one PUBACK.
-
-    aiomqtt does not expose manual acknowledgement, so this reaches its paho client. It must
-    run before the client connects: a persistent session's queued messages arrive right after
-    CONNACK, before any subscription is made.
-    """
-    paho = client._client
-    paho.manual_ack_set(True)
-    return lambda mid: paho.ack(mid, 1)

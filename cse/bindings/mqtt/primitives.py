@@ -79,18 +79,24 @@ def _optional_integer(primitive: dict[str, Any], name: str) -> int | None:
     return None if value is None else integer(name, value)
 
 
-def _response_type(value: Any) -> int | None:
-    """rt is {"rtv": n, "nu": [...]}; a bare number is tolerated."""
+def _response_type(value: Any) -> tuple[int | None, tuple[str, ...]]:
+    """rt is {"rtv": n, "nu": [...]}; a bare number is tolerated. (rtv, nu)"""
     if value is None:
-        return None
+        return None, ()
+    targets: tuple[str, ...] = ()
     if isinstance(value, dict):
+        nu = value.get("nu")
+        if nu is not None:
+            if not isinstance(nu, list) or not all(isinstance(url, str) and url for url in nu):
+                raise BadRequest("rt.nu must be a list of notification targets")
+            targets = tuple(nu)
         value = value.get("rtv")
         if value is None:
-            return None
+            return None, targets
     response_type = integer("rt.rtv", value, lowest=1)
     if response_type > 5:
         raise BadRequest("rt.rtv must be a response type 1..5")
-    return response_type
+    return response_type, targets
 
 
 def _expiration(primitive: dict[str, Any]) -> str | None:
@@ -153,6 +159,7 @@ def _request(primitive: dict[str, Any]) -> Request:
     discovery_result_type = _optional_integer(primitive, "drt")
     if discovery_result_type not in (None, 1, 2):
         raise BadRequest("drt must be 1 (structured) or 2 (unstructured)")
+    response_type, response_targets = _response_type(primitive.get("rt"))
     return Request(
         operation=Operation(operation),
         to=to,
@@ -170,7 +177,8 @@ def _request(primitive: dict[str, Any]) -> Request:
         group_request_id=_string(primitive, "gid"),
         attribute_list=_attribute_list(primitive.get("atrl")),
         vendor_information=_string(primitive, "vsi"),
-        response_type=_response_type(primitive.get("rt")),
+        response_type=response_type,
+        response_targets=response_targets,
         deduplicate=True,  # QoS 1 is at-least-once: a redelivered CREATE must not create twice
         extra={name: value for name, value in primitive.items() if name not in _KNOWN},
     )
@@ -198,11 +206,20 @@ def request_to_primitive(request: Request) -> dict[str, Any]:
         "ec": request.event_category,
         "gid": request.group_request_id,
         "vsi": request.vendor_information,
-        "rt": None if request.response_type is None else {"rtv": request.response_type},
+        "rt": _response_type_member(request),
         "atrl": list(request.attribute_list) or None,
     }
     primitive.update({name: value for name, value in optional.items() if value is not None})
     return primitive
+
+
+def _response_type_member(request: Request) -> dict[str, Any] | None:
+    if request.response_type is None:
+        return None
+    member: dict[str, Any] = {"rtv": request.response_type}
+    if request.response_targets:
+        member["nu"] = list(request.response_targets)
+    return member
 
 
 def response_to_primitive(response: Response, to: str | None) -> dict[str, Any]:

@@ -4,7 +4,9 @@
 topic and payload out (or nothing, when no topic can be derived). `MqttBinding` owns the
 broker connection around it: one persistent session (clean session false, a stable client
 ID), QoS 1 subscriptions to the request and registration topics addressed to this CSE, a
-PUBACK only after the answer (see acks.py), and reconnection with backoff.
+PUBACK only after the answer (see acks.py), and reconnection with backoff. As one of several
+workers of a CSE it takes its share through an MQTT 5 shared subscription (`MqttBinding`,
+docs/scale-out.md).
 
 Who sent a request: MQTT carries no identity of the publisher, so the binding relies on the
 broker. With trust "credential" the broker logged every client in with its password and its
@@ -19,17 +21,20 @@ connection. "claimed" and "insecure" (a broker without that ACL) prove nothing.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import logging
+import secrets
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import aiomqtt
 
 from cse.bindings.liveness import ProbeRecord, probe_request
-from cse.bindings.mqtt.acks import AckSequence, PendingAck, acknowledge_manually
+from cse.bindings.mqtt.acks import AckSequence, PendingAck
 from cse.bindings.mqtt.client import MqttClient, MqttClientError
+from cse.bindings.mqtt.internals import acknowledge_manually, queued_message
 from cse.bindings.mqtt.primitives import (
     Rejected,
     decode_primitive,
@@ -38,14 +43,19 @@ from cse.bindings.mqtt.primitives import (
     request_from_primitive,
     response_to_primitive,
 )
-from cse.bindings.mqtt.settings import MqttSettings, open_client
+from cse.bindings.mqtt.settings import Mqtt5Session, MqttSettings, open_client, will_message
 from cse.bindings.mqtt.topics import (
     FORMATS,
     REGISTRATION_REQUEST,
+    WORKER_DRAINED,
+    WORKER_GONE,
     RequestTopic,
     parse_request_topic,
     request_filters,
+    shared,
     topic_id,
+    worker_gone,
+    worker_topic,
 )
 from cse.core.addressing import normalize_originator
 from cse.core.errors import M2MError
@@ -206,25 +216,21 @@ def _abandon(task: asyncio.Future[Any]) -> None:
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
-def _queued_message(client: aiomqtt.Client) -> aiomqtt.Message | None:
-    """A message aiomqtt has already received, without waiting (None if there is none)."""
-    queue = getattr(client, "_queue", None)  # aiomqtt keeps received messages in this queue
-    if queue is None:
-        return None
-    try:
-        message = queue.get_nowait()
-    except asyncio.QueueEmpty:
-        return None
-    return message if isinstance(message, aiomqtt.Message) else None
-
-
 class _Session:
-    """One connection: its client, its PUBACK order, and whether it failed to publish."""
+    """One connection: its client, its PUBACK order, whether it failed to publish, and when it
+    has taken its last message (`done`). `worker` is the worker whose session it is (None: the
+    single binding of a CSE that runs in one process)."""
 
-    def __init__(self, client: aiomqtt.Client, acks: AckSequence) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, acks: AckSequence, done: asyncio.Event, worker: str | None
+    ) -> None:
         self.client = client
         self.acks = acks
         self.broken = asyncio.Event()
+        self.done = done
+        self.worker = worker
+        self.marker: bytes | None = None  # the end-of-session marker, once published
+        self.handlers: set[asyncio.Task[None]] = set()
 
 
 class MqttBinding:
@@ -232,6 +238,12 @@ class MqttBinding:
 
     Entering connects and subscribes (raising aiomqtt.MqttError if the broker cannot be
     reached then); later losses of the connection are repaired in the background.
+
+    With `settings.worker` this process is one of several serving the CSE (docs/scale-out.md):
+    it speaks MQTT 5, takes its share of the requests through a shared subscription, keeps a
+    session of its own with a will that announces its death, and takes over the session of a
+    worker that died, to answer what that one left unacknowledged (Mosquitto keeps such
+    requests in the dead worker's session instead of giving them to another member).
     """
 
     def __init__(
@@ -247,10 +259,16 @@ class MqttBinding:
         self.sender = TopicSender(trust, credentials)
         self.connections = 0  # successful connections so far (the first one included)
         self.acknowledged = 0  # PUBACKs sent
+        # Requests the core answered from each worker's session: this worker's own name, and
+        # those of dead workers whose sessions it took over (a single binding counts under "").
+        self.served: collections.Counter[str] = collections.Counter()
+        self.taken_over: list[str] = []  # workers whose sessions this one emptied, in order
         self._connected = False
         self._state = asyncio.Condition()
         self._stopping = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._takeovers: dict[str, asyncio.Task[None]] = {}
         self._handlers: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._liveness = ProbeRecord()
@@ -269,6 +287,11 @@ class MqttBinding:
         async with self._state:
             await self._state.wait_for(lambda: self._connected and self.connections >= connections)
 
+    async def wait_taken_over(self, worker: str) -> None:
+        """Wait until this worker has emptied the session of the dead worker `worker`."""
+        async with self._state:
+            await self._state.wait_for(lambda: worker in self.taken_over)
+
     async def _set_connected(self, connected: bool) -> None:
         async with self._state:
             self._connected = connected
@@ -283,6 +306,8 @@ class MqttBinding:
         except BaseException:
             await self._stop()
             raise
+        if self.settings.worker is not None:
+            self._watcher = asyncio.create_task(self._watch_workers(), name="mqtt workers")
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -296,7 +321,7 @@ class MqttBinding:
         the answer to come back through the broker. The result is kept for `liveness()`."""
         cse_id = self._cse.settings.cse_id
         if self._prober is None:
-            identifier = f"{self.client_id}-probe"
+            identifier = f"{self.client_id}:probe"  # ":" is in no worker name
             self._prober = MqttClient(self.settings, cse_id, timeout=timeout, identifier=identifier)
         request = probe_request(cse_id, self._cse.settings.cse_name)
         try:
@@ -311,9 +336,19 @@ class MqttBinding:
         if self._prober is not None:
             await self._prober.close()
         self._stopping.set()
+        if self._watcher is not None:  # no new takeovers
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
             self._runner = None
+        takeovers = set(self._takeovers.values())
+        if takeovers:
+            # What a takeover has not emptied by then stays in the dead worker's session.
+            await asyncio.wait(takeovers, timeout=self.settings.drain_timeout)
+            for task in takeovers:
+                task.cancel()
+            await asyncio.gather(*takeovers, return_exceptions=True)
         await self._cancel_handlers()
 
     async def _cancel_handlers(self) -> None:
@@ -323,6 +358,34 @@ class MqttBinding:
         await asyncio.gather(*self._handlers, return_exceptions=True)
 
     # ---- connection life cycle -------------------------------------------------------------
+
+    def _open_session(self, identifier: str, done: asyncio.Event, worker: str | None) -> _Session:
+        """A client for `identifier` with a persistent session, acknowledging manually."""
+        mqtt5 = None
+        if self.settings.worker is not None and worker is not None:
+            # The worker's will: its death is announced (after the delay) to the others.
+            will = will_message(
+                self._worker_topic(worker, WORKER_GONE), self.settings.worker.will_delay
+            )
+            mqtt5 = Mqtt5Session(self.settings.worker.session_expiry, will)
+        client = open_client(self.settings, identifier, clean_session=False, mqtt5=mqtt5)
+        send_ack = acknowledge_manually(client)
+
+        def acknowledge(mid: int) -> None:
+            send_ack(mid)
+            self.acknowledged += 1
+
+        return _Session(client, AckSequence(acknowledge), done, worker)
+
+    def _request_filters(self) -> list[str]:
+        own = topic_id(self._cse.settings.cse_id)
+        filters = request_filters(own, self.settings.topic_prefix)
+        worker = self.settings.worker
+        return filters if worker is None else [shared(worker.group, name) for name in filters]
+
+    def _worker_topic(self, worker: str, event: str) -> str:
+        own = topic_id(self._cse.settings.cse_id)
+        return worker_topic(own, worker, event, self.settings.topic_prefix)
 
     async def _run(self, first: asyncio.Future[None]) -> None:
         delay = self.settings.reconnect_delay
@@ -342,18 +405,14 @@ class MqttBinding:
             delay = min(delay * 2, self.settings.reconnect_max_delay)
 
     async def _session(self, first: asyncio.Future[None]) -> None:
-        client = open_client(self.settings, self.client_id, clean_session=False)
-        send_ack = acknowledge_manually(client)
-
-        def acknowledge(mid: int) -> None:
-            send_ack(mid)
-            self.acknowledged += 1
-
-        session = _Session(client, AckSequence(acknowledge))
+        worker = self.settings.worker
+        # A worker's session ends once it has retired (see _retire); a single binding's at stop.
+        done = self._stopping if worker is None else asyncio.Event()
+        session = self._open_session(self.client_id, done, None if worker is None else worker.name)
+        client = session.client
         async with client:
             try:
-                own = topic_id(self._cse.settings.cse_id)
-                filters = request_filters(own, self.settings.topic_prefix)
+                filters = self._request_filters()
                 granted = await client.subscribe([(name, 1) for name in filters])
                 if any(getattr(code, "is_failure", False) for code in granted):
                     raise aiomqtt.MqttError(f"the broker refused the subscriptions {filters}")
@@ -361,22 +420,25 @@ class MqttBinding:
                 logger.info("MQTT: %s subscribed at %s", self.client_id, self.settings.url)
                 if not first.done():
                     first.set_result(None)
-                await self._consume(session)
-                await self._drain()
+                if worker is None:
+                    await self._consume(session)
+                else:
+                    await self._consume_then_retire(session, self._stopping)
+                await self._drain(session)
             finally:
                 session.acks.close()
                 await self._set_connected(False)
 
     async def _consume(self, session: _Session) -> None:
-        """Take messages until stopped (return) or the connection fails (MqttError)."""
+        """Take messages until the session is done (return) or fails (MqttError)."""
         messages = aiter(session.client.messages)
-        stop = asyncio.ensure_future(self._stopping.wait())
+        done = asyncio.ensure_future(session.done.wait())
         broken = asyncio.ensure_future(session.broken.wait())
         try:
             while True:
                 await self._slots.acquire()
                 incoming = asyncio.ensure_future(anext(messages))
-                await asyncio.wait({incoming, stop, broken}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({incoming, done, broken}, return_when=asyncio.FIRST_COMPLETED)
                 if not incoming.done():
                     _abandon(incoming)
                     self._slots.release()
@@ -391,31 +453,145 @@ class MqttBinding:
                 self._accept(session, message)
                 # Take everything already queued in the same pass, so the requests of one
                 # burst are applied together and share one group commit (one fsync).
-                while not self._stopping.is_set() and not self._slots.locked():
+                while not session.done.is_set() and not self._slots.locked():
                     await self._slots.acquire()  # free: returns at once
-                    queued = _queued_message(session.client)
+                    queued = queued_message(session.client)
                     if queued is None:
                         self._slots.release()
                         break
                     self._accept(session, queued)
         finally:
-            stop.cancel()
+            done.cancel()
             broken.cancel()
 
     def _accept(self, session: _Session, message: aiomqtt.Message) -> None:
         pending = session.acks.expect(message.mid) if message.qos > 0 else None
-        self._spawn(self._serve(session, pending, message))
+        if session.worker is not None and message.topic.value == self._worker_topic(
+            session.worker, WORKER_DRAINED
+        ):
+            # An end-of-session marker; one of an earlier holder of the session means nothing.
+            self._slots.release()
+            session.acks.finish(pending)
+            if session.marker is not None and message.payload == session.marker:
+                session.done.set()
+            return
+        self._spawn(session, self._serve(session, pending, message))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, session: _Session, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(work)
-        self._handlers.add(task)
-        task.add_done_callback(self._handlers.discard)
+        for tasks in (self._handlers, session.handlers):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
-    async def _drain(self) -> None:
+    async def _drain(self, session: _Session) -> None:
         """On stop: let requests in progress answer and acknowledge before disconnecting."""
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=self.settings.drain_timeout)
-        await self._cancel_handlers()
+        if session.handlers:
+            await asyncio.wait(set(session.handlers), timeout=self.settings.drain_timeout)
+        for task in session.handlers:
+            task.cancel()
+        await asyncio.gather(*session.handlers, return_exceptions=True)
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    async def _consume_then_retire(self, session: _Session, when: asyncio.Event | None) -> None:
+        """Serve a worker's session, and retire it once `when` is set (at once if None)."""
+        retiring = asyncio.create_task(self._retire(session, when))
+        try:
+            await self._consume(session)
+        finally:
+            retiring.cancel()
+            await asyncio.gather(retiring, return_exceptions=True)
+
+    async def _retire(self, session: _Session, when: asyncio.Event | None) -> None:
+        """Leave the share group and take what the session still holds.
+
+        After the UNSUBACK nothing new enters the session; a marker published then to a topic
+        only this session subscribes to is queued behind everything it holds, so its arrival
+        means every request the session held has arrived (Mosquitto delivers a session's
+        messages in the order they were queued). Then the session is done.
+        """
+        if when is not None:
+            await when.wait()
+        assert session.worker is not None
+        client = session.client
+        marker_topic = self._worker_topic(session.worker, WORKER_DRAINED)
+        try:
+            await client.unsubscribe(self._request_filters())
+            await client.subscribe(marker_topic, qos=1)
+            session.marker = secrets.token_hex(8).encode()
+            await client.publish(marker_topic, session.marker, qos=1)
+            if when is not None:  # stopping: bounded; a takeover takes what there is
+                await asyncio.wait_for(session.done.wait(), self.settings.drain_timeout)
+        except aiomqtt.MqttError as error:
+            logger.warning("MQTT: could not retire the session of %s: %s", session.worker, error)
+            session.broken.set()
+        except TimeoutError:
+            logger.warning(
+                "MQTT: %s stops with requests left in its session; they wait for its return "
+                "or its session's expiry",
+                session.worker,
+            )
+            session.done.set()
+
+    async def _watch_workers(self) -> None:
+        """Hear of dead workers (their wills, through a shared subscription: one worker hears
+        of each) and take over their sessions. A clean session of its own, so that a dead
+        worker's session never holds the announcement of another death."""
+        worker = self.settings.worker
+        assert worker is not None
+        own = topic_id(self._cse.settings.cse_id)
+        prefix = self.settings.topic_prefix
+        wills = shared(worker.group, worker_topic(own, "+", WORKER_GONE, prefix))
+        delay = self.settings.reconnect_delay
+        while not self._stopping.is_set():
+            client = open_client(
+                self.settings, f"{self.client_id}:watch", clean_session=True, mqtt5=Mqtt5Session(0)
+            )
+            try:
+                async with client:
+                    await client.subscribe(wills, qos=1)
+                    delay = self.settings.reconnect_delay
+                    async for message in client.messages:
+                        dead = worker_gone(message.topic.value, own, prefix)
+                        # Our own name: this process is that worker back again, on its session.
+                        if dead is not None and dead != worker.name:
+                            self._take_over(dead)
+            except aiomqtt.MqttError as error:
+                logger.warning("MQTT: lost the watch for dead workers: %s", error)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            delay = min(delay * 2, self.settings.reconnect_max_delay)
+
+    def _take_over(self, worker: str) -> None:
+        if worker in self._takeovers or self._stopping.is_set():
+            return
+        task = asyncio.create_task(self._empty_session_of(worker), name=f"mqtt take over {worker}")
+        self._takeovers[worker] = task
+        task.add_done_callback(lambda _: self._takeovers.pop(worker, None))
+
+    async def _empty_session_of(self, worker: str) -> None:
+        """Connect as the dead `worker` (its client ID, its session), answer what its session
+        holds, and leave it empty and out of the share group. The connection carries that
+        worker's will again: if this process dies too, another one takes over. If the worker
+        comes back meanwhile, the broker hands it its session and this ends (what was not
+        acknowledged here goes back to it)."""
+        identifier = self.settings.worker_identifier(self._cse.settings.cse_id, worker)
+        session = self._open_session(identifier, asyncio.Event(), worker)
+        logger.warning("MQTT: worker %s is gone; %s takes over its session", worker, self.client_id)
+        try:
+            async with session.client:
+                try:
+                    await self._consume_then_retire(session, None)
+                    await self._drain(session)
+                finally:
+                    session.acks.close()
+        except aiomqtt.MqttError as error:
+            logger.warning("MQTT: took over %s's session until: %s", worker, error)
+            return
+        logger.info("MQTT: the session of %s is empty", worker)
+        async with self._state:
+            self.taken_over.append(worker)
+            self._state.notify_all()
 
     # ---- one request -----------------------------------------------------------------------
 
@@ -433,6 +609,7 @@ class MqttBinding:
                 prefix=settings.topic_prefix,
                 sender=self.sender,
             )
+            self.served[session.worker or ""] += 1
             if reply is not None:
                 await session.client.publish(
                     reply.topic, reply.payload, qos=1, timeout=settings.publish_timeout

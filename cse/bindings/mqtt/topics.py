@@ -35,6 +35,32 @@ def request_filters(own_id: str, prefix: str = "") -> list[str]:
     return [topic(kind, "+", own_id, "+", prefix) for kind in ANSWERED_ON]
 
 
+def shared(group: str, name: str) -> str:
+    """An MQTT 5 shared subscription to `name`: the broker gives each message to one member
+    of `group`. TS-0010 topics begin with `/`, so `$share/g//oneM2M/...` has two slashes."""
+    return f"$share/{group}/{name}"
+
+
+# What the workers of one CSE tell each other (docs/scale-out.md): a worker's will announces
+# its death on `gone`; a worker ending a session marks the end of what it holds on `drained`.
+WORKER_GONE = "gone"
+WORKER_DRAINED = "drained"
+
+
+def worker_topic(own_id: str, worker: str, event: str, prefix: str = "") -> str:
+    return f"{prefix}/gridm2m/workers/{own_id}/{worker}/{event}"
+
+
+def worker_gone(name: str, own_id: str, prefix: str = "") -> str | None:
+    """The worker whose death `name` announces (None if it is not such a topic)."""
+    stem = f"{prefix}/gridm2m/workers/{own_id}/"
+    suffix = f"/{WORKER_GONE}"
+    if not (name.startswith(stem) and name.endswith(suffix)):
+        return None
+    worker = name[len(stem) : -len(suffix)]
+    return worker if worker and "/" not in worker else None
+
+
 def response_filter(own_id: str, prefix: str = "", kind: str = RESPONSE) -> str:
     """What an originator subscribes to: responses to its own requests."""
     return topic(kind, own_id, "+", "+", prefix)

@@ -5,7 +5,7 @@
 const POLL_MS = Number(document.body.dataset.pollMs) || 5000;
 const PAGE_SIZE = 50;
 const FEED_SIZE = 20;
-const PRIORITIES = ["0", "1", "2", "3"];
+const PRIORITIES = ["alarm", "ack", "ondemand", "bulk"]; // the gateway's names, most urgent first
 const LOG_TICKS = [0.01, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 3600, 14400, 86400];
 
 const state = {
@@ -125,6 +125,10 @@ function renderOverview(o) {
   state.metersTotal = o.meters.total;
   $("meters-online").textContent = integer.format(o.meters.online);
   $("meters-total").textContent = integer.format(o.meters.total);
+  // Registered at the gateways (their reports) may run ahead of heard from (the MDMS's).
+  const registered = o.meters.registered;
+  $("meters-registered").textContent = registered === null || registered === undefined
+    ? "" : `${integer.format(registered)} registered at the gateways`;
   const families = Object.entries(o.messages);
   const total = families.reduce((sum, [, n]) => sum + n, 0);
   $("messages-total").textContent = integer.format(total);
@@ -134,31 +138,22 @@ function renderOverview(o) {
   $("commands-pending").textContent = integer.format(o.commands.pending);
   $("commands-answered").textContent = integer.format(o.commands.answered);
   $("commands-failed").textContent = integer.format(o.commands.failed);
-  renderOutbox(o.gateways);
+  renderOutbox(o.gateways, o.outbox);
 }
 
-function renderOutbox(gateways) {
+// The server adds the gateways' reports up (queued and shed, in all and per priority).
+function renderOutbox(gateways, totals) {
   const daps = Object.keys(gateways);
-  let queued = 0;
-  let shed = 0;
   const depth = {}; // priority -> [depth per dap]
-  for (const p of PRIORITIES) depth[p] = [];
-  for (const dap of daps) {
-    const status = gateways[dap].status || {};
-    const outbox = status.outbox || {};
-    for (const p of PRIORITIES) {
-      const n = Number(outbox[p] || 0);
-      depth[p].push(n);
-      queued += n;
-    }
-    shed += Number(status.shed || 0);
-  }
-  $("outbox-total").textContent = daps.length ? integer.format(queued) : "–";
-  $("outbox-shed").textContent = daps.length ? integer.format(shed) : "–";
+  for (const p of PRIORITIES) depth[p] = daps.map((dap) => gateways[dap].queued[p] || 0);
+  $("outbox-total").textContent = daps.length ? integer.format(totals.queued) : "–";
+  $("outbox-shed").textContent = daps.length ? integer.format(totals.shed) : "–";
+  $("outbox-shed-by").textContent = PRIORITIES.filter((p) => totals.shed_by_priority[p])
+    .map((p) => `${p} ${integer.format(totals.shed_by_priority[p])}`).join(" · ");
   if (!window.Plotly) return;
   const colors = ["#c0392b", "#e67e22", "#2e86c1", "#95a5a6"];
   const traces = PRIORITIES.map((p, i) => ({
-    type: "bar", name: `P${p}`, x: daps, y: depth[p], marker: { color: colors[i] },
+    type: "bar", name: `P${i} ${p}`, x: daps, y: depth[p], marker: { color: colors[i] },
   }));
   Plotly.react($("outbox-chart"), traces, {
     barmode: "stack", height: 260, margin: { l: 45, r: 10, t: 10, b: 40 },
@@ -216,7 +211,8 @@ function renderMeters(meters) {
   });
   fill($("meters").tBodies[0], rows, "no meter has reported yet", 9);
   const last = state.offset + meters.length;
-  $("page").textContent = meters.length ? `${state.offset + 1}–${last} of ${state.metersTotal}` : "";
+  $("page").textContent = meters.length
+    ? `${state.offset + 1}–${last} of ${state.metersTotal} heard from` : "";
   $("prev").disabled = state.offset === 0;
   $("next").disabled = last >= state.metersTotal;
 }

@@ -481,7 +481,7 @@ async def test_r4_options_are_accepted(meter: Coap) -> None:
     [
         (Code.GET, {"rvi": None}, Code.NOT_IMPLEMENTED, 4001),
         (Code.GET, {"options": [(291, b"20000101T000000")]}, Code.GATEWAY_TIMEOUT, 4008),
-        (Code.GET, {"query": ["rt=1"]}, Code.NOT_IMPLEMENTED, 5001),
+        (Code.GET, {"query": ["rt=9"]}, Code.BAD_REQUEST, 4000),
         (Code.PUT, {"ty": 3, "body": CNT}, Code.BAD_REQUEST, 4000),
         (Code.GET, {"options": [(EC, b"\x00\x00\x00\x00\x01")]}, Code.BAD_REQUEST, 4000),
         (Code.GET, {"options": [(283, b"\xff")], "rqi": None}, Code.BAD_REQUEST, 4000),
@@ -623,6 +623,58 @@ async def test_non_request_gets_a_non_answer(meter: Coap, raw: RawPeer) -> None:
     assert orjson.loads(reply.payload)["m2m:ae"]["rn"] == "meter"
 
 
+@pytest.mark.both_loops
+async def test_the_server_remembers_a_bounded_number_of_exchanges(
+    cse: CommonServicesEntity,
+) -> None:
+    # aiocoap kept every exchange for 247 s: a client sending fast, even only requests that
+    # are refused, grew the gateway's memory by ~7 KB a request until it was killed.
+    async with CoapServer(
+        cse, "127.0.0.1", 0, trust=Trust.INSECURE, remembered_exchanges=50
+    ) as server:
+        assert server.port is not None
+        raw = await RawPeer.open(server.port)
+        try:
+            assert (await _raw_create(raw, 0x3000, "cse-in", 2, ae_body("meter"))) == 201
+            assert (await _raw_create(raw, 0x3001, "cse-in/meter", 3, CNT)) == 201
+            for mid in range(0x3100, 0x3100 + 200):
+                options = request_options("cse-in/meter", f"get-{mid}")
+                raw.send(datagram(CON, Code.GET, mid, b"b", options))
+                assert int((await raw.reply_to(mid=mid)).code) == Code.CONTENT
+            assert server.remembered_exchanges() == 50
+            # A retransmission of a recent CON is still answered from memory, not run twice.
+            options = request_options("cse-in/meter/reads", "bounded-1", ty=4)
+            con = datagram(CON, Code.POST, 0x3400, b"c", options, orjson.dumps(cin("once")))
+            for _ in range(2):
+                raw.send(con)
+                assert int((await raw.reply_to(mid=0x3400)).code) == Code.CREATED
+            container = await cse.handle(retrieve("cse-in/meter/reads"))
+            assert container.content["m2m:cnt"]["cni"] == 1
+        finally:
+            raw.close()
+
+
+async def _raw_create(raw: RawPeer, mid: int, path: str, ty: int, body: Any) -> int:
+    options = request_options(path, f"create-{mid}", ty=ty)
+    raw.send(datagram(CON, Code.POST, mid, b"r", options, orjson.dumps(body)))
+    code = int((await raw.reply_to(mid=mid)).code)
+    return 201 if code == Code.CREATED else code
+
+
+def test_exchanges_are_forgotten_after_their_lifetime_or_oldest_first() -> None:
+    now = [0.0]
+    recent = coap_server.RecentExchanges(lifetime=10.0, most=3, clock=lambda: now[0])
+    for key in "abc":
+        recent.remember(key)
+        now[0] += 1.0
+    recent["a"] = "answer"  # aiocoap stores the answer under the key it remembered
+    recent.remember("d")  # the fourth: "a" goes before its lifetime
+    assert list(recent) == ["b", "c", "d"] and recent.forgotten_early == 1
+    now[0] = 11.5  # "b" came at 1.0 and "c" at 2.0: "b" has lived 10.5 s
+    recent.expire()
+    assert list(recent) == ["c", "d"]
+
+
 GARBAGE = [
     b"",
     b"\x40",  # truncated header
@@ -692,11 +744,29 @@ async def test_a_server_that_stopped_reading_is_restarted_on_its_port(
     await server.check_liveness()
     liveness = server.liveness()
     assert (liveness.alive, liveness.restarts, server.port) == (True, 1, port)
-    assert "missed 2 pings in a row; restarting" in caplog.text
+    assert "missed 2 pings in a row and read nothing; restarting" in caplog.text
     options = request_options("cse-in/meter", "after-restart")
     raw.send(datagram(CON, Code.GET, 0x0B01, b"a2", options))
     answered = await raw.reply_to(mid=0x0B01)
     assert int(answered.code) == Code.CONTENT
+
+
+@pytest.mark.both_loops
+async def test_a_busy_server_that_misses_pings_is_not_restarted(
+    meter: Coap, server: CoapServer, raw: RawPeer
+) -> None:
+    """A ping can miss on a server working through a queue of meters' datagrams; restarting
+    it would lose every exchange in flight. (Here the ping's wait is zero, so it always misses,
+    while a meter's requests keep arriving between the checks.)"""
+    for number in range(3):
+        mid = 0x0C00 + number
+        options = request_options("cse-in/meter", f"busy-{number}")
+        raw.send(datagram(CON, Code.GET, mid, b"b%d" % number, options))
+        assert int((await raw.reply_to(mid=mid)).code) == Code.CONTENT
+        await server.check_liveness(timeout=0)
+        assert server.liveness().alive is False
+    assert server.liveness().failures == 3
+    assert server.liveness().restarts == 0
 
 
 # ---- notifications ---------------------------------------------------------------------------
@@ -778,6 +848,48 @@ async def test_notifications_to_a_coap_target(meter: Coap, suffix: str) -> None:
     assert [v for n, v in notification.options if n == 11] == [b"notify"]
     assert notification.option(15) is None  # ?ct= is for the sender, not the target
     assert notification.option(12) == (b"\x3c" if suffix else b"\x32")
+
+
+async def test_a_non_blocking_request_is_a_post_with_op_and_rt_in_the_query(
+    meter: Coap,
+) -> None:
+    """TS-0008: a non-blocking request is a POST with op and rt in Uri-Query; the 1001 that
+    made a <request> is 2.01 with its address in Location-Path."""
+    reply = await meter.call(Code.POST, "cse-in/meter", origin=AE, query=["op=2", "rt=1"])
+    assert (reply.code, reply.rsc) == (Code.CREATED, RSC.ACCEPTED_NON_BLOCKING_REQUEST_SYNCH)
+    assert reply.location == f"cse-in/{reply.content['m2m:uri']}"
+
+
+async def test_rturi_names_where_an_rt_2_result_goes(meter: Coap) -> None:
+    async with CoapReceiver() as receiver:
+        reply = await meter.call(
+            Code.POST,
+            "cse-in/meter",
+            origin=AE,
+            query=["op=2", "rt=2"],
+            options=[(263, receiver.url.encode())],
+        )
+        assert (reply.code, reply.rsc) == (Code.CREATED, 1002)
+        (notification,) = await receiver.wait_for(1)
+    assert notification.content["m2m:rsp"]["rsc"] == RSC.OK
+    assert notification.content["m2m:rsp"]["pc"]["m2m:ae"]["aei"] == AE
+
+
+async def test_a_latest_only_batch_reaches_a_coap_target_in_cbor_as_category_latest(
+    meter: Coap,
+) -> None:
+    """TS-0001 9.6.8 latestNotify over TS-0008: the aggregated notification in CBOR, with the
+    event category "latest" (4) in the oneM2M-EC option."""
+    async with CoapReceiver() as receiver:
+        body = {"m2m:sub": {"nu": [receiver.url + "?ct=cbor"], "enc": {"net": [3]}}}
+        body["m2m:sub"].update({"bn": {"num": 2}, "ln": True})
+        assert (await meter.create("cse-in/meter/reads", 23, body, origin=AE)).rsc == 2001
+        for value in ("old", "new"):
+            await meter.create("cse-in/meter/reads", 4, cin(value), origin=AE)
+        _, notification = await receiver.wait_for(2)
+    assert notification.option(12) == b"\x3c" and notification.option(EC) == b"\x04"
+    (latest,) = notification.content["m2m:agn"]["m2m:sgn"]
+    assert latest["nev"]["rep"]["m2m:cin"]["con"] == "new"
 
 
 async def test_a_target_refusing_verification_fails_the_subscription(meter: Coap) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -184,7 +185,7 @@ async def test_a_meter_registers_and_posts_a_reading_and_a_2_kb_block1_read_prot
 
 
 async def test_a_plain_request_is_refused_with_4_01_and_never_reaches_the_core(
-    server: CoapServer, cse: RecordingCSE
+    server: CoapServer, cse: RecordingCSE, caplog: pytest.LogCaptureFixture
 ) -> None:
     context = await aiocoap.Context.create_client_context(transports=["udp6"])
     try:
@@ -199,10 +200,11 @@ async def test_a_plain_request_is_refused_with_4_01_and_never_reaches_the_core(
         await context.shutdown()
     assert reply.code == aiocoap.UNAUTHORIZED
     assert cse.seen == []
+    assert "refused a plain CoAP request" in caplog.text  # logged, at WARNING
 
 
 async def test_a_wrong_key_is_refused_and_the_server_keeps_serving_another_meter(
-    server: CoapServer, cse: RecordingCSE, keyring: MemoryKeyring
+    server: CoapServer, cse: RecordingCSE, keyring: MemoryKeyring, caplog: pytest.LogCaptureFixture
 ) -> None:
     real = keys_of(keyring, b"\x01")
     forged = OscoreKeys(real.sender_id, bytes(16), real.master_salt, real.principal)
@@ -215,9 +217,13 @@ async def test_a_wrong_key_is_refused_and_the_server_keeps_serving_another_meter
     assert await other.register() == "Cmtr-2"
     await other.close()
     assert cse.seen_from("Cmtr-1") == [] and len(cse.seen_from("Cmtr-2")) == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("does not verify" in m and forged.master_secret.hex() not in m for m in warned)
 
 
-async def test_an_unknown_kid_is_refused_with_4_01(server: CoapServer, cse: RecordingCSE) -> None:
+async def test_an_unknown_kid_is_refused_with_4_01(
+    server: CoapServer, cse: RecordingCSE, caplog: pytest.LogCaptureFixture
+) -> None:
     stranger = generate_keys(b"\x09", meter_principal("mtr-9"))
     assert server.port is not None
     dap = await connected(meter_config(server.port, stranger))
@@ -225,6 +231,7 @@ async def test_an_unknown_kid_is_refused_with_4_01(server: CoapServer, cse: Reco
         await dap.register()
     await dap.close()
     assert cse.seen == []
+    assert "refused kid 09" in caplog.text and "unknown or revoked" in caplog.text
 
 
 async def test_a_revoked_meter_is_cut_off_at_its_next_request(

@@ -28,7 +28,7 @@ from cse.core.types import Operation, ResultContent
 from cse.core.types import ResponseStatusCode as RSC
 from cse.serialization import CBOR
 from tests.cse.bindings.conftest import ADMIN, M2M, Reply, check_reply
-from tests.helpers import ae_body
+from tests.helpers import NotificationReceiver, ae_body
 
 AE = "Cmeter"
 CNT = {"m2m:cnt": {"rn": "reads", "lbl": ["kind:energy"]}}
@@ -110,7 +110,8 @@ async def test_update(meter: M2M) -> None:
     modified = await meter.update(
         "/cse-in/meter/reads", {"m2m:cnt": {"lbl": ["y"]}}, origin=AE, params={"rcn": "9"}
     )
-    assert set(modified.content["m2m:cnt"]) == {"lbl", "lt", "st"}
+    # rcn 9: what the CSE changed besides the request's own values (TS-0004, as ACME).
+    assert set(modified.content["m2m:cnt"]) == {"lt", "st"}
 
 
 async def test_delete(meter: M2M) -> None:
@@ -368,7 +369,7 @@ async def _error_cases(m2m: M2M) -> list[tuple[Reply, int, int]]:
 
     await expect(await m2m.retrieve("/cse-in/nothing", origin=AE), 404, 4004)
     await expect(await m2m.retrieve("/cse-in/meter/reads", origin="Cother"), 403, 4103)
-    await expect(await m2m.retrieve("/cse-in/meter", origin="Cnobody"), 403, 4106)
+    await expect(await m2m.retrieve("/cse-in/meter", origin="Cnobody"), 403, 4103)
     await expect(await m2m.create("/cse-in/meter", 3, CNT, origin=AE), 409, 4105)
     await expect(await m2m.create("/cse-in", 2, ae_body("again"), origin=AE), 403, 4117)
     await expect(await m2m.create("/cse-in/meter", 4, cin("1"), origin=AE), 403, 4108)
@@ -449,14 +450,61 @@ async def test_bad_requests(
 async def test_response_type(meter: M2M) -> None:
     blocking = await meter.retrieve("/cse-in/meter?rt=3", origin=AE)
     assert blocking.rsc == RSC.OK
-    for rt in ("1", "2"):
-        reply = await meter.create(
-            "/cse-in/meter", 3, {"m2m:cnt": {"rn": f"nb{rt}"}}, origin=AE, params={"rt": rt}
-        )
-        assert (reply.status, reply.rsc) == (501, 5001)
-    assert (await meter.retrieve("/cse-in/meter/nb1", origin=AE)).rsc == RSC.NOT_FOUND
     bad = await meter.retrieve("/cse-in/meter?rt=9", origin=AE)
     assert (bad.status, bad.rsc) == (400, 4000)
+
+
+async def test_a_non_blocking_request_is_accepted_with_202(
+    meter: M2M, cse: CommonServicesEntity
+) -> None:
+    """TS-0009: 1001 is HTTP 202, with the <request>'s ID in the body and its address in
+    Content-Location."""
+    body = {"m2m:cnt": {"rn": "nb1"}}
+    reply = await meter.create("/cse-in/meter", 3, body, origin=AE, params={"rt": "1"})
+    assert (reply.status, reply.rsc) == (202, RSC.ACCEPTED_NON_BLOCKING_REQUEST_SYNCH)
+    reference = reply.content["m2m:uri"]
+    assert reply.headers["Content-Location"] == f"/cse-in/{reference}"
+    async with asyncio.timeout(5):
+        await cse.requests.wait_until(lambda: cse.requests.pending == 0)
+    record = await meter.retrieve(f"/cse-in/{reference}", origin=AE)
+    assert record.content["m2m:req"]["ors"]["rsc"] == RSC.CREATED
+
+
+async def test_x_m2m_rtu_names_where_an_rt_2_result_goes(meter: M2M) -> None:
+    async with NotificationReceiver() as receiver:
+        reply = await meter.retrieve(
+            "/cse-in/meter",
+            origin=AE,
+            params={"rt": "2"},
+            headers={"X-M2M-RTU": f"{receiver.url}&{receiver.url}?second"},
+        )
+        assert (reply.status, reply.rsc) == (202, RSC.ACCEPTED_NON_BLOCKING_REQUEST_ASYNCH)
+        received = await receiver.wait_for(2)
+    assert [item["body"]["m2m:rsp"]["rsc"] for item in received] == [2000, 2000]
+
+
+async def test_an_ae_long_polls_its_channel_and_answers_over_http(m2m: M2M) -> None:
+    """TS-0001 10.2.5.12 over TS-0009: GET of pcu returns the request meant for the AE (here
+    a NOTIFY relayed to it); the AE POSTs its m2m:rsp to pcu, which answers the sender."""
+    sleeper = ae_body("sleeper", rr=False)
+    assert (await m2m.create("/cse-in", 2, sleeper, origin="Csleeper")).rsc == RSC.CREATED
+    channel = {"m2m:pch": {"rn": "channel"}}
+    assert (await m2m.create("/cse-in/sleeper", 15, channel, origin="Csleeper")).rsc == 2001
+    notify = asyncio.create_task(
+        m2m.call("POST", "/cse-in/sleeper", ri="wake-1", body={"m2m:sgn": {"sur": "x"}})
+    )
+    polled = await m2m.retrieve("/cse-in/sleeper/channel/pcu", origin="Csleeper")
+    assert (polled.status, polled.rsc) == (200, RSC.OK)
+    relayed = polled.content["m2m:rqp"]
+    assert (relayed["op"], relayed["rqi"], relayed["pc"]) == (
+        5,
+        "wake-1",
+        {"m2m:sgn": {"sur": "x"}},
+    )
+    answer = {"m2m:rsp": {"rsc": 2000, "rqi": "wake-1"}}
+    reply = await m2m.call("POST", "/cse-in/sleeper/channel/pcu", origin="Csleeper", body=answer)
+    assert reply.rsc == RSC.OK
+    assert (await notify).rsc == RSC.OK
 
 
 @pytest.mark.parametrize(
@@ -690,7 +738,7 @@ async def test_http_client_against_the_server(server: HttpServer, serialization:
         denied = await client.send(
             server.url, _request(Operation.RETRIEVE, "cse-in/meter", originator="Cnobody")
         )
-        assert denied.status == RSC.ORIGINATOR_NOT_REGISTERED
+        assert denied.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
         assert "Cnobody" in denied.content["m2m:dbg"]
         no_body = await client.send(
             server.url, _request(Operation.CREATE, "cse-in/meter", resource_type=3)
@@ -699,9 +747,10 @@ async def test_http_client_against_the_server(server: HttpServer, serialization:
         gone = await client.send(server.url, _request(Operation.DELETE, "cse-in/meter"))
         assert gone.status == RSC.DELETED and gone.content is None
         non_blocking = await client.send(
-            server.url, _request(Operation.RETRIEVE, "cse-in", response_type=1)
+            server.url, _request(Operation.RETRIEVE, "cse-in", originator=ADMIN, response_type=1)
         )
-        assert non_blocking.status == RSC.NOT_IMPLEMENTED
+        assert non_blocking.status == RSC.ACCEPTED_NON_BLOCKING_REQUEST_SYNCH
+        assert non_blocking.location == f"cse-in/{non_blocking.content['m2m:uri']}"
         expired = await client.send(
             server.url,
             _request(Operation.RETRIEVE, "cse-in", request_expiration="20000101T000000"),
@@ -728,6 +777,17 @@ async def test_http_client_decodes_the_serialization_it_asked_for(server: HttpSe
             server.url, _request(Operation.RETRIEVE, "cse-in", originator="CAdmin")
         )
         assert response.status == RSC.OK and response.content["m2m:cb"]["csi"] == "/id-in"
+
+
+def test_a_flexcontainer_is_discovered_by_its_definition_not_by_its_data_points() -> None:
+    # cnd is an attribute of every flexContainer; a model's data points are not query
+    # parameters (ACME refuses them too).
+    cnd = "org.onem2m.common.moduleclass.energyConsumption"
+    assert filter_from_query({"fu": ["1"], "cnd": [cnd]}) == FilterCriteria(
+        filter_usage=1, attributes=(("cnd", cnd),)
+    )
+    with pytest.raises(BadRequest):
+        filter_from_query({"fu": ["1"], "abECn": ["12.5"]})
 
 
 def test_query_errors_are_bad_requests() -> None:

@@ -333,6 +333,20 @@ async def test_without_a_certificate_or_token_https_refuses_too(
     assert await count_readings(gateway_cse) == 0
 
 
+async def test_the_own_probe_is_refused_quietly_and_a_stranger_is_logged(
+    lab: Lab, https: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The liveness probe (no credential) proves the listener alive without a WARNING each
+    time; a request without a credential from anyone else is still logged."""
+    with caplog.at_level(logging.WARNING, logger="cse.bindings.http.auth"):
+        assert await https.probe()
+        assert not caplog.records
+        connector = aiohttp.TCPConnector(ssl=lab.client(None))
+        async with aiohttp.ClientSession(connector=connector) as session:
+            await call(session, https.url, "GET", READINGS, "/id-dap1")
+    assert ["no client certificate or token" in r.getMessage() for r in caplog.records] == [True]
+
+
 async def test_a_certificate_from_another_ca_fails_the_handshake(
     lab: Lab, https: HttpServer, tmp_path: Path, gateway_cse: CommonServicesEntity
 ) -> None:

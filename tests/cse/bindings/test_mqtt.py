@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from cse.bindings.mqtt import MqttBinding, MqttClient, MqttSender, MqttSettings, answer
 from cse.bindings.mqtt.acks import AckSequence
 from cse.bindings.mqtt.filters import filter_from_primitive, filter_to_primitive
+from cse.bindings.mqtt.primitives import Rejected, request_from_primitive, request_to_primitive
 from cse.bindings.mqtt.server import TopicSender
 from cse.bindings.mqtt.topics import parse_request_topic, request_filters, topic_id
 from cse.core.clock import ManualClock
@@ -517,6 +518,18 @@ def test_filter_criteria_round_trip() -> None:
     for bad in ([1], {"fu": 3}, {"ty": ["x"]}, {"crb": "yesterday"}, {"lim": -1}, {"zz": 1}):
         with pytest.raises(BadRequest):
             filter_from_primitive(bad)
+
+
+def test_response_type_carries_its_notification_targets() -> None:
+    """TS-0010: the whole primitive travels, so rt is {rtv, nu} (nu: where rt 2 results go)."""
+    primitive = {"op": 2, "to": "cse-in", "fr": "Cx", "rqi": "1", "rvi": "3"}
+    targets = ["Cx", "mqtt://broker:1883/results"]
+    request = request_from_primitive({**primitive, "rt": {"rtv": 2, "nu": targets}})
+    assert (request.response_type, request.response_targets) == (2, tuple(targets))
+    assert request_to_primitive(request)["rt"] == {"rtv": 2, "nu": targets}
+    for bad in ({"rtv": 2, "nu": "Cx"}, {"rtv": 2, "nu": [""]}, {"rtv": 2, "nu": [1]}):
+        with pytest.raises(Rejected):
+            request_from_primitive({**primitive, "rt": bad})
 
 
 def test_acknowledgements_go_in_arrival_order() -> None:

@@ -118,7 +118,7 @@ async def test_changing_acpi_needs_self_privileges(two_meters: CommonServicesEnt
     [{"acr": "x"}, {"acr": [{"acor": "Cm1", "acop": 2}]}, {"acr": [{"acor": ["a"], "acop": 99}]}],
 )
 async def test_malformed_policies_are_refused(two_meters: CommonServicesEntity, pv: dict) -> None:
-    body = {"m2m:acp": {"pv": pv, "pvs": {"acr": []}}}
+    body = {"m2m:acp": {"pv": pv, "pvs": {"acr": [{"acor": ["Cm1"], "acop": 63}]}}}
     response = await two_meters.handle(create("cse-in/m1", 1, body, "Cm1"))
     assert response.status == RSC.BAD_REQUEST
 

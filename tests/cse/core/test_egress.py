@@ -276,10 +276,20 @@ async def test_own_ports_are_refused_unless_one_exact_url_is_allowed() -> None:
     policy.add_own_port(9110)
     policy.add_own_port(8090)
     policy.allow_exactly("http://127.0.0.1:8090/notify/mdms")
-    for url in ("http://127.0.0.1:9110/health", "http://localhost:9110/", "coap://127.0.0.2:9110"):
+    policy.add_own_port(5683, "udp")
+    for url in (
+        "http://127.0.0.1:9110/health",
+        "http://localhost:9110/",
+        "https://127.0.0.2:9110",
+        "coap://127.0.0.2:5683",
+    ):
         with pytest.raises(EgressRefused) as refusal:
             await policy.destination(url)
         assert refusal.value.reason == "own-port"
+    # A port number is the transport's: a meter's CoAP listener may have the number of one of
+    # our TCP ports, and nothing of ours listens on the other transport.
+    assert (await policy.destination("coap://127.0.0.2:9110")).port == 9110
+    assert (await policy.destination("http://127.0.0.1:5683/")).port == 5683
     for url in ("http://127.0.0.1:8090/api/commands", "http://127.0.0.1:8090/notify/mdmsX"):
         with pytest.raises(EgressRefused):
             await policy.destination(url)

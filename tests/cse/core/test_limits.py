@@ -15,7 +15,16 @@ from cse.core.handler import CommonServicesEntity
 from cse.core.limits import Limit, TokenBuckets, name_problem
 from cse.core.types import ResponseStatusCode as RSC
 from cse.storage.base import Storage
-from tests.helpers import LAB, NotificationReceiver, ae_body, create, delete, retrieve, update
+from tests.helpers import (
+    ADMIN,
+    LAB,
+    NotificationReceiver,
+    ae_body,
+    create,
+    delete,
+    retrieve,
+    update,
+)
 
 AE = "Cmeter"
 # Every limit that can be off is off, so that each test sees the one it switches on at work.
@@ -141,6 +150,30 @@ async def test_an_ae_holds_at_most_its_quota_of_resources(limited: MakeCSE) -> N
     assert cse.counters.refused[Limit.RESOURCES_PER_AE] == 2
     assert await _status(cse, delete("cse-in/meter/a", AE)) == RSC.DELETED
     assert await _status(cse, _container("c")) == RSC.CREATED
+
+
+async def test_a_node_holds_at_most_the_quota_of_what_an_ae_makes_there(
+    limited: MakeCSE,
+) -> None:
+    # An AE may make management objects under a node only where a policy lets it; what it
+    # makes there counts against the node as it would against an AE.
+    cse = await limited(max_resources_per_ae=3)
+    rules = {"acr": [{"acor": [AE], "acop": 63}]}
+    policy = {"rn": "p", "pv": rules, "pvs": {"acr": [{"acor": [ADMIN], "acop": 63}]}}
+    made = await cse.handle(create("cse-in/meter", 1, {"m2m:acp": policy}, AE))
+    assert made.status == RSC.CREATED, made.content
+    node = {"m2m:nod": {"rn": "dev", "ni": "dev", "acpi": [made.content["m2m:acp"]["ri"]]}}
+    assert await _status(cse, create("cse-in", 14, node)) == RSC.CREATED
+    memory = {"mgd": 1003, "mma": 1, "mmt": 2}
+    for name in ("a", "b", "c"):
+        body = {"m2m:mem": {"rn": name, **memory}}
+        assert await _status(cse, create("cse-in/dev", 13, body, AE)) == RSC.CREATED
+    refused = await cse.handle(create("cse-in/dev", 13, {"m2m:mem": memory}, AE))
+    assert refused.status == RSC.NOT_ACCEPTABLE, refused.content
+    assert "cse-in/dev already holds its maximum of 3" in refused.content["m2m:dbg"]
+    below = create("cse-in/dev/a", 23, {"m2m:sub": {"nu": [AE]}}, AE)
+    assert await _status(cse, below) == RSC.NOT_ACCEPTABLE
+    assert await _status(cse, create("cse-in/dev", 13, {"m2m:mem": memory})) == RSC.CREATED
 
 
 async def test_the_cse_holds_at_most_max_aes(limited: MakeCSE) -> None:

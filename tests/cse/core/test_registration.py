@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResponseStatusCode as RSC
-from tests.helpers import ae_body, create, retrieve
+from tests.helpers import ae_body, create, delete, retrieve
 
 
 async def test_ae_registers_with_the_originator_as_ae_id(cse: CommonServicesEntity) -> None:
@@ -49,9 +49,25 @@ async def test_bad_app_id_and_missing_attributes_are_bad_requests(
     assert "rr" in response.content["m2m:dbg"]
 
 
-async def test_unregistered_originator_is_refused(cse: CommonServicesEntity) -> None:
+async def test_an_unregistered_originator_has_no_privilege(cse: CommonServicesEntity) -> None:
+    # An AE-ID or CSE-ID this CSE does not know holds no privilege here: 4103, as ACME answers
+    # (it never sends 4106), not 4106.
     response = await cse.handle(retrieve("cse-in", "Cnobody"))
-    assert response.status == RSC.ORIGINATOR_NOT_REGISTERED
+    assert response.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+    assert "Cnobody" in response.content["m2m:dbg"]
+    from_unknown_cse = await cse.handle(retrieve("cse-in", "/id-unknown"))
+    assert from_unknown_cse.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+
+
+async def test_an_ae_the_cse_forgot_has_no_privilege_until_it_registers_again(
+    cse: CommonServicesEntity,
+) -> None:
+    assert (await cse.handle(create("cse-in", 2, ae_body("gone"), "Cgone"))).status == RSC.CREATED
+    assert (await cse.handle(delete("cse-in/gone"))).status == RSC.DELETED
+    forgotten = await cse.handle(retrieve("cse-in", "Cgone"))
+    assert forgotten.status == RSC.ORIGINATOR_HAS_NO_PRIVILEGE
+    assert (await cse.handle(create("cse-in", 2, ae_body("gone"), "Cgone"))).status == RSC.CREATED
+    assert (await cse.handle(retrieve("cse-in", "Cgone"))).status == RSC.OK
 
 
 async def test_missing_originator_is_a_bad_request(cse: CommonServicesEntity) -> None:

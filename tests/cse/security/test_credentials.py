@@ -4,6 +4,8 @@ reaches a running reader at its next lookup."""
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,60 @@ def test_an_expired_credential_is_not_found(store: CredentialStore) -> None:
     kid = store.add_device("mtr-1", expires=1.0).credential.oscore_kid
     assert kid is not None and store.by_oscore_kid(kid) is None
     assert store.all()[0].status == "expired"
+
+
+def test_new_oscore_keys_replace_the_old_ones_at_a_running_keyring(tmp_path: Path) -> None:
+    """Rotation: the running CSE's keyring (another process) takes the new keys at its next
+    lookup, so a meter still on the old ones fails to verify from then on; the new keys start
+    a context of their own."""
+    from cse.bindings.coap.oscore import OscoreState
+    from cse.security.oscore_keyring import CredentialKeyring
+
+    path = tmp_path / "credentials.db"
+    with CredentialStore(path) as running, CredentialStore(path) as cli:
+        kid = cli.add_device("mtr-1").credential.oscore_kid
+        assert kid is not None
+        keyring = CredentialKeyring(running)
+        old = keyring.keys_for(kid)
+        assert old is not None
+        keyring.save_state(old, OscoreState(500, None))
+        rotated = cli.new_oscore_keys("mtr-1")
+        new = keyring.keys_for(kid)
+        assert new is not None and rotated.oscore_kid == kid
+        assert (new.master_secret, new.master_salt) != (old.master_secret, old.master_salt)
+        assert (new.master_secret, new.master_salt) == (rotated.oscore_secret, rotated.oscore_salt)
+        assert keyring.load_state(new) is None  # a fresh context, nothing of the old one's
+        with pytest.raises(CredentialError):
+            cli.new_oscore_keys("nobody")
+        cli.add_admin("alice", "CAdmin")
+        with pytest.raises(CredentialError):
+            cli.new_oscore_keys("alice")
+
+
+def test_a_meter_made_without_oscore_keys_can_be_given_some(store: CredentialStore) -> None:
+    bare = store.add_device("mtr-2", oscore=False).credential
+    assert bare.oscore_kid is None
+    given = store.new_oscore_keys("mtr-2")
+    assert given.oscore_kid is not None and given.oscore_secret is not None
+    assert store.by_oscore_kid(given.oscore_kid) == given
+
+
+def test_the_rekey_command_rotates_a_meters_secrets_and_refuses_others(tmp_path: Path) -> None:
+    from tests.deploy.dap_broker import gridm2m_credentials
+
+    path = tmp_path / "credentials.db"
+    with CredentialStore(path) as store:
+        before = store.add_device("mtr-3").credential
+        store.add_admin("ops", "CAdmin")
+    out = gridm2m_credentials(path, "rekey", "mtr-3")
+    assert "mtr-3" in out and (before.oscore_secret or b"").hex() not in out  # no secret shown
+    with CredentialStore(path) as store:
+        after = store.by_name("mtr-3")
+        assert after is not None and after.oscore_kid == before.oscore_kid
+        assert after.oscore_secret != before.oscore_secret
+        assert after.mqtt_password != before.mqtt_password
+    refused = subprocess.run(
+        [sys.executable, "-m", "gridm2m", "credentials", "--store", str(path), "rekey", "ops"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "not a meter" in refused.stderr

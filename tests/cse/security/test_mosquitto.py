@@ -89,6 +89,9 @@ def test_the_acl_ties_everyone_to_the_cse_and_the_cse_to_everyone(
         "pattern write /oneM2M/resp/id-dap1/%u/+",
     ]
     assert "user id-dap1" in rules and "topic write /oneM2M/req/id-dap1/+/+" in rules
+    # its workers' own topics (docs/scale-out.md), its login only
+    assert rules.count("topic readwrite /gridm2m/workers/id-dap1/#") == 1
+    assert rules.index("topic readwrite /gridm2m/workers/id-dap1/#") < rules.index("user id-in")
     assert "user id-in" in rules and "topic read /oneM2M/reg_req/id-dap1/id-in/+" in rules
     assert rules[-2:] == ["user health", "topic read $SYS/broker/uptime"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cse.bindings.coap.oscore import OscoreState
+from cse.bindings.coap.oscore import OscoreContexts, OscoreState
 from cse.security.credentials import CredentialStore
 from cse.security.oscore_keyring import CredentialKeyring
 
@@ -35,40 +35,71 @@ def test_state_survives_a_restart_and_a_crash_forgets_the_window(tmp_path: Path)
         assert kid is not None
         keyring = CredentialKeyring(store)
         keys = keyring.keys_for(kid)
-        assert keys is not None and keyring.load_state(keys) is None
+        assert keys is not None
+        # Never used: an empty window, and its first numbers reserved when the keyring opened.
+        assert keyring.load_state(keys) == OscoreState(0, None, 64, fresh=True)
         keyring.save_state(keys, OscoreState(64, (5, 0b1011)))  # a clean stop
     with CredentialStore(path) as store:
         keyring = CredentialKeyring(store)
         keys = keyring.keys_for(kid)
         assert keys is not None
-        assert keyring.load_state(keys) == OscoreState(64, (5, 0b1011))
+        assert keyring.load_state(keys) == OscoreState(64, (5, 0b1011), 128)
         # ... and this run crashes without saving again.
     with CredentialStore(path) as store:
         keyring = CredentialKeyring(store)
         keys = keyring.keys_for(kid)
         assert keys is not None
-        assert keyring.load_state(keys) == OscoreState(64, None)  # Echo, never a stale window
+        # Echo, never a stale window; never a number the crashed run may have used.
+        assert keyring.load_state(keys) == OscoreState(128, None, 192)
 
 
-def test_saving_what_is_on_disk_costs_no_write(tmp_path: Path) -> None:
-    with CredentialStore(tmp_path / "credentials.db") as store:
-        kids = [store.add_device(f"mtr-{n}").credential.oscore_kid for n in range(50)]
+def _meters_after_a_restart(store: CredentialStore, kids: list[bytes | None]) -> None:
+    """What 50 meters cost after a restart: each request opened (the window moves) and each
+    answered with the gateway's own sequence number (an Echo challenge takes one)."""
+    keyring = CredentialKeyring(store)
+    contexts = OscoreContexts(keyring)
+    before = store.connection.total_changes
+    for kid in kids:
+        assert kid is not None
+        keys = keyring.keys_for(kid)
+        assert keys is not None
+        context = contexts.for_keys(keys)
+        if context.recipient_replay_window.is_initialized():
+            context.recipient_replay_window.strike_out(7)
+        context.sender_sequence_number += 1  # what protect() does, then it calls:
+        context.post_seqnoincrease()
+    assert store.connection.total_changes == before
+
+
+def test_meters_after_a_restart_or_a_crash_cost_no_write_each(tmp_path: Path) -> None:
+    path = tmp_path / "credentials.db"
+    with CredentialStore(path) as store:
+        kids = [c.oscore_kid for c in store.add_devices([f"mtr-{n}" for n in range(50)])]
+        _meters_after_a_restart(store, kids)  # keys never used
+        unused = OscoreContexts(CredentialKeyring(store))
+        statements: list[str] = []
+        store.connection.set_trace_callback(statements.append)
+        unused.save()  # no context used: nothing to write
+        store.connection.set_trace_callback(None)
+        assert statements == []
+    with CredentialStore(path) as store:
+        _meters_after_a_restart(store, kids)  # a crash: every window unknown
+    with CredentialStore(path) as store:
         keyring = CredentialKeyring(store)
+        contexts = OscoreContexts(keyring)
         for kid in kids:
             assert kid is not None
             keys = keyring.keys_for(kid)
             assert keys is not None
-            keyring.save_state(keys, OscoreState(64, (1, 1)))
-    with CredentialStore(tmp_path / "credentials.db") as store:
-        keyring = CredentialKeyring(store)
-        before = store.connection.total_changes
-        for kid in kids:
-            assert kid is not None
-            keys = keyring.keys_for(kid)
-            assert keys is not None
-            # What a context saves when its first request after the restart is accepted.
-            keyring.save_state(keys, OscoreState(64, None))
-        assert store.connection.total_changes == before
+            contexts.for_keys(keys).sender_sequence_number += 3
+        statements = []
+        store.connection.set_trace_callback(statements.append)
+        contexts.save()  # a clean stop: one transaction for every context
+        store.connection.set_trace_callback(None)
+        assert statements[0] == "BEGIN IMMEDIATE" and statements[-1] == "COMMIT"
+        assert sum(s.startswith("INSERT") for s in statements) == 50
+    with CredentialStore(path) as store:
+        _meters_after_a_restart(store, kids)  # windows saved at the clean stop
 
 
 def test_new_keys_start_with_fresh_state(tmp_path: Path) -> None:

@@ -121,6 +121,29 @@ async def test_instances_from_either_end(storage_factory: Any) -> None:
     await storage.close()
 
 
+async def test_instances_and_a_child_by_attribute_of_another_instance_type(
+    storage_factory: Any,
+) -> None:
+    storage = storage_factory()
+    await storage.open()
+    await _tree(storage)
+    series = [
+        res("cse-in/ae/ts", 29, "ts1", "Cae"),
+        res("cse-in/ae/ts/a", 30, "tsi1", "ts1", dgt="20260101T000000,000000"),
+        res("cse-in/ae/ts/b", 30, "tsi2", "ts1", dgt="20260101T001500,000000"),
+    ]
+    await storage.apply([Put(r) for r in series])
+    newest = await storage.instances("ts1", newest=True, limit=5, resource_type=30)
+    assert [r.ri for r in newest] == ["tsi2", "tsi1"]
+    assert await storage.instances("ts1", newest=True, limit=5) == []  # contentInstances
+    found = await storage.find_child("ts1", 30, "dgt", "20260101T001500,000000")
+    assert found is not None and found.ri == "tsi2"
+    assert await storage.find_child("ts1", 30, "dgt", "20260101T003000,000000") is None
+    assert await storage.find_child("cnt1", 4, "con", "2") is not None
+    assert await storage.find_child("cnt1", 23, "con", "2") is None  # of that type only
+    await storage.close()
+
+
 async def test_created_since_resumes_after_a_sequence_number(storage_factory: Any) -> None:
     storage = storage_factory()
     await storage.open()

@@ -1,0 +1,83 @@
+"""The MDMS AE on a running head-end: what it keys a meter message by.
+
+A DAP registers with the IN-CSE and mirrors instances into its containers (here through the
+IN-CSE's request handler, as the DAP's binding would hand them over); the MDMS hears of them
+by its subscriptions, in process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from cse.app import CSEConfig, HttpConfig
+from cse.core.types import ResourceType
+from cse.core.types import ResponseStatusCode as RSC
+from headend.app import RunningHeadend, running_headend
+from headend.config import DashboardConfig, HeadendConfig, MdmsConfig
+from tests.helpers import ADMIN, create, delete
+
+DAP = "/id-dap1"
+DAP_PATH = "cse-in/id-dap1"
+
+
+@pytest.fixture
+async def headend(tmp_path: Path) -> AsyncIterator[RunningHeadend]:
+    config = HeadendConfig(
+        cse=CSEConfig(
+            db=str(tmp_path / "in.db"),
+            http=HttpConfig(port=0),
+            remote_cses=[DAP],
+        ),
+        mdms=MdmsConfig(db=str(tmp_path / "mdms.db")),
+        dashboard=DashboardConfig(port=0, password="a password for the tests"),
+    )
+    async with running_headend(config) as running:
+        yield running
+
+
+async def as_dap(headend: RunningHeadend, to: str, ty: ResourceType, body: Any) -> None:
+    reply = await headend.cse.cse.handle(create(to, int(ty), body, DAP))
+    assert reply.status == RSC.CREATED, reply.content
+    await notified(headend)
+
+
+async def notified(headend: RunningHeadend) -> None:
+    """Until the IN-CSE has delivered every notification (the MDMS has taken them)."""
+    notifier = headend.cse.cse.notifier
+    await notifier.wait_until(lambda: notifier.pending_count() == 0)
+
+
+def mirrored(name: str, flow: str, ptype: str, seq: int) -> dict[str, Any]:
+    content = {"flow": flow, "type": ptype, "seq": seq, "ts": 1_767_225_600}
+    labels = ["meter:m1", "created:20260101T000000,000000"]
+    return {"m2m:cin": {"rn": name, "lbl": labels, "con": orjson.dumps(content).decode()}}
+
+
+async def test_the_key_is_the_instance_path_so_a_name_reused_in_another_container_counts(
+    headend: RunningHeadend,
+) -> None:
+    csr = {"m2m:csr": {"csi": DAP, "cb": f"{DAP}/dap1", "rr": False, "srv": ["3"]}}
+    await as_dap(headend, "cse-in", ResourceType.REMOTE_CSE, csr)
+    for family in ("reading", "event"):
+        await as_dap(headend, DAP_PATH, ResourceType.CONTAINER, {"m2m:cnt": {"rn": family}})
+    # A DAP of another make may reuse an instance name across its containers: two messages.
+    await as_dap(headend, f"{DAP_PATH}/reading", ResourceType.CONTENT_INSTANCE,
+                 mirrored("x1", "mr-ondemand", "resp-data", 1))  # fmt: skip
+    await as_dap(headend, f"{DAP_PATH}/event", ResourceType.CONTENT_INSTANCE,
+                 mirrored("x1", "ev-fault", "alarm", 2))  # fmt: skip
+    stored = await headend.store.recent_messages()
+    assert sorted(m["key"] for m in stored) == ["id-dap1/event/x1", "id-dap1/reading/x1"]
+
+    # The MDMS subscribes afresh (as after its subscription was lost) and reads the container
+    # again: what it already has is not stored or counted twice.
+    gone = await headend.cse.cse.handle(delete(f"{DAP_PATH}/reading/mdms-sub", ADMIN))
+    assert gone.status == RSC.DELETED, gone.content
+    await headend.mdms.start()
+    await notified(headend)
+    assert len(await headend.store.recent_messages()) == 2
+    assert (await headend.store.meter("m1") or {})["messages"] == 2
