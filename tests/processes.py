@@ -64,27 +64,28 @@ def db_path(directory: Path) -> str:
     return str(directory / "cse.db")
 
 
-class MqttWorkerProcess:
-    """`python -m tests.run_cse_mqtt --worker NAME` (a CSE on a SQLite file of its own, one of
-    several workers behind a broker), ready once it says so."""
+class MqttCSEProcess:
+    """`python -m tests.run_cse_mqtt` (a CSE on a SQLite file of its own, served over a broker),
+    ready once it says so. With `worker` (its name and share group) it is one of several
+    workers behind an MQTT 5 shared subscription."""
 
     def __init__(
         self,
         db: Path,
         url: str,
-        name: str,
-        group: str,
         username: str,
         *,
+        worker: tuple[str, str] | None = None,
         password: str | None = None,
         cse_id: str = "/id-in",
         will_delay: int = 1,
     ) -> None:
         self.args = [
             *("--db", str(db), "--mqtt-url", url, "--mqtt-username", username),
-            *("--cse-id", cse_id, "--worker", name, "--share-group", group),
-            *("--will-delay", str(will_delay)),
+            *("--cse-id", cse_id, "--will-delay", str(will_delay)),
         ]
+        if worker is not None:
+            self.args += ["--worker", worker[0], "--share-group", worker[1]]
         if password is not None:
             self.args += ["--mqtt-password", password]
         self.process: asyncio.subprocess.Process | None = None
@@ -105,7 +106,7 @@ class MqttWorkerProcess:
         if not line.startswith(b"ready"):
             await self.process.wait()
             errors = (await self.process.stderr.read()).decode()
-            raise RuntimeError(f"the worker did not start: {errors}")
+            raise RuntimeError(f"the CSE did not start: {errors}")
 
     def freeze(self) -> None:
         """SIGSTOP: it still holds its connection, and answers nothing."""

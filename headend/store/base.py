@@ -34,6 +34,7 @@ from headend.store.records import (
     MessageRow,
     MeterMessage,
     check_limit,
+    check_position,
     checked_json,
     checked_number,
     checked_text,
@@ -327,8 +328,7 @@ class MdmsStore(BulkReadRecords, abc.ABC):
                 conditions.append(f"{column} = ?")
                 params.append(value)
         if after_id is not None:
-            if isinstance(after_id, bool) or not isinstance(after_id, int):
-                raise ValueError(f"after_id must be an integer, got {after_id!r}")
+            check_position("after_id", after_id)
             conditions.append("id > ?")
             params.append(after_id)
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
@@ -343,8 +343,7 @@ class MdmsStore(BulkReadRecords, abc.ABC):
         """Messages stored after the one with `after_id`, oldest first: a reader pages
         through all of them with the last id of each page (the interop runner does)."""
         check_limit(limit)
-        if isinstance(after_id, bool) or not isinstance(after_id, int):
-            raise ValueError(f"after_id must be an integer, got {after_id!r}")
+        check_position("after_id", after_id)
         rows = await self._read_one(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id > ? ORDER BY id LIMIT ?",
             after_id,

@@ -22,6 +22,7 @@ import orjson
 from headend.store.records import (
     InvalidRecord,
     check_limit,
+    check_position,
     checked_json,
     checked_number,
     checked_text,
@@ -200,8 +201,7 @@ class BulkReadRecords(abc.ABC):
         """Requests in the order CIS sent them (`seq` past `after`), each with how the MDMS
         handled it (the `mdms_` fields, None until it had the request); no reads."""
         check_limit(limit)
-        if isinstance(after, bool) or not isinstance(after, int):
-            raise ValueError(f"after must be an integer, got {after!r}")
+        check_position("after", after)
         query = f"{_JOINED} WHERE c.seq > ? ORDER BY c.seq LIMIT ?"
         rows = (await self._read([(query, (after, limit))]))[0]
         return [_joined_dict(row) for row in rows]

@@ -224,6 +224,12 @@ def command_params(command: Any) -> tuple[Any, ...]:
     return (c.id, c.dap, c.meter, c.name, body, issued_at, c.issued_by)
 
 
+def check_position(name: str, value: Any) -> None:
+    """A paging position (the id or sequence number a reader saw last) must be an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+
+
 def check_limit(limit: Any, offset: Any = 0) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")

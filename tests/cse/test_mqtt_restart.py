@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,47 +20,12 @@ import orjson
 import pytest
 
 from tests.brokers import USERNAME, Broker, private_broker, raw_client
+from tests.processes import MqttCSEProcess
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 REQUESTS = "/oneM2M/req/Cmeter/id-in/json"
 RESPONSES = "/oneM2M/resp/Cmeter/id-in/json"
-
-
-class MqttCSEProcess:
-    """`python -m tests.run_cse_mqtt` in a subprocess, ready once it prints its client ID."""
-
-    def __init__(self, db: Path, url: str) -> None:
-        self.args = ("--db", str(db), "--mqtt-url", url, "--mqtt-username", USERNAME)
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self, timeout: float = 30.0) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.run_cse_mqtt",
-            *self.args,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert self.process.stdout is not None and self.process.stderr is not None
-        async with asyncio.timeout(timeout):
-            line = await self.process.stdout.readline()
-        if not line.startswith(b"ready"):
-            await self.process.wait()
-            raise RuntimeError(f"CSE did not start: {(await self.process.stderr.read()).decode()}")
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        self.process.terminate()
-        return await self.process.wait()
 
 
 class Meter:
@@ -119,7 +83,7 @@ async def test_mqtt_requests_survive_sigkill(tmp_path: Path) -> None:
 
 async def _run_scenario(tmp_path: Path, broker: Broker) -> None:
     db = tmp_path / "cse.db"
-    cse = MqttCSEProcess(db, broker.url)
+    cse = MqttCSEProcess(db, broker.url, USERNAME)
     await cse.start()
     async with raw_client(broker) as client:
         await client.subscribe(RESPONSES, qos=1)
@@ -139,7 +103,7 @@ async def _run_scenario(tmp_path: Path, broker: Broker) -> None:
         created = await writer
         during_outage = meter.published[published_at_kill:]
 
-        restarted = MqttCSEProcess(db, broker.url)
+        restarted = MqttCSEProcess(db, broker.url, USERNAME)
         await restarted.start()
         try:
             for _ in range(20):

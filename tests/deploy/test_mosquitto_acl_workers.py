@@ -31,7 +31,7 @@ from cse.core.identity import Trust
 from cse.storage.memory import MemoryStorage
 from gridm2m.broker import mosquitto_binary
 from tests.deploy.dap_broker import GATEWAY, GATEWAY_CSE, dap_broker
-from tests.processes import GUARD, MqttWorkerProcess
+from tests.processes import GUARD, MqttCSEProcess
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="needs the mosquitto binary (apt install mosquitto)"
@@ -47,12 +47,11 @@ async def test_workers_share_requests_and_take_over_a_dead_one_under_the_acl(
     async with dap_broker(tmp_path / "broker", (METER_A, METER_B)) as broker:
         password = broker.password(GATEWAY)
         group = default_share_group(GATEWAY_CSE, password)
-        worker_a = MqttWorkerProcess(
+        worker_a = MqttCSEProcess(
             tmp_path / "a.db",
             broker.url,
-            "a",
-            group,
             GATEWAY,
+            worker=("a", group),
             password=password,
             cse_id=GATEWAY_CSE,
         )

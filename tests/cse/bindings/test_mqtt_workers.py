@@ -35,7 +35,7 @@ from cse.core.handler import CommonServicesEntity
 from cse.core.identity import Trust
 from cse.storage.memory import MemoryStorage
 from gridm2m.broker import HOST, MosquittoBroker, mosquitto_binary
-from tests.processes import GUARD, MqttWorkerProcess
+from tests.processes import GUARD, MqttCSEProcess
 
 pytestmark = pytest.mark.skipif(
     mosquitto_binary() is None, reason="shared subscriptions need Mosquitto (apt install mosquitto)"
@@ -61,9 +61,11 @@ def worker_settings(broker: MosquittoBroker, name: str, **options: Any) -> MqttS
 
 def worker_process(
     broker: MosquittoBroker, directory: Path, name: str, will_delay: int
-) -> MqttWorkerProcess:
+) -> MqttCSEProcess:
     db = directory / f"{name}.db"
-    return MqttWorkerProcess(db, broker.url, name, GROUP, "gridm2m-test", will_delay=will_delay)
+    return MqttCSEProcess(
+        db, broker.url, "gridm2m-test", worker=(name, GROUP), will_delay=will_delay
+    )
 
 
 def new_cse() -> CommonServicesEntity:
