@@ -40,7 +40,7 @@ from cse.serialization import content_object
 from headend.config import MDMS_AE
 from headend.flows import flow_info
 from headend.local_ae import LocalAe
-from headend.store import MdmsStore, MeterMessage
+from headend.store import InvalidRecord, MdmsStore, MeterMessage
 
 logger = logging.getLogger(__name__)
 
@@ -242,10 +242,24 @@ class Mdms:
             return
         messages = [m for m in (self._message(csi, family, i, now) for i in instances) if m]
         messages = [await self._correlate(m) for m in messages]
-        if messages:
+        if not messages:
+            return
+        try:
             await self.store.record_messages(messages)
-            for listener in self.message_listeners:
-                await listener(messages)
+        except InvalidRecord:
+            # One malformed message must not hold back the others: a refused notification is
+            # redelivered for ever, and the rest of its batch (and the queue behind it) with it.
+            messages = [m for m in messages if await self._record_alone(m)]
+        for listener in self.message_listeners if messages else ():
+            await listener(messages)
+
+    async def _record_alone(self, message: MeterMessage) -> bool:
+        try:
+            await self.store.record_messages([message])
+        except InvalidRecord as refused:
+            logger.warning("dropping a message the store refuses: %s", refused)
+            return False
+        return True
 
     async def _correlate(self, message: MeterMessage) -> MeterMessage:
         """A DR ack or opt-out names the event (`ev`), not the command: find the meter's

@@ -7,6 +7,7 @@ by its subscriptions, in process.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from cse.core.types import ResponseStatusCode as RSC
 from headend.app import RunningHeadend, running_headend
 from headend.config import DashboardConfig, HeadendConfig, MdmsConfig
 from tests.helpers import ADMIN, create, delete
+from tests.processes import GUARD
 
 DAP = "/id-dap1"
 DAP_PATH = "cse-in/id-dap1"
@@ -81,3 +83,21 @@ async def test_the_key_is_the_instance_path_so_a_name_reused_in_another_containe
     await notified(headend)
     assert len(await headend.store.recent_messages()) == 2
     assert (await headend.store.meter("m1") or {})["messages"] == 2
+
+
+async def test_a_message_the_store_refuses_is_dropped_and_does_not_hold_back_the_others(
+    headend: RunningHeadend,
+) -> None:
+    csr = {"m2m:csr": {"csi": DAP, "cb": f"{DAP}/dap1", "rr": False, "srv": ["3"]}}
+    await as_dap(headend, "cse-in", ResourceType.REMOTE_CSE, csr)
+    await as_dap(headend, DAP_PATH, ResourceType.CONTAINER, {"m2m:cnt": {"rn": "event"}})
+    # A message without a payload type passes the MDMS's first look but not the store's checks.
+    # Were the notification refused, the IN-CSE would redeliver it for ever: `notified` would
+    # never return, and the good message behind it would never be stored.
+    async with asyncio.timeout(GUARD):
+        await as_dap(headend, f"{DAP_PATH}/event", ResourceType.CONTENT_INSTANCE,
+                     mirrored("bad", "ev-fault", "", 1))  # fmt: skip
+        await as_dap(headend, f"{DAP_PATH}/event", ResourceType.CONTENT_INSTANCE,
+                     mirrored("good", "ev-fault", "alarm", 2))  # fmt: skip
+    stored = await headend.store.recent_messages()
+    assert [m["key"] for m in stored] == ["id-dap1/event/good"]
