@@ -85,9 +85,8 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
     password_hash, new_operator_password = operator_password(config)
     notifications = InProcessNotifications()
     async with contextlib.AsyncExitStack() as stack:
-        running = await stack.enter_async_context(
-            running_cse(config.cse, local_senders={LOCAL_SCHEME: notifications})
-        )
+        # The store opens first so that it closes last: the IN-CSE's notifier, stopped with
+        # the CSE, may still be delivering to the MDMS until then.
         store = open_store(
             config.mdms.sqlite_path(),
             config.mdms.postgres_url,
@@ -95,6 +94,9 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         )
         await store.open()
         stack.push_async_callback(store.close)
+        running = await stack.enter_async_context(
+            running_cse(config.cse, local_senders={LOCAL_SCHEME: notifications})
+        )
         mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"))
         notifications.register("mdms", mdms.on_notify)
         commands = CommandService(running.cse, store)
