@@ -120,7 +120,16 @@ class MqttCSEProcess:
         await self.process.wait()
 
     async def stop(self) -> int:
-        assert self.process is not None
+        """SIGTERM, and its exit status; a process that does not end within the guard is
+        killed and fails the test with what it logged."""
+        assert self.process is not None and self.process.stderr is not None
         if self.process.returncode is None:
             self.process.terminate()
-        return await self.process.wait()
+        try:
+            async with asyncio.timeout(GUARD):
+                return await self.process.wait()
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            logged = (await self.process.stderr.read()).decode(errors="replace")
+            raise AssertionError(f"the CSE did not stop on SIGTERM: {logged[-3000:]}") from None

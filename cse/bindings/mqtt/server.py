@@ -177,6 +177,22 @@ def _encode(primitive: dict[str, Any], serialization: str, cse_id: str) -> bytes
         return encode_primitive(failure, serialization)
 
 
+async def ended(task: asyncio.Task[Any], grace: float, what: str) -> None:
+    """Wait for `task` to end, cancelling it (again) whenever it has not within `grace`.
+
+    aiomqtt waits without a bound for a DISCONNECT to take effect (the broker closing the
+    socket), so a broker that has stopped reading would otherwise hold a stopping CSE for
+    ever; a second cancel ends that wait."""
+    while True:
+        await asyncio.wait({task}, timeout=grace)
+        if task.done():
+            if not task.cancelled() and (error := task.exception()) is not None:
+                logger.debug("MQTT: %s ended with %r", what, error)
+            return
+        logger.warning("MQTT: %s has not ended within %.0f s; cancelling it", what, grace)
+        task.cancel()
+
+
 async def answer(
     cse: CommonServicesEntity,
     topic: str,
@@ -302,7 +318,11 @@ class MqttBinding:
         first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(first), name="mqtt binding")
         try:
-            await first
+            await asyncio.wait({first, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+            if not first.done():  # the runner died of something other than MQTT
+                self._runner.result()
+                raise aiomqtt.MqttError("the MQTT binding ended before it was connected")
+            first.result()
         except BaseException:
             await self._stop()
             raise
@@ -336,19 +356,23 @@ class MqttBinding:
         if self._prober is not None:
             await self._prober.close()
         self._stopping.set()
+        # Each wait is bounded: retiring a session takes a few broker round trips and two
+        # drains at most; past that, the task is cancelled.
+        settings = self.settings
         if self._watcher is not None:  # no new takeovers
             self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await ended(self._watcher, settings.publish_timeout, "the watch for dead workers")
         if self._runner is not None:
-            await asyncio.gather(self._runner, return_exceptions=True)
+            grace = 2 * settings.drain_timeout + 3 * settings.publish_timeout
+            await ended(self._runner, grace, "the MQTT session")
             self._runner = None
         takeovers = set(self._takeovers.values())
         if takeovers:
             # What a takeover has not emptied by then stays in the dead worker's session.
-            await asyncio.wait(takeovers, timeout=self.settings.drain_timeout)
+            await asyncio.wait(takeovers, timeout=settings.drain_timeout)
             for task in takeovers:
                 task.cancel()
-            await asyncio.gather(*takeovers, return_exceptions=True)
+                await ended(task, settings.publish_timeout, "a session takeover")
         await self._cancel_handlers()
 
     async def _cancel_handlers(self) -> None:

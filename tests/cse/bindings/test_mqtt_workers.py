@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import signal
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -245,3 +246,22 @@ def test_worker_settings_and_topics() -> None:
     assert group == default_share_group(CSE_ID, "secret") != default_share_group(CSE_ID, "other")
     assert "id-in" not in group and WorkerSettings("a", group).group == group
     assert default_share_group(CSE_ID, None) == "gridm2m-id-in"
+
+
+async def test_a_worker_stops_although_its_broker_has_stopped_answering(
+    broker: MosquittoBroker,
+) -> None:
+    """A frozen broker never closes the socket after a DISCONNECT, which aiomqtt waits for
+    without a bound: stopping must still end (here, within the guard)."""
+    settings = worker_settings(broker, "a", publish_timeout=1.0, drain_timeout=1.0)
+    cse = new_cse()
+    binding = MqttBinding(cse, settings, trust=Trust.INSECURE)
+    assert broker.process is not None
+    async with cse:
+        await binding.__aenter__()
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(GUARD):
+                await binding.__aexit__(None, None, None)
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
