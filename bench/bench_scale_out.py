@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 MIRROR_SCRIPT = BENCH_DIR / "wrk_mirror_cin.lua"
 FAMILIES = ("interval", "register", "event", "power-quality")
 TICKS = os.sysconf("SC_CLK_TCK")
+STUCK_AFTER = 15.0  # seconds without an outbox entry delivered: what is left is stuck
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Figures:
     server_cpu_us: float | None = None  # per create, PostgreSQL's processes
     mdms_lag_s: float = 0.0  # from the end of the load until the MDMS had everything
     mdms_stored: int = 0
+    outbox_left: dict[str, int] = field(default_factory=dict)  # undelivered at the end
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -84,6 +86,23 @@ def _server_pids(server: str, database: str) -> list[int]:
             (database,),
         ).fetchall()
     return [int(row[0]) for row in rows]
+
+
+def _outbox_left(db: str, schema: str | None) -> dict[str, int]:
+    """The entries still in the CSE's outbox, by holder: "handed off" (no process's yet),
+    "live" (a running process's), "gone" (a process that stopped)."""
+    if schema is None:  # one process on SQLite: every entry is its own
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as lite:
+            (count,) = lite.execute("SELECT count(*) FROM outbox").fetchone()
+        return {"live": int(count)} if count else {}
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        rows = conn.execute(
+            "SELECT CASE WHEN o.worker = 0 THEN 'handed off' "
+            "WHEN w.alive_until > now() THEN 'live' ELSE 'gone' END, count(*) "
+            "FROM outbox o LEFT JOIN workers w ON w.id = o.worker GROUP BY 1"
+        ).fetchall()
+    return {str(holder): int(count) for holder, count in rows}
 
 
 def _mdms_count(path: Path) -> int:
@@ -229,15 +248,26 @@ def measure(
         )
         load_end = time.monotonic()
         acknowledged = result.requests - result.errors
-        # The MDMS gets every acknowledged instance; wait for it (bounded) before the CPU.
-        deadline = load_end + 120
+        # The MDMS gets every instance the IN-CSE stored (requests still in flight when wrk
+        # stopped too): wait until the outbox is empty, or has stopped shrinking for
+        # STUCK_AFTER seconds (then what is left is reported as stuck), before the CPU.
+        left, shrunk_at = _outbox_left(db, schema), time.monotonic()
+        while left and time.monotonic() - shrunk_at < STUCK_AFTER:
+            time.sleep(0.1)
+            now_left = _outbox_left(db, schema)
+            if sum(now_left.values()) < sum(left.values()):
+                shrunk_at = time.monotonic()
+            left = now_left
+        written_by = time.monotonic() + STUCK_AFTER  # delivered; the MDMS still writing
         while (
-            _mdms_count(head_end.mdms_db) - stored_before < acknowledged
-            and time.monotonic() < deadline
+            not left
+            and _mdms_count(head_end.mdms_db) - stored_before < acknowledged
+            and time.monotonic() < written_by
         ):
             time.sleep(0.1)
-        figures.mdms_lag_s = time.monotonic() - load_end
+        figures.mdms_lag_s = (shrunk_at if left else time.monotonic()) - load_end
         figures.mdms_stored = _mdms_count(head_end.mdms_db) - stored_before
+        figures.outbox_left = left
         cse_cpu = _cpu_seconds(head_end.pids) - cse_before
         server_after = _cpu_seconds(_server_pids(args.server, database)) if database else 0.0
         figures.creates = acknowledged
@@ -265,6 +295,10 @@ def _database(server: str, name: str, create: bool) -> None:
 
 def _row(label: str, values: list[str]) -> str:
     return f"{label:<28}" + "".join(f"{value:>16}" for value in values)
+
+
+def _stuck(left: dict[str, int]) -> str:
+    return ", ".join(f"{count} {holder}" for holder, count in sorted(left.items())) or "0"
 
 
 def _show(value: float | None, digits: int = 0) -> str:
@@ -313,6 +347,7 @@ def main(args: argparse.Namespace) -> None:
     print(_row("PostgreSQL CPU us/create", [_show(f.server_cpu_us) for f in results]))
     print(_row("MDMS stored / acknowledged", [f"{f.mdms_stored}/{f.creates}" for f in results]))
     print(_row("MDMS behind at end, s", [_show(f.mdms_lag_s, 1) for f in results]))
+    print(_row("outbox stuck at end", [_stuck(f.outbox_left) for f in results]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
