@@ -20,7 +20,10 @@ Several workers, which each answer any request:
   A batch that breaks one of these, or that would wait for rows another worker's open group
   holds (`lock_timeout`), is taken back whole and raised as `WriteConflict`; the core then
   decides the request again on fresh data (cse/core/handler.py) and answers, for instance,
-  4105 to the loser of a race for one name.
+  4105 to the loser of a race for one name. A group lost at COMMIT by such a conflict is
+  decided again the same way, each of its requests; the COMMIT itself waits for the lock on
+  PostgreSQL's notification queue (see _commit). sync() speaks of the calling task's own
+  batches only.
 - Sequence numbers come from a database sequence; resource-ID stems and outbox IDs from this
   worker's number (the `worker_numbers` sequence), so no two workers hand out the same.
 - The cache of non-instance resources is told of other workers' commits by LISTEN/NOTIFY
