@@ -327,7 +327,9 @@ class Storage(ABC):
 
     @abstractmethod
     async def sync(self) -> None:
-        """Return when every change applied so far is durable."""
+        """Return when every change applied so far is durable; raise if one was lost. (A
+        backend whose commits can fail alone, PostgreSQL's, answers for the batches the
+        calling task applied, or for all if it applied none.)"""
 
     # ---- several processes on one database (defaults: this process is the only one) ------
 

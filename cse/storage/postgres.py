@@ -20,7 +20,10 @@ Several workers, which each answer any request:
   A batch that breaks one of these, or that would wait for rows another worker's open group
   holds (`lock_timeout`), is taken back whole and raised as `WriteConflict`; the core then
   decides the request again on fresh data (cse/core/handler.py) and answers, for instance,
-  4105 to the loser of a race for one name.
+  4105 to the loser of a race for one name. A group lost at COMMIT by such a conflict is
+  decided again the same way, each of its requests; the COMMIT itself waits for the lock on
+  PostgreSQL's notification queue (see _commit). sync() speaks of the calling task's own
+  batches only.
 - Sequence numbers come from a database sequence; resource-ID stems and outbox IDs from this
   worker's number (the `worker_numbers` sequence), so no two workers hand out the same.
 - The cache of non-instance resources is told of other workers' commits by LISTEN/NOTIFY
@@ -36,12 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
 import re
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -104,6 +109,7 @@ _LOCKED_CODES = frozenset({"55P03", "40P01"})
 _LOCK_RETRY_AFTER = 0.002  # a worker's group commits within milliseconds
 _SETTLE_WAIT = 2.0  # the longest wait for rows another worker holds, before deciding again
 _LISTEN_PAUSE = 1.0  # between attempts to follow other workers' notices again
+_LOST_GROUPS_KEPT = 1000
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -225,6 +231,14 @@ class PostgresStorage(Storage):
         self._last_group = 0  # batches in the last group committed
         self._waited_for_commit = False  # requests queued for the connection during it
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # The generations of groups that were not committed (first, last, why), the most
+        # recent ones: sync() tells a request whether its own batches were among them.
+        self._lost: deque[tuple[int, int, BaseException]] = deque(maxlen=_LOST_GROUPS_KEPT)
+        # The first and last generation the current task (request) applied since its last
+        # sync(): what it waits for, and whose loss it must hear of.
+        self._own_batches: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+            f"postgres_own_batches_{id(self)}", default=None
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._worker = 0
         self._database_id = ""
@@ -762,7 +776,9 @@ class PostgresStorage(Storage):
 
     async def apply(self, changes: Sequence[Change]) -> None:
         batch = self._plan(changes)
-        await _shielded(self._apply(batch))
+        generation = await _shielded(self._apply(batch))
+        own = self._own_batches.get()
+        self._own_batches.set((generation if own is None else own[0], generation))
 
     def _plan(self, changes: Sequence[Change]) -> _Batch:
         batch = _Batch()
@@ -869,7 +885,7 @@ class PostgresStorage(Storage):
         }
         batch.add(change)
 
-    async def _apply(self, batch: _Batch) -> None:
+    async def _apply(self, batch: _Batch) -> int:
         async with self._using():
             conn = await self._writer()
             if self._group_batches >= _MAX_GROUP_BATCHES:
@@ -912,6 +928,7 @@ class PostgresStorage(Storage):
             self.batches += 1
             self._dirty.set()
             self._batch_added.set()
+            return self._applied
 
     def _refusal(self, outcome: dict[str, Any], batch: _Batch) -> StorageError:
         """The error gridm2m_apply reports, as the core should hear it."""
@@ -962,12 +979,28 @@ class PostgresStorage(Storage):
             await _shielded(wait())
 
     async def sync(self) -> None:
-        target = self._applied
-        if self._durable >= target:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((target, waiter))
-        await waiter
+        """Wait until the batches this task applied since its last sync() are committed,
+        and raise if they were not. A task that applied none (a read) waits for every batch
+        applied so far: what it read may include them.
+
+        By the task's own batches, not by whatever was applied meanwhile: a group committed
+        before a task got here (an await after its apply()) says nothing about the task if
+        it failed, or if a later one failed; each said the wrong thing once (a request
+        answered 2001 though its group was lost, or 5000 though it was stored, and its
+        notifications never queued)."""
+        own = self._own_batches.get()
+        if own is None:
+            first = last = self._applied
+        else:
+            self._own_batches.set(None)
+            first, last = own
+        if self._durable < last:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append((last, waiter))
+            await waiter
+        for lost_first, lost_last, error in self._lost:
+            if lost_first <= last and first <= lost_last:
+                raise self._lost_group(error)
 
     async def _commit_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -1005,8 +1038,10 @@ class PostgresStorage(Storage):
         """COMMIT the group (the caller holds _lock) and answer the requests waiting for it."""
         generation = self._applied
         error = await self._commit() if self._in_transaction else None
+        if error is not None:
+            self._lost.append((self._durable + 1, generation, error))
         self._durable = max(self._durable, generation)
-        self._wake_waiters(generation, error)
+        self._wake_waiters(generation)
 
     async def _commit(self) -> BaseException | None:
         conn = self._conn
@@ -1024,13 +1059,24 @@ class PostgresStorage(Storage):
             return error
         try:
             async with conn.pipeline():
-                for payload in self._notices():
+                notices = self._notices()
+                if notices:
+                    # A COMMIT with notices queues them under PostgreSQL's one lock on the
+                    # notification queue, which every other worker's COMMIT holds while it
+                    # writes and flushes. That wait is short and cannot close a cycle, but
+                    # it often passes lock_timeout (2 ms) on a busy server: a group lost
+                    # whole, every request of it 5000 (measured with two workers).
+                    await conn.execute("SET LOCAL lock_timeout = 0")
+                for payload in notices:
                     await conn.execute(
                         "SELECT pg_notify(%s, %s)", (self._channel, payload), prepare=False
                     )
                 await conn.execute("COMMIT")
         except psycopg.Error as failure:
-            self.health.failed(failure)
+            if isinstance(failure, _CONFLICTS):
+                self.conflicts += 1  # its requests are decided again (_lost_group)
+            else:
+                self.health.failed(failure)
             with contextlib.suppress(psycopg.Error):
                 if not conn.broken:
                     await conn.execute("ROLLBACK")
@@ -1087,19 +1133,31 @@ class PostgresStorage(Storage):
             self._needs_rollback = True
         self._roll_back()
         self.health.failed(error)
+        if self._applied > self._durable:
+            self._lost.append((self._durable + 1, self._applied, error))
         self._durable = self._applied
-        self._wake_waiters(self._applied, error)
+        self._wake_waiters(self._applied)
 
-    def _wake_waiters(self, generation: int, error: BaseException | None) -> None:
+    @staticmethod
+    def _lost_group(error: BaseException) -> StorageError:
+        """What a request hears when its group was not committed. Nothing of the group is
+        stored, so a conflict with another worker (a lock not had in time, a serialization
+        failure, a deadlock) is decided again like a refused batch (the core retries it, a
+        bounded number of times); anything else is a failure (5000)."""
+        if isinstance(error, _CONFLICTS):
+            detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+            return WriteConflict(f"the group was not committed ({detail})", _LOCK_RETRY_AFTER)
+        return StorageError(f"commit failed: {error}")
+
+    def _wake_waiters(self, generation: int) -> None:
+        """Wake the tasks waiting for groups up to `generation`, committed or lost (each
+        then looks for its batches in `_lost`)."""
         still_waiting: list[tuple[int, asyncio.Future[None]]] = []
         for target, waiter in self._waiters:
             if target > generation:
                 still_waiting.append((target, waiter))
             elif not waiter.done():
-                if error is None:
-                    waiter.set_result(None)
-                else:
-                    waiter.set_exception(StorageError(f"commit failed: {error}"))
+                waiter.set_result(None)
         self._waiters = still_waiting
 
 

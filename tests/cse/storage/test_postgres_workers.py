@@ -9,6 +9,7 @@ to hold rows for a while, it holds them itself on a connection of its own.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
@@ -26,6 +27,7 @@ from cse.storage.base import (
     Put,
     QueuedNotification,
     Resource,
+    StorageError,
     WriteConflict,
 )
 from cse.storage.postgres import PostgresStorage
@@ -444,3 +446,150 @@ async def test_postgresql_unavailable_fails_requests_with_5000_and_they_work_aga
         assert not storage.health.failing
     finally:
         await cse.stop()
+
+
+# ---- waiting for another worker's locks -------------------------------------------------
+
+
+async def _until_waiting(where: PostgresSchema, statement: str, done: asyncio.Task[Any]) -> None:
+    """Return once a worker's connection waits for a lock while running `statement` (or the
+    request ended without waiting)."""
+    with psycopg.connect(where.url, autocommit=True) as observer:
+        async with asyncio.timeout(30):
+            while not done.done():
+                row = observer.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name LIKE 'gridm2m-cse-%%' AND wait_event_type = 'Lock' "
+                    "AND query LIKE %s",
+                    (statement,),
+                ).fetchone()
+                if row is not None and row[0]:
+                    return
+                await asyncio.sleep(0.005)  # a poll of the server's state, not a pause
+
+
+async def test_an_instance_added_to_a_container_another_transaction_holds_waits_and_succeeds(
+    start_worker: StartWorker, postgres_schema: PostgresSchema
+) -> None:
+    worker = await start_worker()
+    await _meter_with_container(worker)
+    with _own_connection(postgres_schema) as other:  # another worker's open group
+        other.execute("SELECT 1 FROM resources WHERE path = 'cse-in/meter/reads' FOR UPDATE")
+        adding = asyncio.create_task(
+            worker.handle(create("cse-in/meter/reads", 4, _instance(1), AE))
+        )
+        await _until_waiting(postgres_schema, "SELECT 1 FROM resources WHERE ri = ANY%", adding)
+        assert not adding.done(), adding.result()  # refused at lock_timeout, waiting for the rows
+        other.commit()
+        answer = await adding
+    assert answer.status == RSC.CREATED, answer.content
+    container = await worker.storage.get_by_path("cse-in/meter/reads")
+    assert container is not None and container.attributes["cni"] == 1
+
+
+def _gate_commits(other: psycopg.Connection[Any], body: str) -> None:
+    """A deferred trigger on `resources` that runs `body` in the COMMIT of each transaction
+    that inserted a resource: it stands for what a COMMIT itself can wait for or fail on."""
+    other.execute(
+        "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS "
+        f"$$ BEGIN {body}; RETURN NULL; END $$"
+    )
+    other.execute(
+        "CREATE CONSTRAINT TRIGGER gate AFTER INSERT ON resources "
+        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gate()"
+    )
+    other.commit()
+
+
+async def test_a_commit_that_waits_for_a_lock_is_not_refused(
+    start_worker: StartWorker, postgres_schema: PostgresSchema
+) -> None:
+    """A COMMIT that sends change notices takes PostgreSQL's lock on the notification queue,
+    which another worker's COMMIT holds while it flushes: a short wait that often passed
+    lock_timeout (2 ms) under load. No test can hold that lock, so a lock the COMMIT waits
+    for (an advisory lock taken in a deferred trigger) stands for it."""
+    worker = await start_worker()
+    await _meter_with_container(worker)
+    key = int.from_bytes(os.urandom(4), "big")
+    with _own_connection(postgres_schema) as other:
+        _gate_commits(other, f"PERFORM pg_advisory_xact_lock_shared({key})")
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (key,))  # held until other commits
+        adding = asyncio.create_task(
+            worker.handle(create("cse-in/meter/reads", 4, _instance(1), AE))
+        )
+        await _until_waiting(postgres_schema, "COMMIT", adding)
+        assert not adding.done(), adding.result()
+        other.commit()
+        answer = await adding
+    assert answer.status == RSC.CREATED, answer.content
+    assert _storage(worker).health.failures == 0
+
+
+async def test_a_group_refused_at_commit_by_a_conflict_is_decided_again(
+    start_worker: StartWorker, postgres_schema: PostgresSchema
+) -> None:
+    worker = await start_worker()
+    await _meter_with_container(worker)
+    with _own_connection(postgres_schema) as other:
+        other.execute("CREATE SEQUENCE gate_calls")  # not rolled back with the COMMIT
+        _gate_commits(
+            other,
+            "IF nextval('gate_calls') = 1 THEN "
+            "RAISE EXCEPTION 'refused once' USING ERRCODE = 'serialization_failure'; END IF",
+        )
+    answer = await worker.handle(create("cse-in/meter/reads", 4, _instance(1), AE))
+    assert answer.status == RSC.CREATED, answer.content
+    assert worker.write_conflicts >= 1  # the first COMMIT was refused
+    container = await worker.storage.get_by_path("cse-in/meter/reads")
+    assert container is not None
+    stored = await worker.storage.instances(container.ri, newest=False, limit=10)
+    assert [r.rn for r in stored] == ["i1"]  # once
+
+
+async def test_a_task_hears_whether_its_own_batches_were_committed_not_later_ones(
+    two_storages: tuple[PostgresStorage, PostgresStorage], postgres_schema: PostgresSchema
+) -> None:
+    """sync() speaks of the batches the calling task applied: a request is not answered 5000
+    for a later group that was lost, nor 2001 for its own group lost before it asked."""
+    storage, _ = two_storages
+    key = int.from_bytes(os.urandom(4), "big")
+
+    async def apply_then_sync(
+        resource: Resource, applied: asyncio.Event, go: asyncio.Event
+    ) -> None:
+        await storage.apply([Put(resource)])
+        applied.set()
+        await go.wait()
+        await storage.sync()
+
+    applied, go = asyncio.Event(), asyncio.Event()
+    first = asyncio.create_task(apply_then_sync(_res("cse-in/a", 3, "a1", "id-in"), applied, go))
+    await applied.wait()
+    await storage.sync()  # a task that applied nothing waits for every batch: "a" is stored
+    with _own_connection(postgres_schema) as other:
+        # Every later group's COMMIT waits for a lock, then fails.
+        _gate_commits(other, f"PERFORM pg_advisory_xact_lock_shared({key}); RAISE EXCEPTION 'lost'")
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+        later_go = asyncio.Event()
+        later = asyncio.create_task(
+            apply_then_sync(_res("cse-in/b", 3, "b1", "id-in"), asyncio.Event(), later_go)
+        )
+        later_go.set()
+        await _until_waiting(postgres_schema, "COMMIT", later)  # "b"'s group, committing
+        go.set()  # "a"'s task asks now, with a later group still open
+        other.commit()
+    await first  # its own batch was committed: no error
+    with pytest.raises(StorageError):
+        await later
+    assert await storage.get("a1") is not None and await storage.get("b1") is None
+
+    # A task whose group was lost before it asked hears it.
+    applied, go = asyncio.Event(), asyncio.Event()
+    lost = asyncio.create_task(apply_then_sync(_res("cse-in/c", 3, "c1", "id-in"), applied, go))
+    await applied.wait()
+    with pytest.raises(StorageError):
+        await storage.sync()  # "c"'s group, lost
+    go.set()
+    with pytest.raises(StorageError):
+        await lost
+    assert await storage.get("c1") is None
