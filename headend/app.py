@@ -95,7 +95,7 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         )
         await store.open()
         stack.push_async_callback(store.close)
-        mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"))
+        mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"), esi=config.mdms.esi)
         notifications.register("mdms", mdms.on_notify)
         commands = CommandService(running.cse, store)
         apps = HeadendApps(commands, store)
