@@ -31,7 +31,8 @@ An ESI (esi.py): config `esi` "meter" makes an electric meter's agent also the E
 kind "esi" with `esi` "utility" is a utility ESI, an AE with no meter of its own. Either takes
 the interval records of the gas meters in `esi_members` and writes them into its own `esi`
 container. A gas meter given a `han` (han.py) hands its interval records to its ESI over it
-instead of sending them; its other flows (events) still go to the DAP.
+instead of sending them; its other flows (events) still go to the DAP. (Both are class
+attributes until set: a plain meter's heap pays nothing for them.)
 """
 
 import asyncio
@@ -81,6 +82,9 @@ class TicksClock:
 class Agent:
     """One meter agent; see the module docstring."""
 
+    esi = None
+    han = None
+
     def __init__(self, config, dap=None, clock=None, han=None):
         if compat.IS_MICROPYTHON:
             # Collect after every few KB allocated, not only when the heap is full: garbage
@@ -102,7 +106,9 @@ class Agent:
         self.start_ts = epoch_now() if start_ts is None else int(start_ts)
         self._t0_ms = self.clock.now_ms()
         opt_out = config.get("dr_opt_out_rate")
-        self.han = han  # a gas meter behind an ESI: where its interval records go
+        if han is not None:  # a gas meter behind an ESI: its schedule goes through the HAN
+            self.han = han
+            han.enqueue = self._enqueue
         self.meter = (
             None
             if self.kind == "esi"
@@ -132,7 +138,6 @@ class Agent:
             seq = _decode(item[3]).get("seq")
             if isinstance(seq, int) and seq > self.meter.seq:
                 self.meter.seq = seq
-        self.esi = None
         if config.get("esi"):
             try:
                 from .esi import Esi
@@ -165,8 +170,6 @@ class Agent:
         self.outages = 0  # times the link went from up to down
         self.start_failures = 0
         self.memory_errors = 0  # MicroPython: allocations that failed (the message is lost)
-        self.handed = 0  # interval records handed to the ESI over the HAN
-        self.han_failed = 0  # of those, the ones the HAN or the ESI did not take
 
     # ---- time -------------------------------------------------------------------------------
 
@@ -263,7 +266,7 @@ class Agent:
         if compat.IS_MICROPYTHON:
             gc.collect()  # a bulk read needs a few KB in one piece: free the garbage first
         self._generate()
-        if self._commands and self.meter is not None:
+        if self._commands:
             self._handle_commands()
         if not self._retry_due():
             return
@@ -286,7 +289,7 @@ class Agent:
         if self.meter is None:
             return
         try:
-            sink = self._enqueue if self.han is None else self._scheduled
+            sink = self._enqueue if self.han is None else self.han.sink
             self.meter.due_flows(self.meter_time(), sink)
         except MemoryError:
             # A full heap loses the rest of this step's scheduled messages, not the meter.
@@ -374,17 +377,6 @@ class Agent:
                 pass
         self._wake.clear()
 
-    def _scheduled(self, family, content):
-        """A gas meter behind an ESI: its interval records (the `reading` family) go over the
-        HAN, the rest (events) into its own store."""
-        if family != "reading":
-            self._enqueue(family, content)
-            return
-        self.handed += 1
-        if not self.han.send(self.meter_id, content):
-            self.han_failed += 1
-            self._log("the ESI did not take", content.get("flow"))
-
     def _enqueue(self, family, content, key=None):
         """Into the store, under `key` (default: the flow id; a relayed record's esi.py says)."""
         flow_id = content.get("flow")
@@ -460,10 +452,6 @@ class Agent:
             "outages": self.outages,
             "memory_errors": self.memory_errors,
             "link_up": self.link_up,
-            "handed": self.handed,
-            "han_failed": self.han_failed,
-            "relayed": self.esi.received if self.esi is not None else 0,
-            "relay_refused": self.esi.refused if self.esi is not None else 0,
         }
 
     def _out_of_memory(self, where):

@@ -431,19 +431,17 @@ class FleetAgent(Agent):
         self.generated_by_flow[flow_id] = self.generated_by_flow.get(flow_id, 0) + 1
         super()._enqueue(family, content, key)
 
-    def _scheduled(self, family: str, content: dict[str, Any]) -> None:
-        if family == "reading" and self.han is not None:
-            # Handed over the HAN: counted as "han:<via>:<flow>" (rows 16Ga, 16Gb).
-            key = f"han:{self.han.via}:{content.get('flow')}"
-            self.generated_by_flow[key] = self.generated_by_flow.get(key, 0) + 1
-        super()._scheduled(family, content)
-
     def stats(self) -> dict[str, Any]:
         counts: dict[str, Any] = super().stats()
         buffered: dict[str, int] = {}
         for item in self.store.items():
             buffered[item[2]] = buffered.get(item[2], 0) + 1
-        counts.update(generated_by_flow=dict(self.generated_by_flow), buffered_by_flow=buffered)
+        generated = dict(self.generated_by_flow)
+        if self.han is not None:
+            # Handed over the HAN to the ESI: "han:<via>:<flow>" (rows 16Ga, 16Gb).
+            for flow_id, count in self.han.handed.items():
+                generated[f"han:{self.han.via}:{flow_id}"] = count
+        counts.update(generated_by_flow=generated, buffered_by_flow=buffered)
         return counts
 
     async def _sleep(self, ms: int) -> None:
@@ -487,7 +485,7 @@ class Fleet:
         gate = asyncio.Semaphore(config.max_starting)
         ticker = Ticker()
         measurements = Measurements(clock, len(plans))
-        hans = {plan.meter_id: LocalHan(_via(plan)) for plan in plans if plan.relays}
+        esis: dict[str, Any] = {}  # ESI id -> its agent's Esi (the ESIs start first)
         tasks: list[asyncio.Task[None]] = []
         probe = asyncio.create_task(_probe_loop(measurements))
         started_meter_time = clock.meter_time()
@@ -500,10 +498,13 @@ class Fleet:
                 secret = secrets.get(plan.meter_id)
                 agent_cfg = agent_config(config, plan, clock.meter_time(), secret)
                 dap = TimedDap(agent_cfg, measurements)
-                han = hans[plan.esi] if plan.esi is not None else None
+                han = None
+                if plan.esi is not None:
+                    han = LocalHan(plan.meter_id, plan.via)
+                    han.attach(esis.get(plan.esi))
                 agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker, han)
                 if plan.relays:
-                    hans[plan.meter_id].attach(agent.esi)
+                    esis[plan.meter_id] = agent.esi
                 self.agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run()))
 
@@ -548,10 +549,6 @@ class Fleet:
         failures = [r for r in results if isinstance(r, Exception)]
         if failures and self.progress is not None:
             self.progress(f"{len(failures)} agents ended with an error, first: {failures[0]!r}")
-
-
-def _via(plan: MeterPlan) -> str:
-    return "esi-utility" if plan.kind == "esi" else "esi-meter"
 
 
 def _family_of(flow_id: str) -> str:

@@ -24,7 +24,7 @@ def premises(
 ) -> tuple[Agent, FakeDap, Agent, FakeDap, LocalHan]:
     """An ESI agent and a gas meter agent behind it, on one virtual clock."""
     clock = VirtualClock()
-    han = LocalHan(via=f"esi-{esi}")
+    han = LocalHan("gas-1", f"esi-{esi}")
     kind = "electric" if esi == "meter" else "esi"
     esi_dap, gas_dap = FakeDap(), FakeDap()
     host = Agent(
@@ -76,9 +76,9 @@ async def test_gas_interval_records_reach_the_dap_only_through_the_esis_own_cont
         await gas.clock.sleep_ms(1000)
     # The gas meter sent none of its interval records itself, only its other flows.
     assert gas_dap.posts and all(family == "event" for family, _ in gas_dap.posts)
-    assert gas.handed == han.carried == 7 and gas.han_failed == 0
+    assert han.handed == {"gas-interval-4h": 7} and han.failed == 0
     relayed = [content for family, content in esi_dap.posts if family == "esi"]
-    assert len(relayed) == host.stats()["relayed"] == 7
+    assert host.esi is not None and len(relayed) == host.esi.received == 7
     for content in relayed:
         assert content["gm"] == "gas-1" and content["via"] == f"esi-{esi}"
         assert content["flow"] == "gas-interval-4h" and content["ts"] <= content["rx"]
@@ -92,13 +92,13 @@ async def test_gas_interval_records_reach_the_dap_only_through_the_esis_own_cont
 
 
 async def test_a_gas_meter_whose_esi_is_missing_counts_what_it_could_not_hand_over() -> None:
-    clock, han, dap = VirtualClock(), LocalHan(via="esi-meter"), FakeDap()
+    clock, han, dap = VirtualClock(), LocalHan("gas-1", "esi-meter"), FakeDap()
     settings = config(meter_id="gas-1", kind="gas", gas_period_h=6)
     gas = Agent(settings, dap=dap, clock=clock, han=han)
     for _ in range(15):  # 14 meter hours: two 6-hour reports
         await gas.step()
         await clock.sleep_ms(1000)
-    assert gas.handed == gas.han_failed == han.failed == 2
+    assert han.handed == {"gas-interval-6h": 2} and han.failed == 2
     assert all(content["flow"] != "gas-interval-6h" for _, content in dap.posts)
 
 
@@ -165,7 +165,7 @@ class Dap:
 
 async def main():
     clock = Clock()
-    han = LocalHan("esi-meter")
+    han = LocalHan("gas-1", "esi-meter")
     esi_dap, gas_dap = Dap(), Dap()
     host = Agent(config["esi"], dap=esi_dap, clock=clock)
     han.attach(host.esi)
@@ -175,7 +175,8 @@ async def main():
         await host.step()
         await clock.sleep_ms(1000)
     print(json.dumps({"esi": host.stats(), "gas": gas.stats(), "at_dap": esi_dap.by_family,
-                      "gas_at_dap": gas_dap.by_family, "gm": esi_dap.gm}))
+                      "gas_at_dap": gas_dap.by_family, "gm": esi_dap.gm, "handed": han.handed,
+                      "relayed": host.esi.received}))
 
 
 config = json.load(open("config.json"))
@@ -199,6 +200,7 @@ def test_an_esi_in_a_meter_relays_on_micropython_in_96k_as_on_cpython() -> None:
     assert on_micropython == json.loads(result.lines[-1])
     found = on_micropython
     assert found["esi"]["memory_errors"] == found["gas"]["memory_errors"] == 0
-    assert found["gas"]["handed"] == found["esi"]["relayed"] == found["gm"] == 17  # every 4 h
+    assert found["handed"] == {"gas-interval-4h": 17}  # every 4 h
+    assert found["relayed"] == found["gm"] == 17
     assert found["at_dap"]["esi"] == 17 and "reading" not in found["gas_at_dap"]
     assert found["esi"]["sent"]["esi-meter:gas-interval-4h"] == 17

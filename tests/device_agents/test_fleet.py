@@ -383,7 +383,7 @@ async def test_gas_records_relayed_by_esis_arrive_in_the_esis_own_containers(dap
         uris = await instances_on_the_cse(dap, agent.meter_id)
         if plan.via is not None:  # behind an ESI: no interval record of its own at the DAP
             assert not any("/reading/" in uri for uri in uris), agent.meter_id
-            assert agent.handed > 0 and agent.han_failed == 0, agent.stats()
+            assert agent.han is not None and agent.han.handed and agent.han.failed == 0
         if not plan.relays:
             continue
         via = "esi-utility" if plan.kind == "esi" else "esi-meter"
@@ -397,5 +397,6 @@ async def test_gas_records_relayed_by_esis_arrive_in_the_esis_own_containers(dap
             assert record["gm"] in plan.relays and record["via"] == via
             assert record["ts"] <= record["rx"]
             relayed += 1
-        assert agent.stats()["relayed"] == sum(by_id[m].handed for m in plan.relays)
+        handed = sum(sum(by_id[m].han.handed.values()) for m in plan.relays)
+        assert agent.esi is not None and agent.esi.received == handed
     assert relayed > 0
