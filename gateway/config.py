@@ -143,7 +143,7 @@ class MirrorConfig(BaseModel):
     # Flow families created upstream at registration; others are created on first use.
     families: list[str] = ["reading", "ondemand", "event", "prepay", "drdlc", "han", "firmware"]
     # Containers holding bulk interval data (lowest priority).
-    bulk_containers: list[str] = ["reading"]
+    bulk_containers: list[str] = ["reading", "esi"]
     status_interval: float = Field(10.0, gt=0)  # how often the gateway reports its state
     online_window: float = Field(900.0, gt=0)  # a meter heard from within this is online
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import secrets
 import signal
 import socket
@@ -67,6 +68,11 @@ def moved_port_note(what: str, wanted: int, taken: int) -> str | None:
     return f"port {wanted} is busy (another program listens there): the {what} is on {taken}"
 
 
+def _toml_key(key: str) -> str:
+    """A key as TOML takes it: bare when it can be, else quoted (a meter id with a dot)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 def toml_text(section: str, values: dict[str, Any]) -> str:
     """A small TOML writer for generated configs: nested tables of scalars and lists."""
     lines: list[str] = []
@@ -76,7 +82,7 @@ def toml_text(section: str, values: dict[str, Any]) -> str:
         nested = {k: v for k, v in data.items() if isinstance(v, dict)}
         for key, value in data.items():
             if not isinstance(value, dict):
-                lines.append(f"{key} = {json.dumps(value)}")
+                lines.append(f"{_toml_key(key)} = {json.dumps(value)}")
         lines.append("")
         for key, value in nested.items():
             table(f"{name}.{key}", value)

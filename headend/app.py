@@ -97,7 +97,7 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         running = await stack.enter_async_context(
             running_cse(config.cse, local_senders={LOCAL_SCHEME: notifications})
         )
-        mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"))
+        mdms = Mdms(running.cse, store, notifications.point_of_access("mdms"), esi=config.mdms.esi)
         notifications.register("mdms", mdms.on_notify)
         commands = CommandService(running.cse, store)
         apps = HeadendApps(commands, store)

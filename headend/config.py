@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cse.app import CSEConfig, default_data_dir
 from cse.config_files import load_section
@@ -42,9 +42,24 @@ class MdmsConfig(BaseModel):
     # PostgreSQL only: messages created more than this many whole days ago are dropped, a day
     # partition at a time (the summaries keep counting them). None keeps every message.
     retention_days: int | None = Field(None, ge=1)
+    # The ESIs (Energy Services Interfaces) and the gas meters each relays for: an ESI's AE
+    # (its meter id) -> gas meter ids. A message that says it relays a gas meter's record
+    # (`gm`) is stored as that gas meter's only if it comes from an ESI listed for it here;
+    # any other is not stored (docs/security.md, "ESI relays").
+    esi: dict[str, list[str]] = {}
 
     def sqlite_path(self) -> str:
         return self.db or str(default_data_dir() / "mdms.db")
+
+    @field_validator("esi")
+    @classmethod
+    def _esi_ids(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for esi, meters in value.items():
+            if not esi or not all(meters):
+                raise ValueError("an ESI and each of its gas meters need a non-empty id")
+            if esi in meters:
+                raise ValueError(f"ESI {esi} cannot relay for itself")
+        return value
 
     @model_validator(mode="after")
     def _retention_needs_postgres(self) -> MdmsConfig:

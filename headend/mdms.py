@@ -18,6 +18,13 @@ name). A redelivered notification, the catch-up listing, or several head-end pro
 notified of the same instance all give the same key, and the store keeps it once. The IN-CSE's
 resourceID of the mirror is not used: the gateway resending an instance the IN-CSE has since
 removed (its container's limits) would make a new one.
+
+A message is the meter's whose AE wrote it at the DAP (the gateway's `meter:` label). An ESI
+(Energy Services Interface) writes the interval records of gas meters into its own AE's
+container, each naming its gas meter (`gm`), when the ESI received it (`rx`) and which ESI it
+was (`via`). Such a record is the gas meter's only if `esi` (`[headend.mdms] esi`) lists the
+writing AE as an ESI of that gas meter; otherwise the MDMS does not store it at all: a meter
+(or an ESI) cannot put data into another meter's account by naming it.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -54,6 +61,9 @@ BATCH_WAIT = "PT0.1S"  # a batch notification waits at most this long for more i
 # Not counted in a message's payload size: the envelope every message carries (as the meter
 # agents count it, device_agents/agent/flows.py).
 NOT_PAYLOAD = ("flow", "type", "seq", "ts")
+# What an ESI adds to a gas meter's record (device_agents/agent/esi.py): framing too, for a
+# relayed record. `gm`, the gas meter it names, makes a message a relayed one.
+RELAYED = ("gm", "rx", "via")
 
 
 class Mdms:
@@ -64,6 +74,7 @@ class Mdms:
         notify_url: str,
         *,
         clock: Callable[[], float] = time.time,
+        esi: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.cse = cse
         self.store = store
@@ -80,6 +91,9 @@ class Mdms:
         # stored before): how an application follows the answers to its commands.
         self.message_listeners: list[Callable[[Sequence[MeterMessage]], Awaitable[None]]] = []
         self._lock = asyncio.Lock()
+        # ESI -> the gas meters it may relay for ([headend.mdms] esi).
+        self._esi = {name: frozenset(meters) for name, meters in (esi or {}).items()}
+        self.relays_refused = 0  # relayed records not stored: no such ESI for that gas meter
 
     @property
     def _base(self) -> str:
@@ -276,6 +290,20 @@ class Mdms:
                 return dataclasses.replace(message, ref=str(command["id"]))
         return message
 
+    def _relayed_for(self, writer: str, gas_meter: Any, key: str) -> str | None:
+        """The gas meter a relayed record is stored for: the one it names, if the AE that
+        wrote it is an ESI of that gas meter; else None (not stored)."""
+        if isinstance(gas_meter, str) and gas_meter in self._esi.get(writer, ()):
+            return gas_meter
+        self.relays_refused += 1
+        logger.warning(
+            "not storing %s: %s is not an ESI of gas meter %r ([headend.mdms] esi)",
+            key,
+            writer,
+            gas_meter,
+        )
+        return None
+
     def _message(
         self, csi: str, family: str, instance: dict[str, Any], now: float
     ) -> MeterMessage | None:
@@ -289,10 +317,17 @@ class Mdms:
         if not meter or not content or not isinstance(name, str) or not name:
             logger.info("ignoring an instance without name, meter or content in %s/%s", csi, family)
             return None
+        framing: tuple[str, ...] = NOT_PAYLOAD
+        if "gm" in content:
+            framing = NOT_PAYLOAD + RELAYED
+            relayed_for = self._relayed_for(meter, content.get("gm"), f"{csi}/{family}/{name}")
+            if relayed_for is None:
+                return None
+            meter = relayed_for
         created = timestamp_or(labels.get("created") or instance.get("ct"), now)
         flow = str(content.get("flow", ""))
         info = flow_info(flow)
-        data = {key: value for key, value in content.items() if key not in NOT_PAYLOAD}
+        data = {key: value for key, value in content.items() if key not in framing}
         seq, ts = content.get("seq"), content.get("ts")
         return MeterMessage(
             key=f"{csi}/{family}/{name}",

@@ -33,7 +33,7 @@ PayloadType = Literal[
 ]
 
 # Which GridM2M part plays the row in a run (docs/flows.md, "Who models a row").
-ModelledBy = Literal["meter-agent", "headend-app", "gateway", "han-ae", "not-modelled"]
+ModelledBy = Literal["meter-agent", "headend-app", "gateway", "han-ae", "esi", "not-modelled"]
 
 SECONDS = {
     "sec": 1,
@@ -386,7 +386,7 @@ def _check_row(row: FlowRow) -> None:
         raise _RowProblem("agent_flows", "set exactly when modelled_by is meter-agent")
     if row.modelled_by != "meter-agent" and row.model_note is None:
         raise _RowProblem("model_note", f"required when modelled_by is {row.modelled_by}")
-    if row.modelled_by in ("gateway", "han-ae") and not row.via:
+    if row.modelled_by in ("gateway", "han-ae", "esi") and not row.via:
         raise _RowProblem("via", f"required when modelled_by is {row.modelled_by}")
     if row.id in row.via:
         raise _RowProblem("via", "a row cannot be carried over itself")

@@ -16,8 +16,9 @@ Afterwards each row is measured from what the parts recorded:
   delivered     how many arrived where the row ends: the DAP (meter → DAP rows, and the HAN
                 rows, whose IPD / customer EMS read at the DAP), the MDMS (rows ending at the
                 head-end, MDMS, CIS or NMS), the DAP for head-end → DAP commands (when it
-                created the instance, as its answer to the head-end said); all read through
-                the head-end's API
+                created the instance, as its answer to the head-end said), the ESI for gas
+                meter → ESI rows (its receipt time, which the ESI writes into the record it
+                relays); all read through the head-end's API
   latency       arrival time minus generation time, on real clocks. A meter stamps a message
                 with its (accelerated) meter time; the fleet's clock maps it back to wall time.
   within budget delivered with latency ≤ the row's latency requirement
@@ -52,7 +53,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cse.core.clock import timestamp_or
 from cse.serialization import content_object
-from device_agents.fleet.emulator import load_fleet_config, plan_meters
+from device_agents.fleet.emulator import (
+    FleetConfig,
+    esi_mapping,
+    load_fleet_config,
+    plan_meters,
+)
 from gridm2m.broker import embedded_broker
 from gridm2m.processes import Stack, get_json, spawn, toml_text
 from gridm2m.processes import stop as stop_child
@@ -67,6 +73,11 @@ START_TS = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC
 SAMPLES_PER_ROW = 2000
 DRAIN_TIMEOUT_S = 120.0
 SETTLE_S = 2.0  # the MDMS has stored nothing new for this long: the run's traffic is in
+
+
+GAS_PATHS = {"direct": 0.4, "esi_meter": 0.3, "esi_utility": 0.3}
+# The ESIs of the flow tables' actor names, as their records say which (`via`).
+ESI_ACTORS = {"ESI - In Meter": "esi-meter", "ESI - Utility": "esi-utility"}
 
 
 class RunError(Exception):
@@ -119,6 +130,10 @@ class RunSettings:
     jitter_ms: float = 0.0
     rate_scale: float = 20.0
     rate_floor: float = 0.5  # per meter and day, for the rare scheduled rows (events)
+    # How the fleet's gas meters reach the DAP (the fleet's gas_paths): directly (1Dg), or
+    # through an ESI in an electric meter (16Ga, 5Ba) or a utility ESI (16Gb).
+    gas_paths: dict[str, float] = field(default_factory=lambda: dict(GAS_PATHS))
+    esi_group: int = 4
     commands_per_s: float = 10.0
     seed: int = 1
     attach: AttachTo | None = None
@@ -137,6 +152,7 @@ class Evidence:
     sent: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     at_dap: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
     at_mdms: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
+    at_esi: dict[str, list[Observed]] = field(default_factory=lambda: defaultdict(list))
     pending: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -500,6 +516,24 @@ def lab_gateway(meters: int) -> dict[str, Any]:
     }
 
 
+def fleet_plan(settings: RunSettings) -> dict[str, Any]:
+    """The `[fleet]` keys that decide who the run's meters are (plan_meters)."""
+    return {
+        "meters": settings.meters,
+        "seed": settings.seed,
+        "transports": {name: float(name in settings.transports) for name in ("coap", "mqtt")},
+        "gas_paths": settings.gas_paths,
+        "esi_group": settings.esi_group,
+    }
+
+
+def lab_headend(settings: RunSettings) -> dict[str, Any]:
+    """The `[headend]` tables a run adds to the lab head-end's: the fleet's ESIs, each with
+    the gas meters it relays for, so the MDMS attributes their records to the gas meters."""
+    plans = plan_meters(FleetConfig.model_validate(fleet_plan(settings)))
+    return {"mdms": {"esi": esi_mapping(plans)}}
+
+
 async def _stand_up(
     settings: RunSettings,
     work: Path,
@@ -514,6 +548,7 @@ async def _stand_up(
         broker_url=f"mqtt://127.0.0.1:{broker_port}",
         coap_trust="claimed",
         gateway_extra=lab_gateway(settings.meters),
+        headend_extra=lab_headend(settings),
     )
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -596,22 +631,19 @@ async def _drive(
         TcpRelay("127.0.0.1", 0, *target.broker, impairment) as tcp,
     ):
         fleet_toml = work / "fleet.toml"
-        shares = {name: float(name in settings.transports) for name in ("coap", "mqtt")}
         fleet_toml.write_text(
             toml_text(
                 "fleet",
                 {
-                    "meters": settings.meters,
+                    **fleet_plan(settings),
                     "duration": settings.duration_s,
                     "clock_speed": settings.clock_speed,
                     "rate_scale": settings.rate_scale,
                     "ramp": max(2.0, settings.meters / 100),
                     "start_ts": START_TS,
-                    "seed": settings.seed,
                     "cse_id": target.dap_cse_id,
                     "cse_name": target.dap_cse_name,
                     "buffer_max": 2000,
-                    "transports": shares,
                     "dap": {"coap_port": udp.port, "mqtt_port": tcp.port},
                     # Over a lossy link a meter retries sooner than RFC 7252's default 2 s.
                     "agent": {
@@ -716,8 +748,11 @@ async def collect(
     # they are not counted as sent (a run stops the meters, not their links).
     pending = summary.get("buffered_by_flow") or {}
     for flow, count in counted.items():
-        evidence.sent[flow] += int(count) - int(pending.get(flow, 0))
-        evidence.pending[flow] += int(pending.get(flow, 0))
+        # A record handed to an ESI ("han:<via>:<flow>") that is still in the ESI's store is
+        # pending on the first leg too: it is seen only once the ESI wrote it to the DAP.
+        held = int(pending.get(flow.removeprefix("han:"), 0))
+        evidence.sent[flow] += int(count) - held
+        evidence.pending[flow] += held
     clock = summary.get("clock") or {}
     speed = float(clock.get("speed") or summary.get("clock_speed") or 1440.0)
     start_ts = float(clock.get("start_ts") or START_TS)
@@ -726,17 +761,47 @@ async def collect(
     if t0 is None and rows:
         # Calibrate the fleet clock from the data: the fastest message had ~no latency.
         t0 = min(c - (ts - start_ts) / speed for _, ts, c, _, _ in rows if ts is not None)
-    for flow, meter_ts, created_at, received_at, content in rows:
-        if meter_ts is None or t0 is None:
-            continue
-        size = payload_bytes(json.loads(content) if isinstance(content, str) else content)
-        generated = float(t0) + (meter_ts - start_ts) / speed
-        evidence.at_dap[flow].append(Observed(max(0.0, created_at - generated), size))
-        evidence.at_mdms[flow].append(Observed(max(0.0, received_at - generated), size))
+    if t0 is not None:
+        collect_messages(rows, evidence, FleetTime(float(t0), start_ts, speed))
     collect_commands(await _commands_from_api(session, target), evidence)
     collect_phev(driver.phev_sent, driver.phev_arrived, evidence)
     collect_cis(await _cis_requests_from_api(session, target), evidence)
     return evidence
+
+
+@dataclass(frozen=True)
+class FleetTime:
+    """How the fleet's meter time maps to wall time: wall = t0 + (meter - start_ts) / speed."""
+
+    t0: float
+    start_ts: float
+    speed: float
+
+    def wall(self, meter_ts: float) -> float:
+        return self.t0 + (meter_ts - self.start_ts) / self.speed
+
+
+def collect_messages(rows: Iterable[tuple[Any, ...]], evidence: Evidence, clock: FleetTime) -> None:
+    """The meters' messages as the MDMS stored them: (flow, meter_ts, created_at at the DAP,
+    received_at the MDMS, content). A record an ESI relayed counts on its two legs: gas
+    meter → ESI from its timestamp to the ESI's receipt (`rx`), keyed "han:<via>:<flow>",
+    and ESI → DAP from that receipt to its creation at the DAP, keyed "<via>:<flow>"."""
+    for flow, meter_ts, created_at, received_at, content in rows:
+        if meter_ts is None:
+            continue
+        message = json.loads(content) if isinstance(content, str) else content
+        size = payload_bytes(message)
+        generated = clock.wall(meter_ts)
+        via, rx = message.get("via"), message.get("rx")
+        key = flow
+        if "gm" in message and isinstance(via, str) and isinstance(rx, int | float):
+            received = clock.wall(rx)
+            evidence.at_esi[f"han:{via}:{flow}"].append(
+                Observed(max(0.0, received - generated), size)
+            )
+            key, generated = f"{via}:{flow}", received
+        evidence.at_dap[key].append(Observed(max(0.0, created_at - generated), size))
+        evidence.at_mdms[key].append(Observed(max(0.0, received_at - clock.wall(meter_ts)), size))
 
 
 async def _messages_from_api(
@@ -847,7 +912,7 @@ def _percentile(values: Sequence[float], share: float) -> float | None:
 
 
 def _source_of(row: FlowRow, catalogue: Catalogue) -> tuple[list[str], str] | None:
-    """Which evidence keys feed a row, and where it is measured (dap or mdms)."""
+    """Which evidence keys feed a row, and where it is measured (dap, mdms or esi)."""
     # The agent flows of the row, and of the rows it goes through (a HAN AE's or the
     # head-end's view of a meter flow).
     flows = list(row.agent_flows)
@@ -858,6 +923,13 @@ def _source_of(row: FlowRow, catalogue: Catalogue) -> tuple[list[str], str] | No
         return flows, "dap"
     if row.modelled_by == "gateway":
         return flows, "mdms"
+    if row.modelled_by == "esi":
+        # The gas meters' records, to an ESI (measured at its receipt) or from it to the DAP.
+        if row.target in ESI_ACTORS:
+            return [f"han:{ESI_ACTORS[row.target]}:{flow}" for flow in flows], "esi"
+        if row.source in ESI_ACTORS:
+            return [f"{ESI_ACTORS[row.source]}:{flow}" for flow in flows], "dap"
+        return None
     if row.modelled_by == "headend-app":
         if row.id in PHEV_MESSAGES:
             return [f"phev:{row.id}"], PHEV_MESSAGES[row.id][0].replace("dms", "mdms")
@@ -882,7 +954,7 @@ def judge(row: FlowRow, evidence: Evidence, catalogue: Catalogue) -> RowResult:
     source = _source_of(row, catalogue)
     modelled = row.modelled_by != "not-modelled" and source is not None
     keys, where = source if modelled and source is not None else ([], "dap")
-    arrived = evidence.at_dap if where == "dap" else evidence.at_mdms
+    arrived = {"dap": evidence.at_dap, "mdms": evidence.at_mdms, "esi": evidence.at_esi}[where]
     observed = [o for key in keys for o in arrived[key]]
     # A fleet count can lag what arrived after it summarised: never fewer sent than arrived.
     sent = max(sum(evidence.sent[key] for key in keys), len(observed))
@@ -963,7 +1035,8 @@ def _verdict(
 _FAMILIES = {
     "mr-multi-interval": "reading", "gas": "reading", "mr-ondemand": "ondemand",
     "ev-": "event", "pp-": "prepay", "dr-": "drdlc", "han-": "han", "fw-": "firmware",
-    "command:": "command", "phev:": "phev", "cis:": "billing",
+    "command:": "command", "phev:": "phev", "cis:": "billing", "han:esi-": "reading",
+    "esi-": "reading",
 }  # fmt: skip
 
 

@@ -26,6 +26,13 @@ events in short runs), rate_floor (0: messages a day that every scheduled random
 least, so rare rows show up in interop runs), tz_offset_s (0: the meter's local time for the
 tables' clock windows), gas_period_h (4 or 6; default by seed), dr_programs (["utl",
 "repi"]), backoff_ms (1000), backoff_max_ms (60000), verbose (false).
+
+An ESI (esi.py): config `esi` "meter" makes an electric meter's agent also the ESI inside it;
+kind "esi" with `esi` "utility" is a utility ESI, an AE with no meter of its own. Either takes
+the interval records of the gas meters in `esi_members` and writes them into its own `esi`
+container. A gas meter given a `han` (han.py) hands its interval records to its ESI over it
+instead of sending them; its other flows (events) still go to the DAP. (Both are class
+attributes until set: a plain meter's heap pays nothing for them.)
 """
 
 import asyncio
@@ -75,7 +82,10 @@ class TicksClock:
 class Agent:
     """One meter agent; see the module docstring."""
 
-    def __init__(self, config, dap=None, clock=None):
+    esi = None
+    han = None
+
+    def __init__(self, config, dap=None, clock=None, han=None):
         if compat.IS_MICROPYTHON:
             # Collect after every few KB allocated, not only when the heap is full: garbage
             # freed early leaves fewer holes between live objects, so a 1-2 KB block (a
@@ -96,18 +106,25 @@ class Agent:
         self.start_ts = epoch_now() if start_ts is None else int(start_ts)
         self._t0_ms = self.clock.now_ms()
         opt_out = config.get("dr_opt_out_rate")
-        self.meter = Meter(
-            self.kind,
-            self.meter_id,
-            seed,
-            now=self.start_ts,
-            prepay=config.get("prepay"),
-            opt_out_rate=0.01 if opt_out is None else opt_out,
-            rate_scale=config.get("rate_scale") or 1,
-            rate_floor=config.get("rate_floor") or 0,
-            tz=config.get("tz_offset_s") or 0,
-            gas_period_h=config.get("gas_period_h"),
-            dr_programs=config.get("dr_programs") or ("utl", "repi"),
+        if han is not None:  # a gas meter behind an ESI: its schedule goes through the HAN
+            self.han = han
+            han.enqueue = self._enqueue
+        self.meter = (
+            None
+            if self.kind == "esi"
+            else Meter(
+                self.kind,
+                self.meter_id,
+                seed,
+                now=self.start_ts,
+                prepay=config.get("prepay"),
+                opt_out_rate=0.01 if opt_out is None else opt_out,
+                rate_scale=config.get("rate_scale") or 1,
+                rate_floor=config.get("rate_floor") or 0,
+                tz=config.get("tz_offset_s") or 0,
+                gas_period_h=config.get("gas_period_h"),
+                dr_programs=config.get("dr_programs") or ("utl", "repi"),
+            )
         )
         self._cbor = config.get("serialization") == "cbor"
         self.store = Store(
@@ -116,9 +133,18 @@ class Agent:
             config.get("buffer_file"),
         )
         for item in self.store.items():  # restored from flash: continue the sequence
+            if self.meter is None or ":" in item[2]:
+                continue  # a relayed record carries its gas meter's sequence, not ours
             seq = _decode(item[3]).get("seq")
             if isinstance(seq, int) and seq > self.meter.seq:
                 self.meter.seq = seq
+        if config.get("esi"):
+            try:
+                from .esi import Esi
+            except ImportError:
+                from esi import Esi
+            members = config.get("esi_members") or ()
+            self.esi = Esi(self.meter_id, config["esi"], members, self.meter_time, self._enqueue)
         self._rng = Rng(seed ^ 0x2545F491)  # backoff jitter, apart from the meter's stream
         self._backoff_min = config.get("backoff_ms") or 1000
         self._backoff_max = config.get("backoff_max_ms") or 60000
@@ -178,8 +204,11 @@ class Agent:
             self._serve_task = asyncio.create_task(self._serve())
         for family in flows.families(self.kind):
             await self.dap.ensure_container(family)
-        await self.dap.ensure_container("command")
-        await self.dap.subscribe("command")
+        if self.esi is not None and self.kind != "esi":
+            await self.dap.ensure_container("esi")  # an ESI in this meter: its own container
+        if self.meter is not None:  # a utility ESI takes no commands
+            await self.dap.ensure_container("command")
+            await self.dap.subscribe("command")
         self.started = True
         self._link_ok()
         self._log("registered", self.meter_id)
@@ -257,8 +286,11 @@ class Agent:
         step may make several 2 KB reads: 5-7 KB of dicts each). A plain function, not part
         of the step coroutine: MicroPython keeps a coroutine's frame whole while it waits,
         and values left in it (the last message) would stay reachable through the send."""
+        if self.meter is None:
+            return
         try:
-            self.meter.due_flows(self.meter_time(), self._enqueue)
+            sink = self._enqueue if self.han is None else self.han.sink
+            self.meter.due_flows(self.meter_time(), sink)
         except MemoryError:
             # A full heap loses the rest of this step's scheduled messages, not the meter.
             self._out_of_memory("schedule")
@@ -345,7 +377,8 @@ class Agent:
                 pass
         self._wake.clear()
 
-    def _enqueue(self, family, content):
+    def _enqueue(self, family, content, key=None):
+        """Into the store, under `key` (default: the flow id; a relayed record's esi.py says)."""
         flow_id = content.get("flow")
         priority = 2
         self.generated += 1
@@ -360,9 +393,10 @@ class Agent:
                 body = compat.jsonparts().to_json(content)
         except MemoryError:
             self._out_of_memory(flow_id)
-            self.store.count_drop([priority, family, flow_id, "", None])
+            self.store.count_drop([priority, family, key or flow_id, "", None])
             return
-        self.store.put([priority, family, flow_id, body, None])  # the request ID comes later
+        # The request ID comes later.
+        self.store.put([priority, family, key or flow_id, body, None])
 
     # ---- commands ---------------------------------------------------------------------------
 

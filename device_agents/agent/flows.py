@@ -114,7 +114,10 @@ _parsed = None if sys.implementation.name == "micropython" else {}
 
 
 def families(kind):
-    """The containers a meter of this kind posts to (docs/agents.md)."""
+    """The containers a meter of this kind posts to (docs/agents.md); a utility ESI ("esi")
+    has only its relay container."""
+    if kind == "esi":
+        return ("esi",)
     return GAS_FAMILIES if kind == "gas" else FAMILIES
 
 

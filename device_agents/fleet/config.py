@@ -18,6 +18,9 @@ from cse.config_files import CseId, CseName, load_section
 ENV_PREFIX = "GRIDM2M_FLEET__"
 KINDS = ("electric", "gas")
 TRANSPORTS = ("coap", "mqtt")
+# How a gas meter's interval data reaches the DAP: itself (row 1Dg), through the ESI inside an
+# electric meter of its premises (16Ga, 5Ba), or through a utility ESI (16Gb, 5Bb).
+GAS_PATHS = ("direct", "esi_meter", "esi_utility")
 
 
 class FleetConfigError(Exception):
@@ -73,6 +76,8 @@ class FleetConfig(BaseModel):
     cse_name: CseName = "cse-in"
     mix: dict[str, float] = {"electric": 0.9, "gas": 0.1}
     transports: dict[str, float] = {"coap": 0.5, "mqtt": 0.5}
+    gas_paths: dict[str, float] = {"direct": 1.0}
+    esi_group: int = Field(8, ge=1, le=10_000)  # gas meters per utility ESI
     dap: DapConfig = DapConfig()
     # The DAP's credential store: each CoAP meter speaks OSCORE with its own keys from it, each
     # MQTT meter logs in to the broker with its own password from it (the broker's files come
@@ -102,6 +107,11 @@ class FleetConfig(BaseModel):
     @classmethod
     def _transport_names(cls, value: dict[str, float]) -> dict[str, float]:
         return _shares(value, TRANSPORTS, "transport")
+
+    @field_validator("gas_paths")
+    @classmethod
+    def _gas_path_names(cls, value: dict[str, float]) -> dict[str, float]:
+        return _shares(value, GAS_PATHS, "gas path")
 
     @model_validator(mode="after")
     def _ids_fit(self) -> FleetConfig:

@@ -12,6 +12,12 @@ only decides who they are and when they start, and watches them:
   often" comes from flows.py, multiplied by `rate_scale`.
 - a start-up ramp: meter i starts at i x ramp / N seconds, and at most `max_starting`
   registrations (connect, AE, containers, subscription) are in flight at once.
+- gas paths (`gas_paths`): a gas meter sends its interval data to the DAP itself, or hands
+  it to an ESI (device_agents/agent/esi.py) that writes it into its own container: the ESI
+  inside an electric meter of the fleet (one gas meter each, the electric meter picked with
+  the fleet seed), or a utility ESI, an extra AE `<id_prefix>esi-<n>` for each `esi_group`
+  such gas meters. The HAN between them is an in-process hand-off (han.LocalHan); the ESIs
+  start first, so each is there before its gas meters' first report.
 - measurement without changing the agents: `FleetAgent` times start() and `TimedDap` times
   every CREATE of a contentInstance; a probe task measures how late the event loop wakes
   (when it is late, every meter's schedule is late).
@@ -32,12 +38,19 @@ import signal
 import time
 import zlib
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from device_agents.agent import compat, flows, onem2m
 from device_agents.agent.agent import Agent
-from device_agents.fleet.config import KINDS, TRANSPORTS, FleetConfig, FleetConfigError
+from device_agents.agent.han import LocalHan
+from device_agents.fleet.config import (
+    GAS_PATHS,
+    KINDS,
+    TRANSPORTS,
+    FleetConfig,
+    FleetConfigError,
+)
 from device_agents.fleet.config import load_fleet_config as load_fleet_config
 from device_agents.fleet.summary import FleetSummary, Samples
 
@@ -50,6 +63,7 @@ __all__ = [
     "FleetSummary",
     "Measurements",
     "MeterPlan",
+    "esi_mapping",
     "load_fleet_config",
     "plan_meters",
     "run_fleet",
@@ -90,10 +104,13 @@ class MeterPlan:
 
     index: int
     meter_id: str
-    kind: str
+    kind: str  # electric, gas, or esi (a utility ESI)
     transport: str
     seed: int
     start_at: float
+    esi: str | None = None  # a gas meter behind an ESI: the ESI's id
+    via: str | None = None  # ... and which ESI it is: "esi-meter" or "esi-utility"
+    relays: tuple[str, ...] = ()  # an ESI (electric meter or utility ESI): its gas meters
 
 
 def _exact_shares(total: int, shares: dict[str, float], names: tuple[str, ...]) -> list[str]:
@@ -118,11 +135,60 @@ def plan_meters(config: FleetConfig) -> list[MeterPlan]:
     plans = []
     for index in range(config.meters):
         meter_id = config.meter_id(index)
-        seed = zlib.crc32(f"{config.seed}/{meter_id}".encode()) & 0x7FFFFFFF
         plans.append(
-            MeterPlan(index, meter_id, kinds[index], transports[index], seed, index * step)
-        )
+            MeterPlan(
+                index, meter_id, kinds[index], transports[index], _seed(config, meter_id),
+                index * step,
+            )
+        )  # fmt: skip
+    if config.gas_paths["direct"] < sum(config.gas_paths.values()):
+        plans = _with_esis(config, plans, rng)
     return plans
+
+
+def _seed(config: FleetConfig, meter_id: str) -> int:
+    return zlib.crc32(f"{config.seed}/{meter_id}".encode()) & 0x7FFFFFFF
+
+
+def _with_esis(config: FleetConfig, plans: list[MeterPlan], rng: random.Random) -> list[MeterPlan]:
+    """The plans with the gas paths of `config.gas_paths`: gas meters given an ESI, electric
+    meters an ESI inside, utility ESIs added; the ESIs first in the start-up order."""
+    gas = [plan for plan in plans if plan.kind == "gas"]
+    paths = _exact_shares(len(gas), config.gas_paths, GAS_PATHS)
+    rng.shuffle(paths)
+    in_meter = [plan for plan, path in zip(gas, paths, strict=True) if path == "esi_meter"]
+    electric = [plan for plan in plans if plan.kind == "electric"]
+    if len(in_meter) > len(electric):
+        raise FleetConfigError(
+            f"gas_paths.esi_meter needs an electric meter for each of {len(in_meter)} gas "
+            f"meters; the fleet has {len(electric)}"
+        )
+    changed: dict[str, MeterPlan] = {}
+    for gas_meter, host in zip(in_meter, rng.sample(electric, len(in_meter)), strict=True):
+        changed[gas_meter.meter_id] = replace(gas_meter, esi=host.meter_id, via="esi-meter")
+        changed[host.meter_id] = replace(host, relays=(gas_meter.meter_id,))
+    utility = [plan for plan, path in zip(gas, paths, strict=True) if path == "esi_utility"]
+    esis = []
+    for number, first in enumerate(range(0, len(utility), config.esi_group), start=1):
+        group = utility[first : first + config.esi_group]
+        esi_id = f"{config.id_prefix}esi-{number:0{config.id_digits}d}"
+        for gas_meter in group:
+            changed[gas_meter.meter_id] = replace(gas_meter, esi=esi_id, via="esi-utility")
+        relays = tuple(plan.meter_id for plan in group)
+        index = config.meters + number - 1
+        transport = group[0].transport
+        esis.append(MeterPlan(index, esi_id, "esi", transport, _seed(config, esi_id), 0.0,
+                              relays=relays))  # fmt: skip
+    planned = esis + [changed.get(plan.meter_id, plan) for plan in plans]
+    planned.sort(key=lambda plan: not plan.relays)  # stable: the ESIs first, else as before
+    step = config.ramp / len(planned)
+    return [replace(plan, start_at=order * step) for order, plan in enumerate(planned)]
+
+
+def esi_mapping(plans: list[MeterPlan]) -> dict[str, list[str]]:
+    """Each ESI of the fleet and the gas meters it relays for: what the head-end's MDMS must
+    be told (`[headend.mdms] esi`) to attribute their records to the gas meters."""
+    return {plan.meter_id: list(plan.relays) for plan in plans if plan.relays}
 
 
 def meter_secrets(config: FleetConfig, plans: list[MeterPlan]) -> dict[str, dict[str, Any]]:
@@ -190,10 +256,17 @@ def agent_config(
         "rate_scale": config.rate_scale,
         "tick_ms": config.tick_ms,
         "timeout_ms": config.timeout_ms,
+        **_esi_options(plan),
         **_mqtt_options(config, plan),
         **_secret_options(secret),
         **_agent_options(config, plan),
     }
+
+
+def _esi_options(plan: MeterPlan) -> dict[str, Any]:
+    if not plan.relays:
+        return {}
+    return {"esi": "utility" if plan.kind == "esi" else "meter", "esi_members": list(plan.relays)}
 
 
 def _mqtt_options(config: FleetConfig, plan: MeterPlan) -> dict[str, Any]:
@@ -342,8 +415,9 @@ class FleetAgent(Agent):
         watch: Watch,
         measurements: Measurements,
         ticker: Ticker,
+        han: LocalHan | None = None,
     ) -> None:
-        super().__init__(config, dap=dap, clock=measurements.clock)
+        super().__init__(config, dap=dap, clock=measurements.clock, han=han)
         self._gate = gate
         self.watch = watch
         self._measurements = measurements
@@ -352,17 +426,22 @@ class FleetAgent(Agent):
         # Per flow, for interop runs: kept here, not in the agent (a board's heap is tight).
         self.generated_by_flow: dict[str, int] = {}
 
-    def _enqueue(self, family: str, content: dict[str, Any]) -> None:
-        flow_id = str(content.get("flow"))
+    def _enqueue(self, family: str, content: dict[str, Any], key: str | None = None) -> None:
+        flow_id = key or str(content.get("flow"))
         self.generated_by_flow[flow_id] = self.generated_by_flow.get(flow_id, 0) + 1
-        super()._enqueue(family, content)
+        super()._enqueue(family, content, key)
 
     def stats(self) -> dict[str, Any]:
         counts: dict[str, Any] = super().stats()
         buffered: dict[str, int] = {}
         for item in self.store.items():
             buffered[item[2]] = buffered.get(item[2], 0) + 1
-        counts.update(generated_by_flow=dict(self.generated_by_flow), buffered_by_flow=buffered)
+        generated = dict(self.generated_by_flow)
+        if self.han is not None:
+            # Handed over the HAN to the ESI: "han:<via>:<flow>" (rows 16Ga, 16Gb).
+            for flow_id, count in self.han.handed.items():
+                generated[f"han:{self.han.via}:{flow_id}"] = count
+        counts.update(generated_by_flow=generated, buffered_by_flow=buffered)
         return counts
 
     async def _sleep(self, ms: int) -> None:
@@ -406,6 +485,7 @@ class Fleet:
         gate = asyncio.Semaphore(config.max_starting)
         ticker = Ticker()
         measurements = Measurements(clock, len(plans))
+        esis: dict[str, Any] = {}  # ESI id -> its agent's Esi (the ESIs start first)
         tasks: list[asyncio.Task[None]] = []
         probe = asyncio.create_task(_probe_loop(measurements))
         started_meter_time = clock.meter_time()
@@ -418,7 +498,13 @@ class Fleet:
                 secret = secrets.get(plan.meter_id)
                 agent_cfg = agent_config(config, plan, clock.meter_time(), secret)
                 dap = TimedDap(agent_cfg, measurements)
-                agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker)
+                han = None
+                if plan.esi is not None:
+                    han = LocalHan(plan.meter_id, plan.via)
+                    han.attach(esis.get(plan.esi))
+                agent = FleetAgent(agent_cfg, dap, gate, Watch(plan), measurements, ticker, han)
+                if plan.relays:
+                    esis[plan.meter_id] = agent.esi
                 self.agents.append(agent)
                 tasks.append(asyncio.create_task(agent.run()))
 
@@ -466,6 +552,8 @@ class Fleet:
 
 
 def _family_of(flow_id: str) -> str:
+    if ":" in flow_id:  # relayed by an ESI: "esi-meter:gas-interval-4h"
+        return "esi"
     flow = flows.get(flow_id)
     return str(flow[flows.FAMILY]) if flow is not None else "?"
 

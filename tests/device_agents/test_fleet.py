@@ -20,7 +20,13 @@ from cse.core.primitives import FilterCriteria
 from cse.security.credentials import CredentialStore
 from cse.security.oscore_keyring import CredentialKeyring
 from device_agents.fleet.config import FleetConfig, FleetConfigError, load_fleet_config
-from device_agents.fleet.emulator import Fleet, FleetClock, agent_config, plan_meters
+from device_agents.fleet.emulator import (
+    Fleet,
+    FleetClock,
+    agent_config,
+    esi_mapping,
+    plan_meters,
+)
 from tests.brokers import private_broker
 from tests.device_agents.mp import DapCse
 from tests.device_agents.test_oscore import oscore_dap
@@ -297,3 +303,100 @@ async def test_fleet_coap_meters_speak_oscore_with_keys_from_the_store(tmp_path:
             assert refused.registered == 0, refused.table()
             absent = await cse.handle(retrieve("cse-in/odd-000001"))
             assert absent.status == 4004
+
+
+# ---- gas paths: gas meters behind an ESI ----------------------------------------------------
+
+
+GAS_FLOWS = ("gas-interval-4h", "gas-interval-6h")
+
+
+def esi_fleet(**extra: Any) -> FleetConfig:
+    data: dict[str, Any] = {
+        "meters": 40,
+        "mix": {"electric": 0.5, "gas": 0.5},
+        "gas_paths": {"direct": 1, "esi_meter": 1, "esi_utility": 2},
+        "esi_group": 4,
+        "ramp": 4,
+    }
+    data.update(extra)
+    return FleetConfig.model_validate(data)
+
+
+def test_gas_meters_get_their_paths_and_the_esis_start_first() -> None:
+    config = esi_fleet()
+    plans = plan_meters(config)
+    assert plans == plan_meters(config)
+    gas = [p for p in plans if p.kind == "gas"]
+    assert [sum(p.via == via for p in gas) for via in (None, "esi-meter", "esi-utility")] == [
+        5, 5, 10,
+    ]  # fmt: skip
+    by_id = {p.meter_id: p for p in plans}
+    utility = [p for p in plans if p.kind == "esi"]
+    assert [p.meter_id for p in utility] == ["mtr-esi-000001", "mtr-esi-000002", "mtr-esi-000003"]
+    assert [len(p.relays) for p in utility] == [4, 4, 2]
+    for plan in gas:
+        if plan.esi is not None:
+            host = by_id[plan.esi]
+            assert plan.meter_id in host.relays
+            assert host.kind == ("esi" if plan.via == "esi-utility" else "electric")
+    hosts = [p for p in plans if p.relays]
+    assert len(hosts) == 8 and plans[: len(hosts)] == hosts  # the ESIs start first
+    assert [p.start_at for p in plans] == sorted(p.start_at for p in plans)
+    assert len({p.index for p in plans}) == len(plans) == 43
+    assert esi_mapping(plans) == {p.meter_id: list(p.relays) for p in hosts}
+    made = agent_config(config, utility[0], 0)
+    assert made["kind"] == "esi" and made["esi"] == "utility"
+    assert made["esi_members"] == list(utility[0].relays)
+    # All direct (the default): the plan of before, no ESI anywhere.
+    direct = plan_meters(esi_fleet(gas_paths={"direct": 1}))
+    assert len(direct) == 40 and not esi_mapping(direct)
+    assert all(p.esi is None and p.start_at == p.index * 0.1 for p in direct)
+
+
+def test_an_esi_in_a_meter_needs_an_electric_meter_per_gas_meter() -> None:
+    config = esi_fleet(mix={"electric": 1, "gas": 3}, gas_paths={"esi_meter": 1})
+    with pytest.raises(FleetConfigError, match="esi_meter"):
+        plan_meters(config)
+    with pytest.raises(ValueError, match="gas path"):
+        esi_fleet(gas_paths={"pigeon": 1})
+
+
+@pytest.mark.slow
+async def test_gas_records_relayed_by_esis_arrive_in_the_esis_own_containers(dap: DapCse) -> None:
+    config = fleet_config(
+        dap,
+        24,
+        mix={"electric": 0.5, "gas": 0.5},
+        gas_paths={"direct": 1, "esi_meter": 1, "esi_utility": 1},
+        esi_group=2,
+        duration=8,
+        ramp=1,
+    )
+    fleet = Fleet(config)
+    summary = await fleet.run()
+    assert summary.registered == len(fleet.agents) == 26, summary.table()
+    by_id = {agent.meter_id: agent for agent in fleet.agents}
+    relayed = 0
+    for agent in fleet.agents:
+        plan = agent.watch.plan
+        uris = await instances_on_the_cse(dap, agent.meter_id)
+        if plan.via is not None:  # behind an ESI: no interval record of its own at the DAP
+            assert not any("/reading/" in uri for uri in uris), agent.meter_id
+            assert agent.han is not None and agent.han.handed and agent.han.failed == 0
+        if not plan.relays:
+            continue
+        via = "esi-utility" if plan.kind == "esi" else "esi-meter"
+        sent = agent.stats()["sent"]
+        esi_uris = [uri for uri in uris if "/esi/" in uri]
+        assert len(esi_uris) == sum(sent.get(f"{via}:{flow}", 0) for flow in GAS_FLOWS)
+        for uri in esi_uris:
+            rsc, body = await dap.http("GET", uri.lstrip("/"))
+            assert rsc == 2000, body
+            record = json.loads(body["m2m:cin"]["con"])
+            assert record["gm"] in plan.relays and record["via"] == via
+            assert record["ts"] <= record["rx"]
+            relayed += 1
+        handed = sum(sum(by_id[m].han.handed.values()) for m in plan.relays)
+        assert agent.esi is not None and agent.esi.received == handed
+    assert relayed > 0

@@ -35,7 +35,7 @@ async def headend(tmp_path: Path) -> AsyncIterator[RunningHeadend]:
             http=HttpConfig(port=0),
             remote_cses=[DAP],
         ),
-        mdms=MdmsConfig(db=str(tmp_path / "mdms.db")),
+        mdms=MdmsConfig(db=str(tmp_path / "mdms.db"), esi={"esi-1": ["gas-1"]}),
         dashboard=DashboardConfig(port=0, password="a password for the tests"),
     )
     async with running_headend(config) as running:
@@ -54,9 +54,11 @@ async def notified(headend: RunningHeadend) -> None:
     await notifier.wait_until(lambda: notifier.pending_count() == 0)
 
 
-def mirrored(name: str, flow: str, ptype: str, seq: int) -> dict[str, Any]:
-    content = {"flow": flow, "type": ptype, "seq": seq, "ts": 1_767_225_600}
-    labels = ["meter:m1", "created:20260101T000000,000000"]
+def mirrored(
+    name: str, flow: str, ptype: str, seq: int, meter: str = "m1", **members: Any
+) -> dict[str, Any]:
+    content = {"flow": flow, "type": ptype, "seq": seq, "ts": 1_767_225_600, **members}
+    labels = [f"meter:{meter}", "created:20260101T000000,000000"]
     return {"m2m:cin": {"rn": name, "lbl": labels, "con": orjson.dumps(content).decode()}}
 
 
@@ -101,3 +103,61 @@ async def test_a_message_the_store_refuses_is_dropped_and_does_not_hold_back_the
                      mirrored("good", "ev-fault", "alarm", 2))  # fmt: skip
     stored = await headend.store.recent_messages()
     assert [m["key"] for m in stored] == ["id-dap1/event/good"]
+
+
+async def dap_with(headend: RunningHeadend, *families: str) -> None:
+    csr = {"m2m:csr": {"csi": DAP, "cb": f"{DAP}/dap1", "rr": False, "srv": ["3"]}}
+    await as_dap(headend, "cse-in", ResourceType.REMOTE_CSE, csr)
+    for family in families:
+        await as_dap(headend, DAP_PATH, ResourceType.CONTAINER, {"m2m:cnt": {"rn": family}})
+
+
+RECORD = {"recs": [{"t": 1_767_226_500, "vm": 100, "vb": 103}], "rx": 1_767_226_560}
+
+
+async def test_a_gas_record_relayed_by_its_esi_is_the_gas_meters(
+    headend: RunningHeadend,
+) -> None:
+    await dap_with(headend, "esi")
+    relayed = mirrored("e1", "gas-interval-4h", "resp-data", 7, "esi-1", gm="gas-1",
+                       via="esi-meter", **RECORD)  # fmt: skip
+    await as_dap(headend, f"{DAP_PATH}/esi", ResourceType.CONTENT_INSTANCE, relayed)
+    stored = await headend.store.recent_messages()
+    assert [(m["meter"], m["flow"], m["seq"]) for m in stored] == [("gas-1", "gas-interval-4h", 7)]
+    # Its size is the gas meter's data: what the ESI adds is framing, like the envelope.
+    plain = {"recs": RECORD["recs"]}
+    assert stored[0]["size"] == len(orjson.dumps(plain))
+    assert await headend.store.meter("esi-1") is None
+    assert headend.mdms.relays_refused == 0
+
+
+async def test_a_meter_relaying_another_meters_gas_data_puts_nothing_in_its_account(
+    headend: RunningHeadend,
+) -> None:
+    """The attack: an ordinary meter (m1), or an ESI that is not gas-2's, writes records into
+    its own container naming another gas meter. Nothing is stored for that gas meter, nor
+    for the writer; its own messages are still its own."""
+    await dap_with(headend, "reading", "esi")
+    forged = [
+        ("f1", "m1", "gas-1"),  # an ordinary meter, for a gas meter that has an ESI
+        ("f2", "m1", "gas-2"),  # ... for a gas meter that has none
+        ("f3", "esi-1", "gas-2"),  # an ESI, for a gas meter not its own
+    ]
+    for name, writer, victim in forged:
+        body = mirrored(name, "gas-interval-4h", "resp-data", 1, writer, gm=victim,
+                        via="esi-meter", **RECORD)  # fmt: skip
+        await as_dap(headend, f"{DAP_PATH}/esi", ResourceType.CONTENT_INSTANCE, body)
+    await as_dap(headend, f"{DAP_PATH}/reading", ResourceType.CONTENT_INSTANCE,
+                 mirrored("own", "mr-ondemand", "resp-data", 2))  # fmt: skip
+    stored = await headend.store.recent_messages()
+    assert [(m["meter"], m["flow"]) for m in stored] == [("m1", "mr-ondemand")]
+    for victim in ("gas-1", "gas-2"):
+        assert await headend.store.meter(victim) is None
+    assert headend.mdms.relays_refused == 3
+
+
+def test_the_esi_mapping_is_checked_at_load() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        MdmsConfig(esi={"esi-1": [""]})
+    with pytest.raises(ValueError, match="itself"):
+        MdmsConfig(esi={"esi-1": ["esi-1"]})

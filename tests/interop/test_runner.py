@@ -19,14 +19,17 @@ from interop.catalogue import load_catalogue
 from interop.runner import (
     CisPlan,
     Evidence,
+    FleetTime,
     Observed,
     RunSettings,
     collect_cis,
     collect_commands,
+    collect_messages,
     collect_phev,
     exit_status,
     judge,
     lab_gateway,
+    lab_headend,
     limit_refusals,
     phev_arrival,
     run,
@@ -68,7 +71,9 @@ def test_late_or_missing_messages_fail_the_row_with_the_reason() -> None:
 def test_rows_without_traffic_and_unmodelled_rows_are_reported_as_such() -> None:
     quiet = judge(CATALOGUE.get("pp-switch-fail"), Evidence(), CATALOGUE)
     assert quiet.status == "no-traffic"
-    unmodelled = next(r for r in CATALOGUE.rows if r.modelled_by == "not-modelled")
+    unmodelled = CATALOGUE.get("gas-interval-to-esi-meter").model_copy(
+        update={"modelled_by": "not-modelled"}
+    )
     entry = judge(unmodelled, Evidence(), CATALOGUE)
     assert entry.status == "not-modelled" and entry.reason
 
@@ -281,3 +286,78 @@ def test_head_end_commands_are_judged_from_the_head_ends_record_of_them() -> Non
     assert [o.latency_s for o in evidence.at_dap["command:billing"]] == [0.5]
     row = judge(CATALOGUE.get("bulk-read-cmd-mdms-to-headend"), evidence, CATALOGUE)
     assert (row.sent, row.delivered, row.status) == (2, 1, "fail")
+
+
+# ---- gas records relayed by an ESI ------------------------------------------------------------
+
+T0_WALL, START, SPEED = 1_800_000_000.0, 1_767_225_600, 1440.0
+CLOCK = FleetTime(T0_WALL, START, SPEED)
+GAS_RECORD = {"vm": 123456789, "vb": 128000000, "dvm": 4000, "dvb": 4100, "p": 20000, "tc": 950,
+              "e": 43255, "s": 0}  # fmt: skip
+GAS_DATA = {
+    "rt": "0.0.2.4.1.7.58.0.0.0.0.0.0.0.0.-3.42.0",
+    "ip": 900,
+    "recs": [{"t": START + 900 * n, **GAS_RECORD} for n in range(16)],
+}
+
+
+def relayed(via: str, ts: int, rx: int, at_dap: float, seq: int = 1) -> tuple[Any, ...]:
+    """A relayed gas record as GET /api/messages shows it: (flow, meter_ts, created_at,
+    received_at, content), the ESI's receipt `rx` and the DAP's creation `at_dap` given in
+    meter seconds after `ts` and wall seconds after that receipt."""
+    content = {"flow": "gas-interval-4h", "type": "resp-data", "seq": seq, "ts": ts,
+               **GAS_DATA, "gm": "mtr-000045", "rx": ts + rx, "via": via}  # fmt: skip
+    created = CLOCK.wall(ts + rx) + at_dap
+    return ("gas-interval-4h", ts, created, created + 0.5, json.dumps(content))
+
+
+def test_esi_rows_are_judged_on_their_own_legs_from_the_relayed_records() -> None:
+    """16Ga and 16Gb from the gas meter's timestamp to the ESI's receipt, 5Ba from that
+    receipt to the record's creation at the DAP, each against its own budget."""
+    evidence = Evidence()
+    for key, count in (("han:esi-meter:gas-interval-4h", 10), ("esi-meter:gas-interval-4h", 10),
+                       ("han:esi-utility:gas-interval-4h", 5)):  # fmt: skip
+        evidence.sent[key] = count
+    rows = [relayed("esi-meter", START + 14400 * n, 1440 * 3, 0.25, n) for n in range(10)]
+    rows += [relayed("esi-utility", START + 14400 * n, 1440, 0.5, n) for n in range(4)]
+    collect_messages(rows, evidence, CLOCK)
+    to_esi = judge(CATALOGUE.get("gas-interval-to-esi-meter"), evidence, CATALOGUE)
+    from_esi = judge(CATALOGUE.get("gas-interval-from-esi-meter"), evidence, CATALOGUE)
+    utility = judge(CATALOGUE.get("gas-interval-to-esi-utility"), evidence, CATALOGUE)
+    assert (to_esi.status, to_esi.sent, to_esi.delivered) == ("pass", 10, 10), to_esi
+    assert to_esi.latency_s.max == pytest.approx(3.0)  # 3 x 1440 meter seconds, in wall time
+    assert (from_esi.status, from_esi.delivered) == ("pass", 10), from_esi
+    assert from_esi.latency_s.max == pytest.approx(0.25)  # from the ESI's receipt
+    assert to_esi.modelled_by == from_esi.modelled_by == utility.modelled_by == "esi"
+    assert to_esi.family == from_esi.family == "reading"
+    # The size is the gas meter's data: what the ESI adds is framing of the relay.
+    assert (
+        to_esi.size_bytes.max
+        == from_esi.size_bytes.max
+        == len(json.dumps(GAS_DATA, separators=(",", ":")))
+    )
+    assert to_esi.size_bytes.out_of_range == 0
+    # One of the utility ESI's five records never reached the DAP: 80 %, below 90 %.
+    assert (utility.status, utility.sent, utility.delivered) == ("fail", 5, 4), utility
+    assert "within" in (utility.reason or "")
+    # The direct gas row counts none of the relayed records.
+    direct = judge(CATALOGUE.get("gas-interval"), evidence, CATALOGUE)
+    assert direct.delivered == 0
+
+
+def test_an_esi_leg_over_its_latency_budget_fails_the_row() -> None:
+    evidence = Evidence()
+    evidence.sent["esi-meter:gas-interval-4h"] = 10
+    budget = CATALOGUE.get("gas-interval-from-esi-meter").latency_seconds
+    rows = [relayed("esi-meter", START, 60, budget + 1.0 if n < 2 else 1.0, n) for n in range(10)]
+    collect_messages(rows, evidence, CLOCK)
+    entry = judge(CATALOGUE.get("gas-interval-from-esi-meter"), evidence, CATALOGUE)
+    assert entry.status == "fail" and entry.within_budget == 8, entry
+
+
+def test_the_lab_head_end_is_told_the_fleets_esis() -> None:
+    settings = RunSettings(meters=100, gas_paths={"esi_meter": 1, "esi_utility": 1})
+    esis = lab_headend(settings)["mdms"]["esi"]
+    relayed_for = [meter for meters in esis.values() for meter in meters]
+    assert len(relayed_for) == len(set(relayed_for)) == 10  # the fleet's 10 % gas meters
+    assert sum(name.startswith("mtr-esi-") for name in esis) == 2  # 5 gas meters, 4 a group
