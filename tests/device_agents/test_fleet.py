@@ -198,7 +198,8 @@ async def test_a_few_hundred_meters_register_and_their_readings_arrive(dap: DapC
     assert summary.registered_by["gas"] == 60, report
     assert summary.refused == 0 and summary.dropped == 0, report
     assert summary.sent_by_family.get("reading", 0) >= 300, report
-    assert summary.behind() == [], report
+    # Whether the fleet kept its schedule (summary.behind()) depends on how loaded the machine
+    # is: a figure for bench/, printed above, not asserted.
 
     rsc, found = await dap.http("GET", f"{dap.cse_name}?fu=1&ty=2&lim=10000")
     assert rsc == 2000
