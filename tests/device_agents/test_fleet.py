@@ -5,6 +5,7 @@ CoAP meters over OSCORE with keys from a credential store, against an OSCORE-onl
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from device_agents.fleet.emulator import (
     esi_mapping,
     plan_meters,
 )
+from device_agents.fleet.summary import FleetSummary
 from tests.brokers import private_broker
 from tests.device_agents.mp import DapCse
 from tests.device_agents.test_oscore import oscore_dap
@@ -401,3 +403,27 @@ async def test_gas_records_relayed_by_esis_arrive_in_the_esis_own_containers(dap
         handed = sum(sum(by_id[m].han.handed.values()) for m in plan.relays)
         assert agent.esi is not None and agent.esi.received == handed
     assert relayed > 0
+
+
+def test_the_summary_says_why_a_fleet_fell_behind_its_schedule() -> None:
+    quiet = {"count": 100, "p50": 1.0, "p99": 5.0}
+    summary = FleetSummary(
+        meters=10, started=10, registered=9, registered_by={}, sent_by_family={}, sent=50,
+        generated=100, failed=0, refused=0, dropped=0, buffered=50, wall_s=30.0,
+        meter_days=1.0, clock_speed=1.0, ramp_s=4.0, last_registration_s=20.0, steady_s=10.0,
+        latency_ms={"count": 100, "p50": 10.0, "p99": 2000.0}, steady_latency_ms={"count": 0},
+        steady_latency_by_transport_ms={}, registration_ms=quiet,
+        loop_lag_ms={"count": 100, "p50": 1.0, "p99": 900.0}, steady_loop_lag_ms={"count": 0},
+    )  # fmt: skip
+    assert summary.behind() == [
+        "1 of 10 not registered",
+        "ramp overran: last meter registered at 20 s of 4",
+        "event loop late by 900 ms (p99)",
+        "CREATE p99 2000 ms",
+        "50 of 100 messages still buffered",
+    ]
+    kept = dataclasses.replace(
+        summary, registered=10, last_registration_s=4.0, buffered=0,
+        latency_ms=quiet, loop_lag_ms=quiet,
+    )  # fmt: skip
+    assert kept.behind() == []
