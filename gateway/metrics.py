@@ -110,6 +110,13 @@ class GatewayMetrics:
         self.retries_total = Counter(
             "gridm2m_uplink_retries", "Failed delivery attempts", ["priority"], registry=r
         )
+        self.upstream_errors = Counter(
+            "gridm2m_uplink_upstream_errors",
+            "Delivery attempts the upstream CSE answered with an error, by oneM2M status code "
+            "(5xxx: it could not store the message now; retried)",
+            ["status"],
+            registry=r,
+        )
         self.rejected_total = Counter(
             "gridm2m_uplink_rejected",
             "Messages the upstream refused for good (dropped)",
@@ -209,6 +216,9 @@ class GatewayMetrics:
 
     def retried(self, priority: int) -> None:
         self.retries_total.labels(PRIORITY_NAMES.get(priority, "bulk")).inc()
+
+    def upstream_error(self, status: int) -> None:
+        self.upstream_errors.labels(str(status)).inc()
 
     def rejected(self, priority: int) -> None:
         self.rejected_total.labels(PRIORITY_NAMES.get(priority, "bulk")).inc()

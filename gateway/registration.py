@@ -106,6 +106,14 @@ class Registrar:
                 reply = await self.link.send(self.link.retrieve(self.upstream_home))
                 if reply.status == RSC.OK:
                     return
+                if int(reply.status) >= 5000 or reply.status == RSC.REQUEST_TIMEOUT:
+                    # The head-end could not look (its database restarting, say): that says
+                    # nothing of our registration. Registering again would hold the uplink
+                    # back until the head-end answers that too; ask again after a backoff.
+                    raise RegistrationError(
+                        f"the registration check was answered {int(reply.status)}; "
+                        "still registered as far as we know"
+                    )
                 logger.warning("the upstream CSE lost our registration (%s)", int(reply.status))
                 self.registered.clear()
             await self._register_upstream()

@@ -284,7 +284,9 @@ class Uplink:
         if status in _DELIVERED:
             self._finished.append(item)
             self.metrics.delivered(item.priority, self.clock() - item.created, item.attempts)
-        elif status == RSC.NOT_FOUND:
+            return
+        self.metrics.upstream_error(int(status))
+        if status == RSC.NOT_FOUND:
             # The family container (or our whole registration) is missing upstream.
             family = item.container.rsplit("/", 1)[-1]
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,9 @@ from cse.core.handler import CommonServicesEntity
 from cse.core.notifications import DeliveryError
 from cse.core.primitives import FilterCriteria, Request, Response
 from cse.core.types import Operation, ResourceType, ResultContent
+from headend.store.records import StoreError
+
+logger = logging.getLogger(__name__)
 
 
 class LocalAe:
@@ -77,4 +81,14 @@ class InProcessNotifications:
             raise DeliveryError(f"{url}: no application {name!r} in this process")
         # A notifier that gives up waiting must not cut the receiver off halfway through
         # storing a batch: it finishes, and a retried copy is recognised as known.
-        return int(await asyncio.shield(receiver(primitive.get("pc"))))
+        try:
+            return int(await asyncio.shield(receiver(primitive.get("pc"))))
+        except DeliveryError:
+            raise
+        except Exception as error:
+            # Not taken (its database is down, say): not delivered, like a target that did
+            # not answer. The notifier keeps it queued and sends it again after its backoff;
+            # an exception out of here would end the delivery task instead.
+            if not isinstance(error, StoreError):
+                logger.exception("application %r failed on a notification", name)
+            raise DeliveryError(f"{url}: {name} could not take it ({error})") from error

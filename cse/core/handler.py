@@ -7,6 +7,7 @@ here; anything else is logged and answered with 5000, never propagated to a bind
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -42,6 +43,10 @@ from cse.core.types import ResourceType as T
 from cse.storage.base import ChangedElsewhere, Put, Resource, Storage, StorageError
 
 logger = logging.getLogger(__name__)
+
+# Following another worker's changes waits this long (doubling) for an unreachable database.
+_FOLLOW_RETRY_MIN = 0.2
+_FOLLOW_RETRY_MAX = 5.0
 
 
 class Forwarder:
@@ -162,6 +167,19 @@ class CommonServicesEntity(Context):
             )
 
     async def _follow(self, changed: ChangedElsewhere) -> None:
+        # The database may be down a while (restarting): this waits for it rather than
+        # failing the task, and follows the change once it is back; nothing may be skipped.
+        delay = _FOLLOW_RETRY_MIN
+        while True:
+            try:
+                await self._follow_once(changed)
+                return
+            except StorageError as error:
+                logger.info("following other workers' changes waits for the database: %s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _FOLLOW_RETRY_MAX)
+
+    async def _follow_once(self, changed: ChangedElsewhere) -> None:
         if changed.unknown:
             await self.memberships.load(self.storage)
             await self.notifier.note_all_subscriptions()

@@ -497,7 +497,13 @@ class Notifier:
                 self._wake_later(target, wait)
                 return
             primitive = self._batch_primitive(batch)
-            url = await self.resolve_target(target)
+            try:
+                url = await self.resolve_target(target)
+            except StorageError as error:
+                # Our database, not the target, failed (PostgreSQL restarting, say): nothing
+                # is dropped, whatever the subscription's pn; the queue waits for a backoff.
+                self._retry_later(target, f"cannot read its point of access: {error}")
+                return
             try:
                 if url is None:
                     raise DeliveryError(f"{target} has no point of access now")
@@ -613,16 +619,21 @@ class Notifier:
         primitive["pc"] = {"m2m:agn": {"m2m:sgn": notifications}}
         return primitive
 
-    async def _on_failure(
-        self, target: str, queue: deque[QueuedNotification], error: DeliveryError
-    ) -> None:
-        self.failed_attempts += 1
+    def _retry_later(self, target: str, error: object) -> None:
+        """Hold the target's queue back for its next backoff."""
         delay = min(
             self._retry_delay.get(target, 0.5) * 2, self._cse.settings.notification_retry_max
         )
         self._retry_delay[target] = delay
         self._retry_at[target] = time.monotonic() + delay
         logger.info("notification to %s failed (%s); retry in %.1fs", target, error, delay)
+        self._wake_later(target, delay)
+
+    async def _on_failure(
+        self, target: str, queue: deque[QueuedNotification], error: DeliveryError
+    ) -> None:
+        self.failed_attempts += 1
+        self._retry_later(target, error)
         keep: deque[QueuedNotification] = deque()
         dropped: list[int] = []
         newest: dict[str, QueuedNotification] = {}
@@ -643,5 +654,4 @@ class Notifier:
         if dropped:
             self.dropped += len(dropped)
             await self._forget(dropped)
-        self._wake_later(target, delay)
         self._signal_change()

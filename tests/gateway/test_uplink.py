@@ -30,9 +30,10 @@ from cse.app import (
 from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResourceType
 from cse.core.types import ResponseStatusCode as RSC
-from cse.storage.base import Change, Put
+from cse.storage.base import Change, Put, StorageError
 from gateway.app import RunningGateway, running_gateway
 from gateway.config import GatewayConfig, OutboxConfig, UpstreamConfig
+from gateway.registration import RegistrationError
 from gridm2m.pki import make_lab
 from gridm2m.processes import tls_tables, upstream_tls
 from tests.brokers import free_port
@@ -305,3 +306,25 @@ async def test_upstream_policies_are_linked_to_what_the_gateway_creates(tmp_path
             assert app.status == RSC.CREATED
             read = await upstream.cse.handle(retrieve("cse-in/id-dap1/reading", "Chesapp"))
             assert read.status == RSC.OK
+
+
+async def test_a_registration_check_answered_5000_keeps_the_registration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with system(tmp_path) as (upstream, gateway, _):
+        storage = upstream.cse.storage
+
+        async def unreadable(*args: Any) -> None:
+            raise StorageError("the database is restarting")
+
+        # The head-end's database is down for a moment: it answers the check 5000.
+        with monkeypatch.context() as down:
+            down.setattr(storage, "get", unreadable)
+            down.setattr(storage, "get_by_path", unreadable)
+            with pytest.raises(RegistrationError, match="answered 5000"):
+                await gateway.registrar.ensure_registered()
+            # That says nothing of the registration: the uplink keeps sending, and the
+            # gateway does not register again.
+            assert gateway.registrar.registered.is_set()
+        await gateway.registrar.ensure_registered()
+        assert gateway.registrar.registrations == 1

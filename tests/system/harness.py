@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import signal
 import ssl
@@ -45,21 +46,36 @@ TIMEOUT = 60.0
 T0 = 1767225600  # meter clocks start at 2026-01-01 00:00 UTC
 
 
+async def until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    """Poll another process's state with a short backoff until `condition` holds; fail with
+    `what` on timeout."""
+    delay = 0.02
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(delay)  # a poll interval, bounded by the timeout
+                delay = min(delay * 2, 0.5)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 class Part:
     """One `python -m gridm2m <part> --config FILE` process, started and stopped the way
     gridm2m/processes.py runs every part; it can be started again after a stop or a kill."""
 
-    def __init__(self, name: str, config: Path, log: Path) -> None:
+    def __init__(self, name: str, config: Path, log: Path, *options: str) -> None:
         self.name = name
         self.config = config
         self.log = log
+        self.options = options  # more command-line options, e.g. --worker
         self.log_level = "INFO"
         self.child: Child | None = None
 
     async def start(self) -> str:
         args = [self.name, "--config", str(self.config), "--log-level", self.log_level]
+        args += self.options
         try:
-            self.child = await spawn(self.name, args, self.log.parent, "listening on")
+            self.child = await spawn(self.log.stem, args, self.log.parent, "listening on")
         except RuntimeError as error:
             raise RuntimeError(f"{error}: {self.log.read_text()[-3000:]}") from None
         return self.child.banner
@@ -85,11 +101,13 @@ class System:
         *,
         upstream_mqtt: bool = False,
         headend_extra: dict[str, Any] | None = None,
+        gateway_extra: dict[str, Any] | None = None,
     ) -> None:
         self.directory = directory
         self.broker = broker
         self.upstream_mqtt = upstream_mqtt
         self.headend_extra = headend_extra or {}  # merged into the [headend] section
+        self.gateway_extra = gateway_extra or {}  # merged into the [gateway] section
         directory.mkdir(parents=True, exist_ok=True)
         self._configure()
         self.headend = Part("headend", directory / "headend.toml", directory / "headend.log")
@@ -143,18 +161,21 @@ class System:
         (directory / "gateway.toml").write_text(
             toml_text(
                 "gateway",
-                {
-                    "cse": gateway_cse,
-                    "upstream": {
-                        "url": upstream,
-                        "username": "gateway",
-                        "check_interval": 2.0,
-                        **link,
+                merge_tables(
+                    {
+                        "cse": gateway_cse,
+                        "upstream": {
+                            "url": upstream,
+                            "username": "gateway",
+                            "check_interval": 2.0,
+                            **link,
+                        },
+                        "outbox": {"retry_min": 0.1, "retry_max": 1.0},
+                        "mirror": {"status_interval": 1.0},
+                        "ops": {"port": self.ops_port},
                     },
-                    "outbox": {"retry_min": 0.1, "retry_max": 1.0},
-                    "mirror": {"status_interval": 1.0},
-                    "ops": {"port": self.ops_port},
-                },
+                    self.gateway_extra,
+                ),
             )
         )
         self.api = f"http://127.0.0.1:{self.dashboard_port}"
@@ -314,3 +335,65 @@ def content_of(message: dict[str, Any]) -> dict[str, Any]:
     if isinstance(content, str):
         content = json.loads(content)
     return dict(content or {})
+
+
+_ids = itertools.count()
+
+
+class HttpMeter:
+    """A meter that posts alarms to the gateway over HTTPS (its own pinned client certificate)
+    and remembers what was stored."""
+
+    def __init__(self, session: aiohttp.ClientSession, system: System, name: str) -> None:
+        self.session = session
+        self.url = system.gateway_url
+        self.tls = system.meter_tls(name)
+        self.name = name
+        self.acknowledged: list[int] = []
+        self.refused: list[int] = []  # answered 5000: not stored
+        self._seq = 0
+
+    def _headers(self, ty: int | None = None) -> dict[str, str]:
+        headers = {"X-M2M-Origin": f"C{self.name}", "X-M2M-RI": f"r{next(_ids)}"}
+        headers["X-M2M-RVI"] = "3"
+        headers["Content-Type"] = "application/json" + (f";ty={ty}" if ty else "")
+        return headers
+
+    async def register(self) -> None:
+        ae = {"m2m:ae": {"rn": self.name, "api": "Nmeter", "rr": True, "srv": ["3"]}}
+        for path, ty, body in (
+            ("dap1", 2, ae),
+            (f"dap1/{self.name}", 3, {"m2m:cnt": {"rn": "event"}}),
+        ):
+            async with self.session.post(
+                f"{self.url}/{path}", json=body, headers=self._headers(ty), ssl=self.tls
+            ) as reply:
+                assert reply.status == 201, await reply.text()
+
+    async def post(self) -> int:
+        """Post the next alarm; the oneM2M status code, or 0 if the gateway is gone."""
+        self._seq += 1
+        seq = self._seq
+        con = json.dumps({"flow": "ev-outage", "type": "alarm", "seq": seq, "ts": seq})
+        body = {"m2m:cin": {"cnf": "application/json:0", "con": con}}
+        try:
+            async with self.session.post(
+                f"{self.url}/dap1/{self.name}/event",
+                json=body,
+                headers=self._headers(4),
+                ssl=self.tls,
+            ) as reply:
+                status = int(reply.headers.get("X-M2M-RSC", 0))
+        except (aiohttp.ClientError, OSError):
+            return 0  # not acknowledged
+        if status == 2001:
+            self.acknowledged.append(seq)
+        elif status == 5000:
+            self.refused.append(seq)
+        return status
+
+    async def read_container(self) -> int:
+        async with self.session.get(
+            f"{self.url}/dap1/{self.name}/event", headers=self._headers(), ssl=self.tls
+        ) as reply:
+            return reply.status

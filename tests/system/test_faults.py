@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-import json
 import resource
 import sys
 from collections.abc import AsyncIterator
@@ -22,70 +20,9 @@ import aiohttp
 import pytest
 
 from tests.brokers import Broker, private_broker
-from tests.system.harness import System
+from tests.system.harness import HttpMeter, System
 
 pytestmark = pytest.mark.slow
-
-_ids = itertools.count()
-
-
-class HttpMeter:
-    """A meter that posts alarms to the gateway over HTTPS (its own pinned client certificate)
-    and remembers what was stored."""
-
-    def __init__(self, session: aiohttp.ClientSession, system: System, name: str) -> None:
-        self.session = session
-        self.url = system.gateway_url
-        self.tls = system.meter_tls(name)
-        self.name = name
-        self.acknowledged: list[int] = []
-        self.refused: list[int] = []  # answered 5000: not stored
-        self._seq = 0
-
-    def _headers(self, ty: int | None = None) -> dict[str, str]:
-        headers = {"X-M2M-Origin": f"C{self.name}", "X-M2M-RI": f"r{next(_ids)}"}
-        headers["X-M2M-RVI"] = "3"
-        headers["Content-Type"] = "application/json" + (f";ty={ty}" if ty else "")
-        return headers
-
-    async def register(self) -> None:
-        ae = {"m2m:ae": {"rn": self.name, "api": "Nmeter", "rr": True, "srv": ["3"]}}
-        for path, ty, body in (
-            ("dap1", 2, ae),
-            (f"dap1/{self.name}", 3, {"m2m:cnt": {"rn": "event"}}),
-        ):
-            async with self.session.post(
-                f"{self.url}/{path}", json=body, headers=self._headers(ty), ssl=self.tls
-            ) as reply:
-                assert reply.status == 201, await reply.text()
-
-    async def post(self) -> int:
-        """Post the next alarm; the oneM2M status code, or 0 if the gateway is gone."""
-        self._seq += 1
-        seq = self._seq
-        con = json.dumps({"flow": "ev-outage", "type": "alarm", "seq": seq, "ts": seq})
-        body = {"m2m:cin": {"cnf": "application/json:0", "con": con}}
-        try:
-            async with self.session.post(
-                f"{self.url}/dap1/{self.name}/event",
-                json=body,
-                headers=self._headers(4),
-                ssl=self.tls,
-            ) as reply:
-                status = int(reply.headers.get("X-M2M-RSC", 0))
-        except (aiohttp.ClientError, OSError):
-            return 0  # not acknowledged
-        if status == 2001:
-            self.acknowledged.append(seq)
-        elif status == 5000:
-            self.refused.append(seq)
-        return status
-
-    async def read_container(self) -> int:
-        async with self.session.get(
-            f"{self.url}/dap1/{self.name}/event", headers=self._headers(), ssl=self.tls
-        ) as reply:
-            return reply.status
 
 
 def at_the_mdms(messages: list[dict[str, Any]], meter: str) -> list[int]:

@@ -33,6 +33,7 @@ from psycopg import sql
 from gridm2m.broker import free_port
 from gridm2m.processes import Child, spawn, stop, toml_text
 from tests.postgres import PostgresSchema
+from tests.system.harness import until
 
 pytestmark = pytest.mark.slow
 
@@ -175,18 +176,6 @@ class Uplink:
                 after_each.set()
 
 
-async def _until(condition: Any, what: str, timeout: float = 60.0) -> None:
-    """Polls another process's state with a short backoff; fails with `what` on timeout."""
-    delay = 0.02
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
 async def test_every_acknowledged_create_reaches_the_mdms_once_across_a_worker_killed_mid_stream(
     tmp_path: Path, postgres_schema: PostgresSchema
 ) -> None:
@@ -236,14 +225,14 @@ async def test_every_acknowledged_create_reaches_the_mdms_once_across_a_worker_k
             return sum(ri[-16:-8] == stem for u in uplinks for ri in u.acknowledged.values())
 
         # Both processes take creates before the kill (the kernel spreads the connections).
-        await _until(
+        await until(
             lambda: taken_by(worker_stem) >= 50 and taken_by(headend_stem) >= 50,
             "both processes to take 50 creates each",
         )
         await stop(worker, signal.SIGKILL)  # mid-stream, creates in flight
         before_kill = sum(len(u.acknowledged) for u in uplinks)
         # The head-end process goes on alone for a while.
-        await _until(
+        await until(
             lambda: sum(len(u.acknowledged) for u in uplinks) >= before_kill + 200,
             "200 more creates after the kill",
         )
@@ -275,7 +264,7 @@ async def test_every_acknowledged_create_reaches_the_mdms_once_across_a_worker_k
         def mdms_has_all() -> bool:
             return mdms_db.exists() and set(_stored_in_mdms(mdms_db)[0]) >= expected
 
-        await _until(mdms_has_all, f"the MDMS to store {len(expected)} messages")
+        await until(mdms_has_all, f"the MDMS to store {len(expected)} messages")
         keys, counted = _stored_in_mdms(mdms_db)
         assert sorted(keys) == sorted(expected)
         assert counted == len(expected)

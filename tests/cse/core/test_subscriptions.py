@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from cse.core.clock import ManualClock
 from cse.core.handler import CommonServicesEntity
 from cse.core.types import ResponseStatusCode as RSC
+from cse.storage.base import ChangedElsewhere, StorageError
 from tests.helpers import NotificationReceiver, ae_body, create, delete, retrieve, update
 
 AE = "Cmeter"
@@ -302,3 +304,61 @@ async def test_a_request_from_a_waiting_target_releases_its_notifications(
         assert (await cse.handle(retrieve("cse-in/app", "Capp"))).status == RSC.OK
         (received,) = await back.wait_for(1)
     assert received["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"] == "c1"
+
+
+async def test_a_target_unreadable_for_a_moment_keeps_its_notifications(
+    cse: CommonServicesEntity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database failing while a notification's target is looked up (PostgreSQL
+    restarting) is not the target's failure: nothing is dropped, whatever `pn` says, and the
+    delivery task does not fail; the notification goes once the database is back."""
+    async with NotificationReceiver() as receiver:
+        await cse.handle(create("cse-in", 2, ae_body("app", poa=[receiver.url]), "Capp"))
+        await cse.handle(create("cse-in/app", 3, {"m2m:cnt": {"rn": "cmd"}}, "Capp"))
+        body = {"m2m:sub": {"rn": "s", "nu": ["Capp"], "enc": {"net": [3]}}}  # pn: drop
+        assert (await cse.handle(create("cse-in/app/cmd", 23, body, "Capp"))).status == RSC.CREATED
+        looked_up = asyncio.Event()
+        readable = cse.storage.get
+        requests = asyncio.current_task()  # cse.handle() runs here, delivery in a task of its own
+
+        async def get(ri: str) -> Any:
+            if ri == "Capp" and asyncio.current_task() is not requests:
+                looked_up.set()
+                raise StorageError("the database is restarting")
+            return await readable(ri)
+
+        with monkeypatch.context() as down:
+            down.setattr(cse.storage, "get", get)
+            created = await cse.handle(create("cse-in/app/cmd", 4, {"m2m:cin": {"con": "c"}}))
+            assert created.status == RSC.CREATED
+            async with asyncio.timeout(10):
+                await looked_up.wait()
+        cse.notifier.retry_now()
+        (received,) = await receiver.wait_for(1)
+    assert received["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cin"]["con"] == "c"
+    assert cse.supervisor.failures["notification delivery"] == 0
+    assert cse.notifier.dropped == 0
+
+
+async def test_other_workers_changes_are_followed_once_the_database_is_back(
+    cse: CommonServicesEntity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told that anything may have changed elsewhere (the change notices were lost, say by a
+    PostgreSQL restart) while the database does not answer yet: the CSE waits for it rather
+    than failing the task, and reads every group and subscription again once it answers."""
+    readable = cse.storage.created_since
+    calls: list[int] = []
+    read_again = asyncio.Event()
+
+    async def created_since(seq: int, resource_type: int, limit: int) -> Any:
+        calls.append(resource_type)
+        if len(calls) == 1:
+            raise StorageError("the database is restarting")
+        read_again.set()
+        return await readable(seq, resource_type, limit)
+
+    monkeypatch.setattr(cse.storage, "created_since", created_since)
+    cse._changed_elsewhere(ChangedElsewhere(unknown=True))
+    async with asyncio.timeout(10):
+        await read_again.wait()
+    assert cse.supervisor.failures["changes of other workers"] == 0
