@@ -201,10 +201,12 @@ async def answer(
     max_payload: int,
     prefix: str = "",
     sender: TopicSender | None = None,
+    own_probe: str | None = None,
 ) -> Reply | None:
     """Serve one request message; None when nothing can or should be published back.
     `sender` says whom a topic proves (default: trust "credential" without a store, which
-    refuses every request)."""
+    refuses every request). `own_probe`: the request ID of this binding's liveness probe in
+    flight."""
     cse_id = cse.settings.cse_id
     parsed = parse_request_topic(topic, prefix)
     if parsed is None or parsed.receiver != topic_id(cse_id):
@@ -219,6 +221,16 @@ async def answer(
         fmt = parsed.format if parsed.serialization else "json"
         primitive = error_primitive(rejected.status, rejected.message, rejected.echo, cse_id)
         return Reply(parsed.response_topic(fmt), _encode(primitive, FORMATS[fmt], cse_id))
+    if own_probe is not None and request.request_id == own_probe:
+        # The probe proves the way through the broker and this binding. It names this CSE
+        # and proves nothing, so it is refused as the core would, but here: the core would
+        # log it as a forged originator every time /health is read.
+        echo = {"rqi": own_probe, "rvi": request.release_version or "3"}
+        message = "a liveness probe is refused like any request without a credential"
+        primitive = error_primitive(RSC.ORIGINATOR_HAS_NO_PRIVILEGE, message, echo, cse_id)
+        return Reply(
+            parsed.response_topic(), _encode(primitive, parsed.serialization or JSON, cse_id)
+        )
     response = await cse.handle(request)
     if request.response_type == NO_RESPONSE:
         return None
@@ -289,6 +301,7 @@ class MqttBinding:
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._liveness = ProbeRecord()
         self._prober: MqttClient | None = None
+        self._probe_id: str | None = None  # the request ID of the probe in flight
 
     @property
     def client_id(self) -> str:
@@ -344,6 +357,7 @@ class MqttBinding:
             identifier = f"{self.client_id}:probe"  # ":" is in no worker name
             self._prober = MqttClient(self.settings, cse_id, timeout=timeout, identifier=identifier)
         request = probe_request(cse_id, self._cse.settings.cse_name)
+        self._probe_id = request.request_id
         try:
             reply = await self._prober.send(cse_id, request)
             alive = reply.request_id == request.request_id
@@ -632,6 +646,7 @@ class MqttBinding:
                 max_payload=settings.max_payload,
                 prefix=settings.topic_prefix,
                 sender=self.sender,
+                own_probe=self._probe_id,
             )
             self.served[session.worker or ""] += 1
             if reply is not None:

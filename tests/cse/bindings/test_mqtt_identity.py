@@ -10,6 +10,7 @@ before it reaches the core.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -167,3 +168,20 @@ async def test_claimed_trust_believes_meters_but_never_the_admin(
         assert (await admin.request(CSE_ID, retrieve(ADMIN)))["rsc"] == 4103
     sender = TopicSender(Trust.INSECURE)
     assert sender.principal("Cany") == Principal.unchecked()
+
+
+async def test_the_own_probe_is_answered_quietly_and_a_stranger_naming_the_cse_is_logged(
+    cse: CommonServicesEntity, broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a listener that believes claims, a request naming this CSE proves nothing: refused,
+    and logged as the forgery it is, except the binding's own liveness probe, which would
+    otherwise log one WARNING each time /health is read."""
+    binding = MqttBinding(cse, settings_for(broker), trust=Trust.CLAIMED)
+    async with binding, MqttClient(settings_for(broker), CSE_ID) as stranger:
+        with caplog.at_level(logging.WARNING):
+            assert await binding.probe() and await binding.probe()
+            assert binding.liveness().alive
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        with caplog.at_level(logging.WARNING, logger="cse.core.handler"):
+            assert (await stranger.request(CSE_ID, retrieve(CSE_ID)))["rsc"] == 4103
+        assert any("refused originator /id-in" in r.getMessage() for r in caplog.records)
