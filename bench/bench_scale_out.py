@@ -452,7 +452,10 @@ def main(args: argparse.Namespace) -> None:
                     )
                 )
             finally:
-                _database(args.server, database, create=False)
+                if args.keep:
+                    print(f"database {database} kept on {args.server}")
+                else:
+                    _database(args.server, database, create=False)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -479,7 +482,7 @@ def main(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
-    parser.add_argument("--keep", action="store_true", help="keep the logs and files")
+    parser.add_argument("--keep", action="store_true", help="keep the logs, files and databases")
     parser.add_argument(
         "--transport",
         choices=("http", "mqtt"),
