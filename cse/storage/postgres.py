@@ -110,6 +110,10 @@ _LOCK_RETRY_AFTER = 0.002  # a worker's group commits within milliseconds
 _SETTLE_WAIT = 2.0  # the longest wait for rows another worker holds, before deciding again
 _LISTEN_PAUSE = 1.0  # between attempts to follow other workers' notices again
 _LOST_GROUPS_KEPT = 1000
+_SUBSCRIPTION_LISTS_KEPT = 16  # per task, between two apply() calls
+
+# The subscriptions of one resource as a decision read them: (ri, version) by ri.
+SubscriptionList = tuple[tuple[str, int], ...]
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -143,6 +147,7 @@ class _Batch:
     versions: dict[int, int] = field(default_factory=dict)  # seq -> version after this batch
     held: list[str] = field(default_factory=list)  # rows another worker may hold (by ri)
     present: set[str] = field(default_factory=set)  # resources this batch creates or changes
+    watched: list[str] = field(default_factory=list)  # whose subscriptions it was decided on
 
     def add(
         self,
@@ -238,6 +243,11 @@ class PostgresStorage(Storage):
         # sync(): what it waits for, and whose loss it must hear of.
         self._own_batches: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
             f"postgres_own_batches_{id(self)}", default=None
+        )
+        # The subscription lists the current task read since its last apply(), by the
+        # resource they are of: its next batch was decided on them (see _plan_subscribers).
+        self._subscriptions_read: contextvars.ContextVar[dict[str, SubscriptionList] | None] = (
+            contextvars.ContextVar(f"postgres_subscriptions_read_{id(self)}", default=None)
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._worker = 0
@@ -655,6 +665,7 @@ class PostgresStorage(Storage):
         if subscriptions and self._listening:
             cached = self._cache.subscriptions_of(pi)
             if cached is not None:
+                self._note_subscriptions(pi, cached)
                 return cached
         seen = self._notices_seen
         query = f"SELECT {q.COLUMNS} FROM resources WHERE pi = %s"
@@ -667,9 +678,21 @@ class PostgresStorage(Storage):
             query += " LIMIT %s"
             params.append(limit)
         found = self._resources(await self._fetch(query, params))
-        if subscriptions and self._listening and seen == self._notices_seen:
-            self._cache.remember_subscriptions(pi, found)
+        if subscriptions:
+            self._note_subscriptions(pi, found)
+            if self._listening and seen == self._notices_seen:
+                self._cache.remember_subscriptions(pi, found)
         return found
+
+    def _note_subscriptions(self, pi: str, subscriptions: list[Resource]) -> None:
+        """Remember for this task that it read these subscriptions of `pi`: whatever it
+        applies next is stored only while they are still all of them (a copy per task)."""
+        read = dict(self._subscriptions_read.get() or {})
+        read.pop(pi, None)
+        read[pi] = tuple(sorted((sub.ri, sub.version) for sub in subscriptions))
+        while len(read) > _SUBSCRIPTION_LISTS_KEPT:
+            del read[next(iter(read))]
+        self._subscriptions_read.set(read)
 
     async def children_page(
         self,
@@ -775,12 +798,14 @@ class PostgresStorage(Storage):
     # ---- writes --------------------------------------------------------------------------
 
     async def apply(self, changes: Sequence[Change]) -> None:
-        batch = self._plan(changes)
+        read = self._subscriptions_read.get() or {}
+        self._subscriptions_read.set(None)
+        batch = self._plan(changes, read)
         generation = await _shielded(self._apply(batch))
         own = self._own_batches.get()
         self._own_batches.set((generation if own is None else own[0], generation))
 
-    def _plan(self, changes: Sequence[Change]) -> _Batch:
+    def _plan(self, changes: Sequence[Change], read: dict[str, SubscriptionList]) -> _Batch:
         batch = _Batch()
         # Parents whose existence the batch itself proves: it changes them (a version-checked
         # UPDATE locks the row) or creates them.
@@ -790,7 +815,47 @@ class PostgresStorage(Storage):
                 self._plan_one(batch, change)
         except (TypeError, ValueError) as error:  # a value orjson cannot encode
             raise StorageError(str(error)) from error
+        self._plan_subscribers(batch, changes, read)
         return batch
+
+    @staticmethod
+    def _plan_subscribers(
+        batch: _Batch, changes: Sequence[Change], read: dict[str, SubscriptionList]
+    ) -> None:
+        """Keep who hears of a change serializable across workers. A batch that changes
+        the subscriptions of a resource locks it ('hold'); a batch decided on the
+        subscriptions of a resource (who to notify of a new child, of a change) checks under
+        a share lock that they are still the ones it read ('subscribers'). So a child made
+        while a subscription is made on its parent is either notified by that subscription
+        or committed before it (and so listed by a subscriber that lists the children once
+        subscribed). Both come after the batch's own changes: a resource it updates is
+        already locked (the lock there would only cost)."""
+        mine: dict[str, list[str]] = {}  # subscriptions the batch changes, by their parent
+        holding: set[str] = set()
+        for change in changes:
+            if not isinstance(change, Put | DeleteTree):
+                continue
+            resource = change.resource
+            if resource.ty != SUBSCRIPTION or not resource.pi:
+                continue
+            mine.setdefault(resource.pi, []).append(resource.ri)
+            parent_path = resource.path.rsplit("/", 1)[0]
+            if (
+                resource.pi not in batch.present
+                and resource.pi not in holding
+                and not batch.inside_deleted(parent_path)
+            ):
+                holding.add(resource.pi)
+                batch.held.append(resource.pi)
+                batch.add({"op": "hold", "ri": resource.pi})
+        for pi, subscriptions in read.items():
+            own = mine.get(pi, [])
+            lock = pi not in batch.present and pi not in mine
+            if lock:
+                batch.held.append(pi)
+            batch.watched.append(pi)
+            seen = [[ri, version] for ri, version in subscriptions if ri not in own]
+            batch.add({"op": "subscribers", "ri": pi, "lock": lock, "seen": seen, "mine": own})
 
     def _plan_one(self, batch: _Batch, change: Change) -> None:
         if isinstance(change, Put):
@@ -957,6 +1022,8 @@ class PostgresStorage(Storage):
         for resource in batch.forgotten:
             self._cache.forget_tree(resource.path)
             self._cache.forget_subscriptions()
+        for pi in batch.watched:  # perhaps changed by another worker: read them again
+            self._cache.forget_subscriptions(pi)
 
     async def _wait_for_rows(self, ris: list[str]) -> None:
         """Return once no other transaction holds these resources for a change (or after

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Bumped with every change below; a worker that finds its own version in `meta` runs no DDL
 # (DDL takes table locks that would stall the workers already running).
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS resource_seq;
@@ -96,11 +96,12 @@ BEGIN
                 RETURNING seq INTO number;
             ELSE
                 -- A parent this batch does not change: stored only if it is there, and it
-                -- stays so until this transaction ends (a DELETE of it waits for the lock).
+                -- stays so until this transaction ends (a DELETE of it waits for the lock),
+                -- with the same subscriptions (a change of them locks it: 'hold').
                 INSERT INTO resources (seq, ri, pi, path, ty, depth, et, owner, version, body)
                 SELECT nextval('resource_seq'), c->>'ri', c->>'pi', c->>'path', (c->>'ty')::int,
                        (c->>'depth')::int, c->>'et', c->>'owner', 1, (c->>'body')::json
-                WHERE EXISTS (SELECT 1 FROM resources WHERE ri = c->>'under' FOR KEY SHARE)
+                WHERE EXISTS (SELECT 1 FROM resources WHERE ri = c->>'under' FOR SHARE)
                 RETURNING seq INTO number;
                 IF number IS NULL THEN
                     RAISE EXCEPTION 'the parent of % is gone', c->>'path'
@@ -137,6 +138,29 @@ BEGIN
                 WHERE path = c->>'path' OR (path > c->>'low' AND path < c->>'high')
             ) THEN
                 RAISE EXCEPTION 'another worker added below % meanwhile', c->>'path'
+                    USING ERRCODE = 'serialization_failure';
+            END IF;
+        WHEN 'hold' THEN
+            -- The subscriptions of this resource change: until this transaction ends, no
+            -- other decides who hears of a change of it or of a new child ('subscribers').
+            PERFORM 1 FROM resources WHERE ri = c->>'ri' FOR NO KEY UPDATE;
+        WHEN 'subscribers' THEN
+            -- Who the batch notified of a change of this resource (or of a new child) was
+            -- decided on these subscriptions (ri, version): still so, under a lock that a
+            -- change of them waits for ('hold'), or the request is decided again. Not
+            -- compared: those the batch itself changes ('mine'), and those of a resource
+            -- gone (its subscriptions went with it).
+            IF (c->>'lock')::boolean THEN
+                PERFORM 1 FROM resources WHERE ri = c->>'ri' FOR SHARE;
+            ELSE
+                PERFORM 1 FROM resources WHERE ri = c->>'ri';
+            END IF;
+            IF FOUND AND (
+                SELECT coalesce(jsonb_agg(jsonb_build_array(ri, version) ORDER BY ri), '[]')
+                FROM resources
+                WHERE pi = c->>'ri' AND ty = 23 AND NOT (c->'mine' ? ri)
+            ) <> c->'seen' THEN
+                RAISE EXCEPTION 'the subscriptions of % changed meanwhile', c->>'ri'
                     USING ERRCODE = 'serialization_failure';
             END IF;
         WHEN 'enqueue' THEN

@@ -268,6 +268,42 @@ async def test_a_notification_a_worker_cannot_send_is_handed_to_the_process_that
     assert worker.notifier.delivered == 0 and worker.notifier.pending_count() == 0
 
 
+async def test_a_child_made_on_a_stale_subscription_list_is_decided_again_and_notified(
+    start_worker: StartWorker,
+) -> None:
+    """Worker a decides a CREATE under the meter with the meter's subscriptions as it cached
+    them, before b's notice of a new subscription there has reached it: the subscription,
+    committed before the child, must hear of it (else a subscriber that lists the children
+    once subscribed would never see it)."""
+    a, b = await start_worker(), await start_worker()
+    await _meter_with_container(a)
+    meter = await a.storage.get_by_path("cse-in/meter")
+    assert meter is not None
+    first = await a.handle(create("cse-in/meter", 3, {"m2m:cnt": {"rn": "early"}}, AE))
+    assert first.status == RSC.CREATED
+    storage = _storage(a)
+    assert storage._cache.subscriptions_of(meter.ri) == []  # a knows the meter has none
+    held: list[str] = []
+    hear = storage._on_notice
+    storage._on_notice = held.append  # type: ignore[method-assign]  # a hears nothing more
+    try:
+        async with NotificationReceiver() as receiver:
+            subscription = {"m2m:sub": {"rn": "s", "nu": [receiver.url], "enc": {"net": [3]}}}
+            made = await b.handle(create("cse-in/meter", 23, subscription, AE))
+            assert made.status == RSC.CREATED, made.content  # answered: committed
+            late = await a.handle(create("cse-in/meter", 3, {"m2m:cnt": {"rn": "late"}}, AE))
+            assert late.status == RSC.CREATED, late.content
+            await a.notifier.wait_until(lambda: a.notifier.pending_count() == 0)
+            assert a.notifier.delivered == 1  # the subscription heard of "late"
+            bodies = await receiver.wait_for(2)
+            created = bodies[1]["body"]["m2m:sgn"]["nev"]["rep"]["m2m:cnt"]
+            assert created["rn"] == "late"
+    finally:
+        storage._on_notice = hear  # type: ignore[method-assign]
+        for payload in held:
+            hear(payload)
+
+
 # ---- the storage itself: what PostgreSQL enforces between workers ---------------------------
 
 
@@ -360,6 +396,42 @@ async def test_a_child_of_a_parent_deleted_by_another_worker_is_refused(
         await b.apply([Put(_res("cse-in/p/c", 3, "c1", "p1"))])  # no orphan
     with pytest.raises(WriteConflict):
         await b.apply([DeleteTree(parent)])  # deleted once: the second is told so
+
+
+async def test_a_child_decided_on_subscriptions_changed_since_is_refused_and_read_again(
+    two_storages: tuple[PostgresStorage, PostgresStorage], postgres_schema: PostgresSchema
+) -> None:
+    a, b = two_storages
+    parent = _res("cse-in/p", 2, "p1", "id-in")
+    await a.apply([Put(parent)])
+    await a.sync()
+    assert await b.children("p1", [23]) == []  # what b decides its next batch on
+    subscription = _res("cse-in/p/s", 23, "s1", "p1", nu=["Cx"])
+    await a.apply([Put(subscription)])
+    await a.sync()  # committed before b's child is stored
+    with pytest.raises(WriteConflict) as refused:
+        await b.apply([Put(_res("cse-in/p/c", 3, "c1", "p1"))])
+    assert refused.value.retry_after == 0  # decide again at once, on fresh data
+    assert [sub.ri for sub in await b.children("p1", [23])] == ["s1"]  # not a stale copy
+    await b.apply([Put(_res("cse-in/p/c", 3, "c1", "p1"))])  # decided on what is there
+    await b.sync()
+    # A change of the subscriptions that is not committed yet holds the parent: a child
+    # decided meanwhile waits for its end, then is decided again.
+    assert [sub.ri for sub in await b.children("p1", [23])] == ["s1"]
+    with _own_connection(postgres_schema) as other:
+        other.execute("SELECT 1 FROM resources WHERE ri = 'p1' FOR NO KEY UPDATE")
+        with pytest.raises(WriteConflict) as waited:
+            await b.apply([Put(_res("cse-in/p/d", 3, "d1", "p1"))])
+        assert waited.value.retry_after > 0
+        other.rollback()
+    # And the other way round: a child being stored holds off a new subscription.
+    with _own_connection(postgres_schema) as other:
+        other.execute("SELECT 1 FROM resources WHERE ri = 'p1' FOR SHARE")
+        with pytest.raises(WriteConflict) as held_off:
+            await a.apply([Put(_res("cse-in/p/t", 23, "s2", "p1", nu=["Cx"]))])
+        assert held_off.value.retry_after > 0
+        other.rollback()
+    assert await a.get("s2") is None and await b.get("d1") is None
 
 
 async def test_entries_of_a_worker_whose_lease_ran_out_are_claimed_by_one_worker_each(
