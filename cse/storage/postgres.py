@@ -16,7 +16,9 @@ Several workers, which each answer any request:
   resource ID are unique, a request record's key is unique (constraints); a child is stored
   only under a parent that is there and stays so (a share lock on it, or the batch's own
   change of it), a deleted subtree is empty at the end (checked after the DELETE); and a
-  resource is changed only over the version the worker read (`version`).
+  resource is changed only over the version the worker read (`version`); notifications are
+  decided on a resource's subscriptions as they are (the batch checks the ones the task read,
+  under a share lock that a change of them, which locks the resource, waits for).
   A batch that breaks one of these, or that would wait for rows another worker's open group
   holds (`lock_timeout`), is taken back whole and raised as `WriteConflict`; the core then
   decides the request again on fresh data (cse/core/handler.py) and answers, for instance,
