@@ -380,6 +380,12 @@ def _add_interop_parser(subparsers: argparse._SubParsersAction[argparse.Argument
     run.add_argument("--rate-scale", type=_positive_float, default=20.0)
     run.add_argument("--commands-per-s", type=_positive_float, default=10.0)
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument(
+        "--esi-mapping",
+        action="store_true",
+        help="print the [headend.mdms.esi] table this run's fleet needs (an attached head-end "
+        "must have it), and exit",
+    )
     attach = run.add_argument_group(
         "attach", "test a running system instead of starting one (give at least the first two)"
     )
@@ -432,6 +438,11 @@ def _run_interop(args: argparse.Namespace) -> int:
         seed=args.seed,
         attach=attach,
     )
+    if args.esi_mapping:
+        from interop.runner import lab_headend
+
+        _print_esi_mapping(lab_headend(settings)["mdms"]["esi"])
+        return 0
     try:
         report = asyncio.run(run_flows(settings))
     except CatalogueError as error:
@@ -448,6 +459,13 @@ def _run_interop(args: argparse.Namespace) -> int:
     )
     print(f"report: {settings.report_dir / 'report.html'}")
     return exit_status(report)
+
+
+def _print_esi_mapping(mapping: dict[str, list[str]]) -> None:
+    """Each ESI and its gas meters, as the head-end's config takes them."""
+    print("[headend.mdms.esi]")
+    for esi, gas_meters in mapping.items():
+        print(f"{json.dumps(esi)} = {json.dumps(gas_meters)}")
 
 
 def _device_agents(module: str) -> Any:
@@ -642,6 +660,12 @@ def _add_fleet_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "--duration", type=_positive_float, help="wall-clock seconds to run (overrides file)"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    parser.add_argument(
+        "--esi-mapping",
+        action="store_true",
+        help="print the fleet's ESIs and their gas meters as the head-end's "
+        "[headend.mdms.esi] table, and exit (the fleet places meters by its seed)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.set_defaults(run=_run_fleet)
 
@@ -655,6 +679,9 @@ def _run_fleet(args: argparse.Namespace) -> int:
     except emulator.FleetConfigError as error:
         print(f"gridm2m fleet: {error}", file=sys.stderr)
         return 2
+    if args.esi_mapping:
+        _print_esi_mapping(emulator.esi_mapping(emulator.plan_meters(config)))
+        return 0
     try:
         summary = emulator.run_fleet_blocking(config)
     except emulator.FleetConfigError as error:

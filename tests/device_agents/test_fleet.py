@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -427,3 +428,25 @@ def test_the_summary_says_why_a_fleet_fell_behind_its_schedule() -> None:
         latency_ms=quiet, loop_lag_ms=quiet,
     )  # fmt: skip
     assert kept.behind() == []
+
+
+def test_fleet_command_prints_the_esi_mapping_the_head_end_needs(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        EXAMPLE.read_text()
+        .replace("# gas_paths = {", "gas_paths = {")
+        .replace("esi_group = 8 ", "esi_group = 2 ")
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gridm2m", "fleet", "--config", str(config), "--esi-mapping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = tomllib.loads(done.stdout)["headend"]["mdms"]["esi"]
+    plans = plan_meters(load_fleet_config(config, environ={}))
+    assert printed == esi_mapping(plans) and printed  # what the fleet will do, not empty
+    relayed = [gas for gas_meters in printed.values() for gas in gas_meters]
+    assert len(relayed) == len(set(relayed))  # a gas meter has one ESI
+    assert any(len(gas_meters) <= 2 for esi, gas_meters in printed.items() if "esi-" in esi)

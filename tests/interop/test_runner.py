@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -361,3 +364,14 @@ def test_the_lab_head_end_is_told_the_fleets_esis() -> None:
     relayed_for = [meter for meters in esis.values() for meter in meters]
     assert len(relayed_for) == len(set(relayed_for)) == 10  # the fleet's 10 % gas meters
     assert sum(name.startswith("mtr-esi-") for name in esis) == 2  # 5 gas meters, 4 a group
+
+
+def test_the_interop_command_prints_the_esi_mapping_an_attached_head_end_needs() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gridm2m", "interop", "run", "--meters", "200", "--seed", "7",
+         "--esi-mapping"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    printed = tomllib.loads(done.stdout)["headend"]["mdms"]["esi"]
+    assert printed == lab_headend(RunSettings(meters=200, seed=7))["mdms"]["esi"] and printed
