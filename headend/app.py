@@ -102,6 +102,7 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         commands = CommandService(running.cse, store)
         apps = HeadendApps(commands, store)
         mdms.message_listeners.append(apps.firmware_updates.on_messages)
+        commands.timeout_listeners.append(apps.firmware_updates.on_timed_out)
         bulk_reads = BulkReads(
             mdms,
             apps,
@@ -133,6 +134,8 @@ async def running_headend(config: HeadendConfig) -> AsyncIterator[RunningHeadend
         running.cse.egress.add_own_port(port)
         await mdms.start()
         await commands.start()
+        timeout_s = config.commands.timeout
+        running.cse.supervisor.start("command timeouts", lambda: commands.watch_timeouts(timeout_s))
         # The MDMS's request container before CIS, which may send at once.
         await bulk_reads.start()
         stack.push_async_callback(bulk_reads.close)

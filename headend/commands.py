@@ -14,12 +14,13 @@ Command bodies are those of `device_agents/agent/meter.py`: {"cmd": NAME, "id": 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,28 @@ class CommandService:
         self._send = LocalAe(cse, APPS_AE).request
         self._id_stem = base36(int.from_bytes(os.urandom(2)) % 1296).rjust(2, "0")
         self._counter = itertools.count(1)
+        # Told of the commands each pass of `time_out` marked (the firmware application).
+        self.timeout_listeners: list[Callable[[list[dict[str, Any]]], Awaitable[None]]] = []
+
+    async def time_out(self, timeout_s: float) -> list[dict[str, Any]]:
+        """One pass: the commands unanswered for `timeout_s` are marked timed out, and the
+        listeners told. A later answer still completes a command."""
+        timed_out: list[dict[str, Any]] = []
+        while True:  # in pages, so a long outage's backlog is all marked in one pass
+            page = await self.store.time_out_commands(self.clock() - timeout_s)
+            timed_out += page
+            if len(page) < 1000:
+                break
+        if timed_out:
+            for listener in self.timeout_listeners:
+                await listener(timed_out)
+        return timed_out
+
+    async def watch_timeouts(self, timeout_s: float) -> None:
+        """Forever, a pass of `time_out` every quarter of the timeout (1 to 30 s)."""
+        while True:
+            await self.time_out(timeout_s)
+            await asyncio.sleep(min(max(timeout_s / 4, 1.0), 30.0))
 
     async def new_id(self) -> str:
         """A command id of at most 7 characters: acks carry it back as `ref`, and the tables

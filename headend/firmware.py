@@ -181,10 +181,30 @@ class FirmwareUpdates:
             if command.get("name") == "fw" and command.get("meter") == message.meter:
                 await self._report(command, message)
 
+    async def on_timed_out(self, commands: Sequence[dict[str, Any]]) -> None:
+        """Commands unanswered for `[headend.commands] timeout`: each of this application's
+        updates still in process ends as a failure (a later answer changes nothing)."""
+        for command in commands:
+            if command.get("issued_by") == ISSUED_BY and command.get("name") == "fw":
+                await self._end(command, str(command.get("meter")), succeeded=False)
+
     async def _report(self, command: dict[str, Any], message: MeterMessage) -> None:
+        reported = message.content.get("ver")
+        await self._end(
+            command,
+            message.meter,
+            succeeded=message.flow.startswith("fw-"),
+            version=reported if isinstance(reported, str) and reported else None,
+        )
+
+    async def _end(
+        self, command: dict[str, Any], meter: str, *, succeeded: bool, version: str | None = None
+    ) -> None:
+        """The update `command` carried is over: its <firmware>, if still in process with
+        that command, says how it ended."""
         body = command.get("body") or {}
         path = await self._path(
-            str(command["dap"]), message.meter, str(body.get("target")), str(body.get("image"))
+            str(command["dap"]), meter, str(body.get("target")), str(body.get("image"))
         )
         current = await self._send(Operation.RETRIEVE, path)
         shown = current.content.get(_KEY, {}) if isinstance(current.content, dict) else {}
@@ -192,16 +212,14 @@ class FirmwareUpdates:
         acn = action(str(command["id"]))
         if status.get("acn") != acn or status.get("sus") != UpdateStatus.IN_PROCESS:
             return  # not this update's answer, or already reported
-        succeeded = message.flow.startswith("fw-")
         change: dict[str, Any] = {
             "ud": False,
             "uds": action_status(
                 acn, UpdateStatus.SUCCESSFUL if succeeded else UpdateStatus.FAILURE
             ),
         }
-        reported = message.content.get("ver")
-        if succeeded and isinstance(reported, str) and reported:
-            change["vr"] = reported
+        if succeeded and version:
+            change["vr"] = version
         reply = await self._send(Operation.UPDATE, path, content={_KEY: change})
         if reply.status != RSC.UPDATED:
             logger.warning("cannot report %s on %s: %s", acn, path, int(reply.status))

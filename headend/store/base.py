@@ -50,13 +50,15 @@ from headend.store.sql import (
     IS_ANSWER,
     MESSAGE_COLUMNS,
     METER_COLUMNS,
+    PENDING_ISSUED_BEFORE,
+    TIME_OUT_COMMAND,
     UPSERT_GATEWAY,
     Query,
     Statement,
     answer_params,
 )
 
-COMMAND_STATES = ("pending", "answered", "failed")
+COMMAND_STATES = ("pending", "answered", "failed", "timed-out")
 PERCENTILES = (50, 95, 99)
 
 
@@ -247,6 +249,23 @@ class MdmsStore(BulkReadRecords, abc.ABC):
             limit,
         )
         return [command_dict(row) for row in rows]
+
+    async def time_out_commands(
+        self, issued_before: float, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Mark the commands still pending that were issued before `issued_before` as
+        timed out, and return those this call marked (as `command` shows them). An answer
+        that comes later still completes a command."""
+        check_limit(limit)
+        rows = await self._read_one(PENDING_ISSUED_BEFORE, float(issued_before), limit)
+        ids = [str(row[0]) for row in rows]
+        if not ids:
+            return []
+        await self._execute([(TIME_OUT_COMMAND, [(command_id,) for command_id in ids])])
+        self._bump()
+        marked = [await self.command(command_id) for command_id in ids]
+        # One answered between the read and the update stays answered.
+        return [c for c in marked if c is not None and c.get("status") == "timed-out"]
 
     async def record_command_reached_dap(self, reached: Sequence[tuple[str, float]]) -> None:
         """When the DAP created each (command id, time) command's instance, as its answer

@@ -212,8 +212,15 @@ UPSERT_COLUMN_TYPES = {
 # (a switch answers with an ack and then its metrology) stay in the history, linked by `ref`.
 COMPLETE_COMMAND = """
 UPDATE commands SET status = ?, result = ?, answered_at = ?
-WHERE id = ? AND status = 'pending'
+WHERE id = ? AND status IN ('pending', 'timed-out')
 """
+
+# A command unanswered for `[headend.commands] timeout`; an answer that comes later still
+# completes it (COMPLETE_COMMAND).
+TIME_OUT_COMMAND = "UPDATE commands SET status = 'timed-out' WHERE id = ? AND status = 'pending'"
+PENDING_ISSUED_BEFORE = (
+    "SELECT id FROM commands WHERE status = 'pending' AND issued_at < ? ORDER BY issued_at LIMIT ?"
+)
 
 INSERT_COMMAND = """
 INSERT INTO commands (id, dap, meter, name, body, issued_at, issued_by, status)
@@ -234,7 +241,7 @@ UPDATE commands SET
     result = answer.content,
     answered_at = answer.received_at
 FROM answer
-WHERE commands.id = ? AND commands.status = 'pending'
+WHERE commands.id = ? AND commands.status IN ('pending', 'timed-out')
 """
 
 

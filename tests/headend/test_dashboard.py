@@ -172,7 +172,7 @@ async def test_overview(dashboard: str, http: aiohttp.ClientSession) -> None:
     assert overview["meters"] == {"total": 3, "online": 2, "registered": 4}
     assert overview["messages"] == {"event": 1, "ondemand": 4}
     assert (overview["alarms"], overview["alerts"]) == (1, 0)
-    assert overview["commands"] == {"pending": 1, "answered": 1, "failed": 0}
+    assert overview["commands"] == {"pending": 1, "answered": 1, "failed": 0, "timed-out": 0}
     queued = {"alarm": 1, "ack": 0, "ondemand": 4, "bulk": 25}
     assert overview["gateways"]["dap1"]["status"]["outbox"] == queued
     assert (overview["now"], overview["online_window_s"]) == (NOW, 900)

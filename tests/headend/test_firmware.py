@@ -100,6 +100,7 @@ class System:
     gateway: RunningGateway
     apps: HeadendApps
     states: FirmwareStates
+    agents: dict[str, tuple[Agent, asyncio.Task[None]]]  # meter id -> its agent and run
 
     async def on_gateway(self, path: str, **extra: Any) -> Any:
         reply = await self.gateway.cse.cse.handle(retrieve(path, ADMIN, **extra))
@@ -160,7 +161,8 @@ async def system(tmp_path: Path, meters: dict[str, str]) -> AsyncIterator[System
             ]
             runs = [asyncio.create_task(agent.run()) for agent in agents]
             try:
-                yield System(headend, gateway, headend.apps, FirmwareStates(gateway))
+                running = dict(zip(meters, zip(agents, runs, strict=True), strict=True))
+                yield System(headend, gateway, headend.apps, FirmwareStates(gateway), running)
             finally:
                 for agent in agents:
                     agent.stop()
@@ -277,6 +279,28 @@ async def test_a_late_or_repeated_answer_changes_no_later_update(tmp_path: Path)
         await running.apps.firmware_updates.on_messages(first_answers + second_answers)
         again = (await running.on_gateway(path))["m2m:fwr"]
         assert again == done
+
+
+async def test_an_update_a_meter_never_answers_ends_as_a_failure_at_the_timeout(
+    tmp_path: Path,
+) -> None:
+    async with system(tmp_path, {"mtr-1": "electric"}) as running:
+        agent, run = running.agents["mtr-1"]
+        agent.stop()  # registered, then silent: the command reaches its container, no answer
+        async with asyncio.timeout(TIMEOUT):
+            await run
+        (issued,) = await running.apps.firmware(["mtr-1"], "metrology", "3.2.0")
+        path = firmware_path("mtr-1")
+        assert (await running.on_gateway(path))["m2m:fwr"]["uds"]["sus"] == 3  # in process
+
+        commands = running.headend.commands
+        assert await commands.time_out(timeout_s=3600.0) == []  # not yet
+        (timed_out,) = await commands.time_out(timeout_s=0.0)
+        assert timed_out["id"] == issued.id and timed_out["status"] == "timed-out"
+        await running.states.wait_until_done([path])
+        shown = (await running.on_gateway(path))["m2m:fwr"]
+        assert shown["ud"] is False and shown["uds"] == {"acn": f"fw {issued.id}", "sus": 2}
+        assert shown["vr"] == "3.2.0"  # what was asked for; the meter never said otherwise
 
 
 async def test_the_web_api_starts_an_update_and_shows_the_firmware(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ with the reason, when no server answers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import subprocess
 import sys
@@ -266,7 +267,29 @@ async def test_an_answer_completes_its_command(store: MdmsStore) -> None:
     assert [m["key"] for m in c1["answers"]] == ["r1", "r2"]
     assert (await store.command("c2") or {})["status"] == "pending"
     overview = await store.overview(online_since=0)
-    assert overview["commands"] == {"pending": 1, "answered": 1, "failed": 0}
+    assert overview["commands"] == {"pending": 1, "answered": 1, "failed": 0, "timed-out": 0}
+
+
+async def test_an_unanswered_command_times_out_and_a_late_answer_still_completes_it(
+    store: MdmsStore,
+) -> None:
+    for command_id, issued_at in (("old", T0), ("new", T0 + 100), ("answered", T0)):
+        await store.record_command(dataclasses.replace(command(command_id), issued_at=issued_at))
+    answer = {"flow": "mr-ondemand", "type": "resp-data", "ref": "answered"}
+    await store.record_messages([message("a1", content=answer)])
+
+    timed_out = await store.time_out_commands(issued_before=T0 + 50)
+    assert [c["id"] for c in timed_out] == ["old"] and timed_out[0]["status"] == "timed-out"
+    assert await store.time_out_commands(issued_before=T0 + 50) == []  # marked once
+    assert (await store.command("new") or {})["status"] == "pending"
+    assert (await store.command("answered") or {})["status"] == "answered"
+    counts = (await store.overview(online_since=0))["commands"]
+    assert counts == {"pending": 1, "answered": 1, "failed": 0, "timed-out": 1}
+
+    late = {"flow": "mr-ondemand", "type": "resp-data", "ref": "old"}
+    await store.record_messages([message("a2", content=late, received_at=T0 + 400)])
+    old = await store.command("old") or {}
+    assert (old["status"], old["answered_at"]) == ("answered", T0 + 400)
 
 
 async def test_a_command_error_fails_its_command(store: MdmsStore) -> None:
@@ -467,7 +490,7 @@ async def test_overview_counts(store: MdmsStore) -> None:
     assert overview["meters"] == {"total": 3, "online": 1}
     assert overview["messages"] == {"event": 2, "ondemand": 2}
     assert (overview["alarms"], overview["alerts"]) == (1, 1)
-    assert overview["commands"] == {"pending": 0, "answered": 0, "failed": 0}
+    assert overview["commands"] == {"pending": 0, "answered": 0, "failed": 0, "timed-out": 0}
 
 
 # ---- gateways --------------------------------------------------------------------------------

@@ -483,7 +483,12 @@ async def test_batched_ingest_gives_what_per_row_ingest_gave(
     assert expected["flows"] == {"ev-fault": 40, "mr-ondemand": 80, "mr-ondemand-err": 40,
                                  "pp-switch-ack": 40}  # fmt: skip
     # Only meters m4 and m10 answer the group command.
-    assert expected["overview"]["commands"] == {"pending": 10, "answered": 42, "failed": 40}
+    assert expected["overview"]["commands"] == {
+        "pending": 10,
+        "answered": 42,
+        "failed": 40,
+        "timed-out": 0,
+    }
 
 
 # ---- a database made before the partitioning ------------------------------------------------

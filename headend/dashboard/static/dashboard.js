@@ -138,6 +138,7 @@ function renderOverview(o) {
   $("commands-pending").textContent = integer.format(o.commands.pending);
   $("commands-answered").textContent = integer.format(o.commands.answered);
   $("commands-failed").textContent = integer.format(o.commands.failed);
+  $("commands-timed-out").textContent = integer.format(o.commands["timed-out"]);
   renderOutbox(o.gateways, o.outbox);
 }
 
