@@ -284,7 +284,7 @@ class Mdms:
         for command in await self.store.commands(limit=50, meter=message.meter):
             if (
                 command.get("name") == "dr"
-                and command.get("status") == "pending"
+                and command.get("status") in ("pending", "timed-out")  # a late answer too
                 and (command.get("body") or {}).get("ev") == content["ev"]
             ):
                 return dataclasses.replace(message, ref=str(command["id"]))
