@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from cse.core.clock import timestamp_or
+from cse.core.clock import format_timestamp, timestamp_or
 from cse.core.handler import CommonServicesEntity
 from cse.core.primitives import FilterCriteria, Response
 from cse.core.types import Operation, ResourceType
@@ -60,6 +60,9 @@ class Issued:
             "sent": self.status == RSC.CREATED,
             "detail": self.detail,
         }
+
+
+GROUP_LIFETIME_S = 24 * 3600.0  # a group command's group on the DAP (clocks may differ a bit)
 
 
 class CommandService:
@@ -219,6 +222,9 @@ class CommandService:
             "mt": int(ResourceType.CONTAINER),
             "mnm": len(meters),
             "mid": [f"{base}/{meter}/{COMMAND_CONTAINER}" for meter in meters],
+            # The group serves this one fan-out; its expiry lets the DAP remove it, so a
+            # gateway does not keep every group command's member list for ever.
+            "et": format_timestamp(self.clock() + GROUP_LIFETIME_S),
         }
         reply = await self._send(
             Operation.CREATE, base, resource_type=ResourceType.GROUP, content={"m2m:grp": group}

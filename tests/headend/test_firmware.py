@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from cse.app import (
     HttpConfig,
     TlsConfig,
 )
+from cse.core.clock import timestamp_or
 from cse.core.identity import Trust
 from cse.core.primitives import FilterCriteria
 from cse.core.resources.firmware import UpdateStatus
@@ -40,6 +42,7 @@ from gridm2m.pki import make_lab
 from gridm2m.processes import tls_tables, upstream_tls
 from headend.app import RunningHeadend, running_headend
 from headend.apps import HeadendApps
+from headend.commands import GROUP_LIFETIME_S
 from headend.config import DashboardConfig, HeadendConfig, MdmsConfig
 from headend.store import MeterMessage
 from tests.helpers import ADMIN, retrieve
@@ -214,6 +217,10 @@ async def test_an_update_of_several_meters_ends_in_success_or_failure_on_their_f
         issued = await running.apps.firmware(list(meters), "metrology", "3.2.0")
         (command,) = issued  # one DAP: one group command
         assert command.status == RSC.CREATED and set(command.meters) == set(meters)
+        # The group on the DAP expires: a gateway does not keep every group command's.
+        group = (await running.on_gateway(f"dap1/g-{command.id}"))["m2m:grp"]
+        expires_in = timestamp_or(group["et"], 0.0) - time.time()
+        assert 0 < expires_in <= GROUP_LIFETIME_S, group["et"]
         await running.states.wait_until_done([firmware_path(m) for m in meters])
 
         for meter, outcome in (("mtr-1", 1), ("mtr-2", 1), ("mtr-gas", 2)):
