@@ -62,6 +62,7 @@ class Issued:
         }
 
 
+_TIMEOUT_PAGE = 1000  # commands marked timed out per store call
 GROUP_LIFETIME_S = 24 * 3600.0  # a group command's group on the DAP (clocks may differ a bit)
 
 
@@ -88,9 +89,12 @@ class CommandService:
         listeners told. A later answer still completes a command."""
         timed_out: list[dict[str, Any]] = []
         while True:  # in pages, so a long outage's backlog is all marked in one pass
-            page = await self.store.time_out_commands(self.clock() - timeout_s)
+            cutoff = self.clock() - timeout_s
+            page = await self.store.time_out_commands(cutoff, limit=_TIMEOUT_PAGE)
             timed_out += page
-            if len(page) < 1000:
+            # A page can come back short because some were answered meanwhile: what is
+            # left then waits for the next pass.
+            if len(page) < _TIMEOUT_PAGE:
                 break
         if timed_out:
             for listener in self.timeout_listeners:
